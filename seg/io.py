@@ -1,0 +1,64 @@
+"""Reading untrusted tensor files safely and writing checkpoints atomically."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+
+
+class UnsafeFileError(ValueError):
+    """A file that is not a plain tensor archive (it needs code to load, or is corrupt)."""
+
+
+def safe_load(path: Union[str, Path], what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors naming the file.
+
+    ``weights_only=True`` never runs code stored in the file: a pickle that carries a ``__reduce__`` payload is
+    refused here instead of executed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UnsafeFileError(
+            f"refusing to load {what} {path}: it is not a plain tensor file and would need to run code "
+            f"({first_line}); only load files from sources you trust, re-saved as plain state dicts") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+        raise UnsafeFileError(
+            f"cannot read {what} {path}: the file is truncated or corrupt ({type(error).__name__}: "
+            f"{str(error).strip().splitlines()[0] if str(error).strip() else ''})") from None
+
+
+def atomic_save(obj: Any, path: Union[str, Path]) -> None:
+    """Write ``obj`` with ``torch.save`` so that ``path`` is always either the old file or the new one.
+
+    The data goes to a temporary file in the same folder, is flushed and fsynced, then renamed over ``path``
+    (atomic on POSIX); a failure midway removes the temporary file and leaves ``path`` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,121 @@
+"""Atrous ResNet backbones built from torchvision's ResNet blocks.
+
+The network is built exactly as torchvision builds it (so ImageNet weights load unchanged) and then
+re-strided in place: the strides of the later stages are replaced by dilation, and the 3x3 convolutions of
+the last stage get the DeepLabv3 multi-grid rates.
+
+Rule (DeepLabv3, section 3.2 and detectron2's DeepLab): walking through stages 2, 3, 4, a stage whose stride
+would take the feature stride past ``output_stride`` keeps stride 1 and doubles the atrous rate instead.
+Every unit of a dilated stage takes the new rate, the first unit included (torchvision's
+``replace_stride_with_dilation`` instead keeps the previous rate in the first unit). The last stage's unit
+``i`` uses ``rate * multi_grid[i]`` (the grid repeats cyclically for stages with more units than grid
+entries; resnet18/34 have two units in their last stage and use the first two entries).
+
+Setting the rates by editing the convolutions, rather than passing ``dilation`` to torchvision's
+constructors, is what lets ``BasicBlock`` (resnet18/34) be dilated at all: its constructor refuses
+``dilation > 1`` although its convolutions compute it correctly. It also lets a built model change its output
+stride without touching a parameter.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+
+OUTPUT_STRIDES = (8, 16, 32)
+
+# name -> (torchvision constructor, ImageNet weights enum entry, channels of stage 1 / stage 3 / stage 4)
+BACKBONES: Dict[str, Tuple] = {
+    "resnet18": (resnet.resnet18, resnet.ResNet18_Weights.IMAGENET1K_V1, (64, 256, 512)),
+    "resnet34": (resnet.resnet34, resnet.ResNet34_Weights.IMAGENET1K_V1, (64, 256, 512)),
+    "resnet50": (resnet.resnet50, resnet.ResNet50_Weights.IMAGENET1K_V1, (256, 1024, 2048)),
+    "resnet101": (resnet.resnet101, resnet.ResNet101_Weights.IMAGENET1K_V1, (256, 1024, 2048)),
+}
+
+
+def check_output_stride(output_stride: int) -> int:
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"os (output stride) must be one of {list(OUTPUT_STRIDES)}, got {output_stride!r}")
+    return int(output_stride)
+
+
+def stage_plan(output_stride: int, multi_grid: Sequence[int], units_per_stage: Sequence[int]):
+    """Stride of the first unit and the dilation of every unit for stages 2, 3 and 4.
+
+    Returns a list of ``(stride, [dilation per unit])``, one entry per stage. Pure function: the README's
+    table of dilations and the tests use it directly.
+    """
+    check_output_stride(output_stride)
+    if not multi_grid or any(int(g) < 1 for g in multi_grid):
+        raise ValueError(f"model.multi_grid must be a non-empty list of positive integers, got {list(multi_grid)}")
+    plan = []
+    feature_stride, rate = 4, 1  # after the stem and stage 1
+    for stage_index, units in enumerate(units_per_stage):
+        if feature_stride * 2 > output_stride:
+            stride, rate = 1, rate * 2
+        else:
+            stride, feature_stride = 2, feature_stride * 2
+        is_last = stage_index == len(units_per_stage) - 1
+        grid = [int(multi_grid[i % len(multi_grid)]) if is_last else 1 for i in range(units)]
+        plan.append((stride, [rate * g for g in grid]))
+    return plan
+
+
+def _first_strided_conv(block: nn.Module) -> nn.Conv2d:
+    # torchvision puts the stride in conv2 of a Bottleneck (ResNet v1.5) and conv1 of a BasicBlock.
+    return block.conv2 if isinstance(block, resnet.Bottleneck) else block.conv1
+
+
+def _dilated_convs(block: nn.Module) -> List[nn.Conv2d]:
+    return [block.conv2] if isinstance(block, resnet.Bottleneck) else [block.conv1, block.conv2]
+
+
+class ResNetBackbone(nn.Module):
+    """ResNet trunk without pooling and fc. ``forward`` returns (stage-1, stage-3, stage-4) features."""
+
+    def __init__(self, net: resnet.ResNet, channels: Tuple[int, int, int], output_stride: int,
+                 multi_grid: Sequence[int]):
+        super().__init__()
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.low_level_channels, self.aux_channels, self.out_channels = channels
+        self.multi_grid = [int(g) for g in multi_grid]
+        self.output_stride = 32
+        self.set_output_stride(output_stride)
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Re-stride and re-dilate stages 2-4 in place; parameters are untouched."""
+        stages = [self.layer2, self.layer3, self.layer4]
+        plan = stage_plan(output_stride, self.multi_grid, [len(s) for s in stages])
+        for stage, (stride, dilations) in zip(stages, plan):
+            for unit_index, (block, dilation) in enumerate(zip(stage, dilations)):
+                unit_stride = stride if unit_index == 0 else 1
+                _first_strided_conv(block).stride = (unit_stride, unit_stride)
+                if block.downsample is not None:
+                    block.downsample[0].stride = (unit_stride, unit_stride)
+                for conv in _dilated_convs(block):
+                    conv.dilation = (dilation, dilation)
+                    conv.padding = (dilation, dilation)
+        self.output_stride = int(output_stride)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        low = self.layer1(x)
+        mid = self.layer3(self.layer2(low))
+        return low, mid, self.layer4(mid)
+
+
+def build_backbone(name: str, output_stride: int = 16, multi_grid: Sequence[int] = (1, 2, 4),
+                   pretrained: str = "none") -> ResNetBackbone:
+    if name not in BACKBONES:
+        raise ValueError(f"backbone.name must be one of {sorted(BACKBONES)}, got {name!r}")
+    constructor, _, channels = BACKBONES[name]
+    net = constructor(weights=None)
+    if pretrained not in (None, "none"):
+        from seg.models.weights import load_backbone_weights  # avoids an import cycle
+
+        load_backbone_weights(net, name, pretrained)
+    return ResNetBackbone(net, channels, output_stride, multi_grid)
