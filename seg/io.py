@@ -11,8 +11,10 @@ from typing import Any, Union
 
 import torch
 
+from seg.errors import MissingFileError, UserError
 
-class UnsafeFileError(ValueError):
+
+class UnsafeFileError(UserError, ValueError):
     """A file that is not a plain tensor archive (it needs code to load, or is corrupt)."""
 
 
@@ -24,7 +26,7 @@ def safe_load(path: Union[str, Path], what: str = "checkpoint") -> Any:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
+        raise MissingFileError(f"{what} not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

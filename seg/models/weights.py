@@ -11,6 +11,7 @@ from typing import Dict, List, Mapping, Tuple, Union
 import torch
 from torch import nn
 
+from seg.errors import UserError
 from seg.io import safe_load
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ TORCHVISION_PREFIXES: Tuple[Tuple[str, str], ...] = (
 )
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(UserError, RuntimeError):
     pass
 
 

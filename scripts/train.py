@@ -1,0 +1,23 @@
+"""Train DeepLabv3: python scripts/train.py backbone=resnet50 os=16 [dataset=...] [resume=PATH]"""
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from seg.engine.trainer import train
+from seg.errors import exit_on_user_error
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.resume and Path(cfg.resume).parent.name == "checkpoints":
+        run_dir = Path(cfg.resume).resolve().parent.parent  # keep writing into the resumed run
+    train(cfg, run_dir)
+
+
+if __name__ == "__main__":
+    main()

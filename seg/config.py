@@ -1,0 +1,111 @@
+"""The one boundary between configuration (Hydra / OmegaConf or a plain dict) and the library.
+
+Everything below ``seg`` takes plain arguments; this module validates a configuration, naming the key and the
+allowed values on error, and turns it into keyword arguments for ``build_model`` and ``build_dataset``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional
+
+from seg.errors import UserError
+from seg.models import BACKBONES, HEADS, OUTPUT_STRIDES
+
+AMP_MODES = ("auto", "fp16", "bf16", "off")
+DEVICES = ("auto", "cpu", "cuda")
+LOSSES = ("ce", "bootstrap")
+# dataset keys that describe the run rather than how to read the files
+DATASET_RUN_KEYS = ("val_split", "ignore_index")
+
+
+class ConfigError(UserError, ValueError):
+    pass
+
+
+def to_plain(cfg: Any) -> Dict:
+    """A resolved plain ``dict`` from an OmegaConf config or a mapping (what checkpoints store)."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+    except ImportError:  # pragma: no cover - hydra-core is a dependency
+        DictConfig = ()
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    return {k: to_plain(v) if isinstance(v, Mapping) else v for k, v in cfg.items()}
+
+
+def _choice(value, key: str, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
+
+
+def _number(value, key: str, minimum: float = 0.0, strict: bool = True, integer: bool = False) -> None:
+    kind = int if integer else (int, float)
+    bad_type = not isinstance(value, kind) or isinstance(value, bool)
+    if bad_type or (value <= minimum if strict else value < minimum):
+        bound = f"> {minimum}" if strict else f">= {minimum}"
+        raise ConfigError(f"{key} must be {'an integer' if integer else 'a number'} {bound}, got {value!r}")
+
+
+def validate_model(cfg: Mapping) -> None:
+    _choice(cfg["backbone"]["name"], "backbone.name", sorted(BACKBONES))
+    _choice(cfg["os"], "os", OUTPUT_STRIDES)
+    model = cfg["model"]
+    _choice(model["head"], "model.head", HEADS)
+    grid = model["multi_grid"]
+    if not grid or not all(isinstance(g, int) and g >= 1 for g in grid):
+        raise ConfigError(f"model.multi_grid must be a non-empty list of positive integers, got {grid!r}")
+    rates = model.get("aspp_rates")
+    if rates is not None and (len(rates) != 3 or not all(isinstance(r, int) and r >= 1 for r in rates)):
+        raise ConfigError(f"model.aspp_rates must be null or three positive integers, got {rates!r}")
+
+
+def validate_train(cfg: Mapping) -> None:
+    """Check every training key before any work starts."""
+    validate_model(cfg)
+    _choice(cfg["device"], "device", DEVICES)
+    train = cfg["train"]
+    _choice(train["amp"], "train.amp", AMP_MODES)
+    _choice(train["loss"], "train.loss", LOSSES)
+    _number(train["lr"], "train.lr")
+    for key in ("iters", "batch_size"):
+        _number(train[key], f"train.{key}", integer=True)
+    for key in ("eval_every", "ckpt_every", "num_workers", "warmup_iters"):
+        _number(train[key], f"train.{key}", strict=False, integer=True)
+    _number(train["log_every"], "train.log_every", integer=True)
+    _number(train["weight_decay"], "train.weight_decay", strict=False)
+    _number(train["aux_weight"], "train.aux_weight", strict=False)
+    _number(train["max_nonfinite"], "train.max_nonfinite", integer=True)
+    crop = train["crop_size"]
+    sides = crop if isinstance(crop, (list, tuple)) else [crop]
+    if len(sides) not in (1, 2) or not all(isinstance(s, int) and s > 0 for s in sides):
+        raise ConfigError(f"train.crop_size must be a positive integer or [height, width], got {crop!r}")
+    if not 0 < train["bootstrap_fraction"] <= 1:
+        raise ConfigError(f"train.bootstrap_fraction must be in (0, 1], got {train['bootstrap_fraction']!r}")
+
+
+def crop_hw(crop) -> tuple:
+    return (crop, crop) if isinstance(crop, int) else tuple(crop)
+
+
+def model_kwargs(cfg: Mapping, num_classes: int, pretrained: Optional[str] = None) -> Dict:
+    """Arguments of ``seg.models.build_model`` from a configuration."""
+    model = cfg["model"]
+    return dict(
+        backbone=cfg["backbone"]["name"],
+        num_classes=num_classes,
+        output_stride=cfg["os"],
+        multi_grid=tuple(model["multi_grid"]),
+        aspp_rates=tuple(model["aspp_rates"]) if model.get("aspp_rates") else None,
+        head=model["head"],
+        aux_loss=bool(model["aux_loss"]),
+        pretrained=cfg["backbone"]["pretrained"] if pretrained is None else pretrained,
+        dropout=model.get("dropout", 0.1),
+    )
+
+
+def dataset_kwargs(dataset_cfg: Mapping, split: Optional[str] = None) -> Dict:
+    """Arguments of ``seg.data.build_dataset`` from the ``dataset`` group (optionally another split)."""
+    kwargs = {k: v for k, v in dataset_cfg.items() if k not in DATASET_RUN_KEYS}
+    if split is not None:
+        kwargs["split"] = split
+    return kwargs

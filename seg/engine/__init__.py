@@ -1,0 +1,1 @@
+"""Training, evaluation and inference engines (plain arguments, no Hydra)."""

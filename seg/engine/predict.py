@@ -1,0 +1,151 @@
+"""predict.py: label maps and overlays for an image or a folder, from a checkpoint or an exported TorchScript model.
+
+For every image ``<name>.<ext>`` (folders are searched recursively; sub-folders are kept) it writes
+``labels/<name>.png``, the class index per pixel as a palette PNG (mode ``P``, the dataset's colours, so viewers
+show colours and ``np.array(Image.open(...))`` gives the indices), and ``overlays/<name>.jpg``, the colour-coded
+prediction blended over the image.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from seg.config import crop_hw, to_plain
+from seg.data import IMAGENET_MEAN, IMAGENET_STD, DatasetError, normalize
+from seg.data.base import read_image
+from seg.data.voc import voc_palette
+from seg.engine.inference import segment
+from seg.engine.options import inference_kwargs, require, validate_inference
+from seg.engine.restore import is_torchscript, palette_of, restore
+from seg.engine.trainer import resolve_amp, resolve_device
+from seg.errors import MissingFileError, UserError
+from seg.export import load_torchscript
+from seg.visualize import overlay
+
+log = logging.getLogger("seg.predict")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+
+
+class ExportedAdapter(nn.Module):
+    """An exported model (RGB in [0, 1] -> logits) behind the interface ``segment`` uses (normalised input ->
+    ``{"out": logits}``), so test-time augmentation and sliding windows work the same for both kinds of model."""
+
+    def __init__(self, exported: nn.Module):
+        super().__init__()
+        self.exported = exported
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {"out": self.exported(images * self.std + self.mean)}
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module                   # normalised input -> {"out": logits}
+    palette: np.ndarray                # [256, 3] uint8
+    crop_size: Optional[Tuple[int, int]]
+    amp: str                           # the AMP mode to use when the config says null (as trained)
+
+
+def load_model(path, output_stride: Optional[int], device: torch.device) -> LoadedModel:
+    """A checkpoint (any output stride) or a TorchScript file from export.py (its stride is fixed)."""
+    if not Path(path).is_file():
+        raise MissingFileError(f"model not found: {path}")
+    if is_torchscript(path):
+        if output_stride is not None:
+            raise UserError(f"os={output_stride} cannot change an exported model's output stride; export the "
+                            f"checkpoint again with os={output_stride}")
+        exported, metadata = load_torchscript(path, map_location=device)
+        palette = metadata.get("palette")
+        crop = metadata.get("crop_size")
+        return LoadedModel(ExportedAdapter(exported).to(device),
+                           voc_palette() if palette is None else np.asarray(palette, dtype=np.uint8),
+                           tuple(crop) if crop else None, "off")
+    model, state = restore(path, output_stride)
+    trained = state["config"]
+    return LoadedModel(model.to(device), palette_of(state), crop_hw(trained["train"]["crop_size"]),
+                       trained["train"]["amp"])
+
+
+def list_images(source: Path, output: Path) -> Tuple[Path, List[Path]]:
+    """``(folder the output names are relative to, image files)``; files already under ``output`` are skipped."""
+    if source.is_file():
+        return source.parent, [source]
+    if not source.is_dir():
+        raise MissingFileError(f"input not found: {source}")
+    output = output.resolve()
+    files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                   and output not in p.resolve().parents)
+    if not files:
+        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {source}")
+    names = [p.relative_to(source).with_suffix("") for p in files]
+    clashes = sorted({str(n) for n in names if names.count(n) > 1})
+    if clashes:
+        raise UserError(f"images that differ only in their extension would write the same outputs: {clashes[:3]}")
+    return source, files
+
+
+@torch.inference_mode()
+def predict_labels(model: nn.Module, image: np.ndarray, device: torch.device, options: Mapping,
+                   amp_dtype: Optional[torch.dtype] = None) -> np.ndarray:
+    """Class indices ``[H, W]`` (uint8) of one RGB uint8 image ``[H, W, 3]``."""
+    images = normalize(torch.from_numpy(image).permute(2, 0, 1)[None].to(device))
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        probabilities = segment(model, images, **options)
+    return probabilities.argmax(1)[0].to(torch.uint8).cpu().numpy()
+
+
+def save_prediction(labels: np.ndarray, image: np.ndarray, palette: np.ndarray, label_path: Path,
+                    overlay_path: Path) -> None:
+    label_path.parent.mkdir(parents=True, exist_ok=True)
+    overlay_path.parent.mkdir(parents=True, exist_ok=True)
+    label_image = Image.fromarray(labels)
+    label_image.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1).tolist())  # becomes mode "P"
+    label_image.save(label_path)
+    Image.fromarray(overlay(image, labels, palette)).save(overlay_path, quality=90)
+
+
+def predict(config: Mapping) -> Dict:
+    """Run ``configs/predict.yaml``; returns ``{"written": n, "failed": [paths], "output": folder}``.
+
+    An image that cannot be read is reported and skipped; if any were, a ``UserError`` follows at the end.
+    """
+    cfg = to_plain(config)
+    usage = "python scripts/predict.py ckpt=PATH input=IMAGE_OR_FOLDER output=FOLDER"
+    for key in ("ckpt", "input", "output"):
+        require(cfg, key, usage)
+    validate_inference(cfg)
+    device = torch.device(resolve_device(cfg["device"]))
+    output = Path(cfg["output"])
+    root, files = list_images(Path(cfg["input"]), output)
+    loaded = load_model(cfg["ckpt"], cfg["os"], device)
+    options = inference_kwargs(cfg, loaded.crop_size)
+    amp_dtype = resolve_amp(cfg["amp"] if cfg["amp"] is not None else loaded.amp, device.type)
+    failed: List[str] = []
+    for path in tqdm(files, desc="predict", dynamic_ncols=True, disable=len(files) == 1):
+        try:
+            image = read_image(path)
+        except DatasetError as error:
+            log.error("skipped: %s", error)
+            failed.append(str(path))
+            continue
+        labels = predict_labels(loaded.model, image, device, options, amp_dtype)
+        relative = path.relative_to(root).with_suffix("")
+        save_prediction(labels, image, loaded.palette, output / "labels" / f"{relative}.png",
+                        output / "overlays" / f"{relative}.jpg")
+    written = len(files) - len(failed)
+    log.info("wrote label maps and overlays of %d images to %s", written, output)
+    if failed:
+        raise UserError(f"{len(failed)} of {len(files)} images could not be read (see the log): {failed[:3]}")
+    return {"written": written, "failed": failed, "output": str(output)}

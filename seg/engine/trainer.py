@@ -1,0 +1,407 @@
+"""The training loop: iteration-based SGD with poly LR, AMP, exact resume, TensorBoard and DDP."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from seg.config import crop_hw, dataset_kwargs, model_kwargs, to_plain, validate_train
+from seg.data import build_dataset
+from seg.data.transforms import TransformedDataset, normalize, train_transform, worker_init_fn
+from seg.engine import distributed
+from seg.engine.checkpoint import (all_finite, check_resume_config, load_checkpoint, restore_rng,
+                                   save_checkpoint, unwrap)
+from seg.engine.evaluation import evaluate
+from seg.engine.losses import segmentation_loss
+from seg.engine.sampler import ResumableSampler
+from seg.errors import UserError
+from seg.models import build_model, load_weights
+from seg.visualize import overlay
+
+log = logging.getLogger("seg.train")
+
+
+class TrainingDiverged(UserError, RuntimeError):
+    pass
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA GPU is visible; use device=cpu or device=auto")
+    return device
+
+
+def resolve_amp(amp: str, device_type: str) -> Optional[torch.dtype]:
+    """autocast dtype, or None for full precision. ``auto``: bf16 on GPUs that have it, else fp16; off on CPU."""
+    if amp == "auto":
+        if device_type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "fp16" and device_type != "cuda":
+        raise UserError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 or off on the CPU")
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "off": None}[amp]
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_mult: float,
+                 head_lr_mult: float) -> List[Dict]:
+    """Backbone and head groups with their LR multipliers; no weight decay on BatchNorm and biases."""
+    groups: Dict = {}
+    for name, param in unwrap(model).named_parameters():
+        if not param.requires_grad:
+            continue
+        part = "backbone" if name.startswith("backbone.") else "head"
+        decay = param.ndim > 1
+        key = (part, decay)
+        if key not in groups:
+            mult = backbone_lr_mult if part == "backbone" else head_lr_mult
+            groups[key] = {"params": [], "lr": lr * mult, "weight_decay": weight_decay if decay else 0.0,
+                           "name": f"{part}{'' if decay else '_no_decay'}"}
+        groups[key]["params"].append(param)
+    return list(groups.values())
+
+
+def poly_schedule(iters: int, power: float, warmup_iters: int):
+    def factor(iteration: int) -> float:
+        poly = max(0.0, 1.0 - iteration / iters) ** power
+        if warmup_iters and iteration < warmup_iters:
+            return poly * (iteration + 1) / warmup_iters
+        return poly
+    return factor
+
+
+def _fresh_momentum(optimizer: torch.optim.Optimizer) -> None:
+    """Zero momentum buffers up front: fused SGD leaves them uninitialised if the first step is skipped."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            optimizer.state[param]["momentum_buffer"] = torch.zeros_like(param)
+
+
+class RunFiles:
+    """What rank 0 writes: train.log lines, metrics.jsonl, TensorBoard, checkpoints."""
+
+    def __init__(self, run_dir: Path, enabled: bool, resumed_iteration: int):
+        self.run_dir, self.enabled = run_dir, enabled
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.checkpoints = run_dir / "checkpoints"
+        self.writer = None
+        if enabled:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self._attach_log_file(run_dir / "train.log")
+            self._truncate_metrics_after(resumed_iteration)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resumed_iteration + 1)
+
+    def _attach_log_file(self, path: Path) -> None:
+        """Log to ``train.log`` unless a handler (Hydra's job log) already writes there."""
+        root = logging.getLogger()
+        self.log_handler = None
+        if not any(getattr(h, "baseFilename", None) == str(path.resolve()) for h in root.handlers):
+            self.log_handler = logging.FileHandler(path)
+            self.log_handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+            root.addHandler(self.log_handler)
+        if root.level > logging.INFO or root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)
+
+    def _truncate_metrics_after(self, iteration: int) -> None:
+        """On resume, drop evaluations logged after the checkpoint: they will be recomputed."""
+        if not self.metrics_path.exists():
+            return
+        lines = [line for line in self.metrics_path.read_text().splitlines()
+                 if line.strip() and json.loads(line)["iter"] <= iteration]
+        self.metrics_path.write_text("".join(line + "\n" for line in lines))
+
+    def scalars(self, values: Mapping[str, float], iteration: int) -> None:
+        if self.writer:
+            for key, value in values.items():
+                if value is not None:
+                    self.writer.add_scalar(key, value, iteration)
+
+    def metrics(self, record: Mapping) -> None:
+        if self.enabled:
+            with self.metrics_path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def images(self, tag: str, image: np.ndarray, iteration: int) -> None:
+        if self.writer:
+            self.writer.add_image(tag, image, iteration, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
+        if self.enabled and self.log_handler is not None:
+            logging.getLogger().removeHandler(self.log_handler)
+            self.log_handler.close()
+
+
+def train(config: Mapping, run_dir) -> Dict:
+    """Train from a configuration (``configs/train.yaml`` layout, a plain dict or an OmegaConf config).
+
+    Returns a summary: final iteration, best and last validation mIoU, logged losses and skipped steps.
+    """
+    cfg = to_plain(config)
+    validate_train(cfg)
+    device_type = resolve_device(cfg["device"])
+    distributed.init(device_type)
+    try:
+        trainer = Trainer(cfg, Path(run_dir), device_type)
+        try:
+            return trainer.run()
+        finally:
+            trainer.files.close()
+    finally:
+        distributed.shutdown()
+
+
+class Trainer:
+    def __init__(self, cfg: Dict, run_dir: Path, device_type: str):
+        self.cfg, self.t = cfg, cfg["train"]
+        self.device = distributed.local_device(device_type)
+        self.world, self.rank = distributed.world_size(), distributed.rank()
+        if self.t["batch_size"] % self.world:
+            raise UserError(f"train.batch_size={self.t['batch_size']} (the global batch) must be divisible by "
+                            f"the number of processes ({self.world})")
+        self.batch_per_rank = self.t["batch_size"] // self.world
+        self.amp_dtype = resolve_amp(self.t["amp"], device_type)
+        self.channels_last = device_type == "cuda"
+        seed = int(cfg["seed"])
+        torch.manual_seed(seed + self.rank)
+        np.random.seed(seed + self.rank)
+
+        resume_state = load_checkpoint(cfg["resume"]) if cfg.get("resume") else None
+        self.train_set, self.val_set = self._datasets()
+        self.class_names = list(self.train_set.class_names)
+        self.palette = np.asarray(self.train_set.palette, dtype=np.uint8)
+        self.cfg["dataset"]["num_classes"] = self.train_set.num_classes
+        if resume_state is not None:
+            check_resume_config(resume_state["config"], cfg, cfg["resume"])
+        self.start_iter = resume_state["iteration"] if resume_state else 0
+        self.files = RunFiles(run_dir, distributed.is_main(), self.start_iter)
+        if resume_state:
+            log.info("resuming %s at iteration %d", cfg["resume"], self.start_iter)
+        self.model = self._model(resume_state)
+        self.optimizer = torch.optim.SGD(
+            param_groups(self.model, self.t["lr"], self.t["weight_decay"], self.t["backbone_lr_mult"],
+                         self.t["head_lr_mult"]),
+            lr=self.t["lr"], momentum=self.t["momentum"], fused=True)
+        _fresh_momentum(self.optimizer)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, poly_schedule(self.t["iters"], self.t["poly_power"], self.t["warmup_iters"]))
+        self.scaler = torch.amp.GradScaler(device_type, enabled=self.amp_dtype == torch.float16)
+        self.best_miou = -1.0
+        self.loss_history: List = []
+        self.nonfinite_total = 0
+        if resume_state:
+            self._restore(resume_state)
+        self.sampler = ResumableSampler(len(self.train_set), seed, self.rank, self.world,
+                                        start=self.start_iter * self.batch_per_rank)
+
+    # -- construction -----------------------------------------------------------------------------------
+    def _datasets(self):
+        dataset_cfg = self.cfg["dataset"]
+        if distributed.is_main():  # rank 0 first: a generated dataset (synthetic) is written once
+            train_set = build_dataset(**dataset_kwargs(dataset_cfg))
+        distributed.barrier()
+        if not distributed.is_main():
+            train_set = build_dataset(**dataset_kwargs(dataset_cfg))
+        val_set = build_dataset(**dataset_kwargs(dataset_cfg, split=dataset_cfg["val_split"]))
+        log.info("data: %s train %d images (%s), val %d images (%s), %d classes", dataset_cfg["name"],
+                 len(train_set), dataset_cfg["split"], len(val_set), dataset_cfg["val_split"], train_set.num_classes)
+        return train_set, val_set
+
+    def _model(self, resume_state: Optional[Mapping]) -> nn.Module:
+        # Backbone weights are irrelevant when a resume overwrites everything: never download them then.
+        pretrained = "none" if resume_state else None
+        model = build_model(**model_kwargs(self.cfg, self.train_set.num_classes, pretrained))
+        if self.cfg["model"].get("weights") and not resume_state:
+            report = load_weights(model, self.cfg["model"]["weights"])
+            log.info("model.weights %s: %s", self.cfg["model"]["weights"], report.summary())
+        if resume_state:
+            model.load_state_dict(resume_state["model"])
+        if self.world > 1 and self.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif self.world > 1:
+            log.info("SyncBatchNorm needs CUDA: on the CPU each process keeps its own BatchNorm statistics")
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids)
+        if self.t.get("compile"):
+            model = torch.compile(model)
+        return model
+
+    def _restore(self, state: Mapping) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        # A changed train.iters must change the schedule: LambdaLR restores base LRs but not the lambda.
+        self.scheduler.lr_lambdas = [poly_schedule(self.t["iters"], self.t["poly_power"], self.t["warmup_iters"])
+                                     for _ in self.optimizer.param_groups]
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.best_miou = state["best_miou"]
+        self.nonfinite_total = state.get("nonfinite_steps", 0)
+        if self.world == 1:
+            restore_rng(state["rng"])
+
+    def _loader(self) -> DataLoader:
+        crop = crop_hw(self.t["crop_size"])
+        transform = train_transform(crop, scale_range=tuple(self.t["scale_range"]), hflip=self.t["hflip"],
+                                    color_jitter=self.t["color_jitter"])
+        workers = self.t["num_workers"]
+        return DataLoader(TransformedDataset(self.train_set, transform), batch_size=self.batch_per_rank,
+                          sampler=self.sampler, num_workers=workers, pin_memory=self.device.type == "cuda",
+                          persistent_workers=workers > 0, worker_init_fn=worker_init_fn, drop_last=True,
+                          prefetch_factor=4 if workers > 0 else None,
+                          # A private generator: creating the loader must not consume the global RNG.
+                          generator=torch.Generator().manual_seed(int(self.cfg["seed"])))
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    def run(self) -> Dict:
+        t = self.t
+        iters = t["iters"]
+        stop_at = min(iters, t["stop_at"]) if t.get("stop_at") else iters
+        batches = iter(self._loader())
+        model, device = self.model, self.device
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        run_nonfinite = torch.zeros((), device=device)
+        worst_run = torch.zeros((), device=device)
+        window_nonfinite = torch.zeros((), device=device)
+        window_start, window_steps = time.perf_counter(), 0
+        last_metrics: Optional[Dict] = None
+        bar = tqdm(total=iters, initial=self.start_iter, desc="train", dynamic_ncols=True,
+                   disable=not distributed.is_main())
+        for iteration in range(self.start_iter + 1, stop_at + 1):
+            images, labels = next(batches)
+            images = normalize(images.to(device, non_blocking=True))
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            labels = labels.to(device, non_blocking=True).long()
+            with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                outputs = model(images)
+                loss = self._loss(outputs, labels)
+            nonfinite = (~torch.isfinite(loss.detach())).float()
+            distributed.all_reduce_sum(nonfinite)
+            nonfinite = nonfinite.clamp(max=1)
+            if self.scaler.is_enabled():
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                self.optimizer.found_inf = nonfinite  # fused SGD skips the update on the device, no sync
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            run_nonfinite = (run_nonfinite + nonfinite) * nonfinite
+            worst_run = torch.maximum(worst_run, run_nonfinite)
+            window_nonfinite += nonfinite
+            loss_sum += torch.where(nonfinite > 0, torch.zeros_like(loss_sum), loss.detach().float())
+            window_steps += 1
+            bar.update(1)
+
+            last = iteration == stop_at
+            if iteration % t["log_every"] == 0 or last:
+                self._log_window(iteration, loss_sum, window_nonfinite, window_steps, window_start, bar)
+                if int(worst_run) >= t["max_nonfinite"]:
+                    raise TrainingDiverged(
+                        f"{int(worst_run)} consecutive training steps had a non-finite loss (train.max_nonfinite="
+                        f"{t['max_nonfinite']}); stopped at iteration {iteration} without saving, the last "
+                        f"checkpoint in {self.files.checkpoints} is intact: lower train.lr or use train.amp=off")
+                loss_sum.zero_(), window_nonfinite.zero_()
+                window_start, window_steps = time.perf_counter(), 0
+            if (t["eval_every"] and iteration % t["eval_every"] == 0) or iteration == iters:
+                last_metrics = self._validate(iteration)
+            if (t["ckpt_every"] and iteration % t["ckpt_every"] == 0) or last:
+                self._save("last.pt", iteration)
+        bar.close()
+        return {"iteration": stop_at, "best_miou": self.best_miou, "last_metrics": last_metrics,
+                "losses": self.loss_history, "nonfinite_steps": self.nonfinite_total}
+
+    def _loss(self, outputs: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        t = self.t
+        loss = segmentation_loss(outputs["out"].float(), labels, t["loss"], self.val_set.ignore_index,
+                                 t["bootstrap_fraction"])
+        if "aux" in outputs and t["aux_weight"] > 0:
+            loss = loss + t["aux_weight"] * segmentation_loss(outputs["aux"].float(), labels, t["loss"],
+                                                              self.val_set.ignore_index, t["bootstrap_fraction"])
+        return loss
+
+    def _log_window(self, iteration, loss_sum, window_nonfinite, steps, start, bar) -> None:
+        """The only host synchronisation of the loop: once every ``train.log_every`` iterations."""
+        skipped = int(window_nonfinite)
+        self.nonfinite_total += skipped
+        good = steps - skipped
+        loss = float(loss_sum) / good if good else math.nan
+        elapsed = time.perf_counter() - start
+        images_per_s = steps * self.t["batch_size"] / max(elapsed, 1e-9)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.loss_history.append((iteration, loss))
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}")
+        eta = (self.t["iters"] - iteration) * elapsed / max(steps, 1)
+        log.info("iter %d/%d loss %r lr %.6g images/s %.1f skipped %d eta %s", iteration, self.t["iters"], loss,
+                 lr, images_per_s, skipped, time.strftime("%H:%M:%S", time.gmtime(eta)))
+        self.files.scalars({"train/loss": loss if good else None, "train/lr": lr,
+                            "train/images_per_s": images_per_s, "train/skipped_steps": self.nonfinite_total},
+                           iteration)
+
+    def _validate(self, iteration: int) -> Dict:
+        model = unwrap(self.model)
+        distributed.broadcast_buffers(model)
+        metrics, _ = evaluate(model, self.val_set, self.device, batch_size=self.t["val_batch_size"],
+                              num_workers=min(self.t["num_workers"], 2), amp_dtype=self.amp_dtype)
+        record = {"iter": iteration, **metrics}
+        self.files.metrics(record)
+        self.files.scalars({"val/mIoU": metrics["mIoU"], "val/pixel_acc": metrics["pixel_acc"],
+                            "val/mean_acc": metrics["mean_acc"]}, iteration)
+        self.files.scalars({f"val/IoU/{name}": value for name, value in metrics["per_class_iou"].items()},
+                           iteration)
+        log.info("val iter %d: mIoU %.4f pixel_acc %.4f mean_acc %.4f (%d images)", iteration, metrics["mIoU"],
+                 metrics["pixel_acc"], metrics["mean_acc"], metrics["num_images"])
+        if distributed.is_main():
+            self._log_overlays(model, iteration)
+        if metrics["mIoU"] > self.best_miou:
+            self.best_miou = metrics["mIoU"]
+            self._save("best.pt", iteration)
+        return record
+
+    @torch.inference_mode()
+    def _log_overlays(self, model: nn.Module, iteration: int) -> None:
+        model.eval()
+        for i in range(min(self.t["tb_images"], len(self.val_set))):
+            image, label = self.val_set[i]
+            x = normalize(torch.as_tensor(np.array(image)).permute(2, 0, 1)[None].to(self.device))
+            prediction = model(x)["out"].argmax(1)[0].cpu().numpy().astype(np.uint8)
+            panel = np.concatenate([image, overlay(image, label, self.palette),
+                                    overlay(image, prediction, self.palette)], axis=1)
+            self.files.images(f"val/overlay_{i}", panel, iteration)
+        model.train()
+
+    def _save(self, name: str, iteration: int) -> None:
+        if not distributed.is_main():
+            return
+        if not all_finite(unwrap(self.model)):
+            log.error("not writing %s at iteration %d: the model has non-finite values; the previous file is kept",
+                      name, iteration)
+            return
+        save_checkpoint(self.files.checkpoints / name, model=self.model, config=self.cfg,
+                        class_names=self.class_names, palette=self.palette.tolist(), iteration=iteration,
+                        optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+                        sampler_position=self.sampler.position(iteration * self.batch_per_rank),
+                        best_miou=self.best_miou, extra={"nonfinite_steps": self.nonfinite_total})

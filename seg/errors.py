@@ -1,0 +1,30 @@
+"""User-facing errors: bad input a user can fix. Scripts print them as one line instead of a traceback."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+
+
+class UserError(Exception):
+    """Base class of errors caused by input (a file, a config value) rather than by a bug."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    pass
+
+
+def exit_on_user_error(main):
+    """Wrap a script's entry point: a ``UserError`` becomes ``error: <message>`` on stderr and exit code 1."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as error:
+            logging.getLogger("seg").error("%s", error)
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(1)
+
+    return wrapper

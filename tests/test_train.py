@@ -1,0 +1,178 @@
+import json
+import re
+import sys
+
+import pytest
+import torch
+from hydra.errors import MissingConfigException
+from helpers import compose_config, run_script, tiny_overrides
+
+from seg.config import ConfigError, validate_train
+from seg.engine import trainer as trainer_module
+from seg.engine.checkpoint import load_checkpoint
+from seg.engine.trainer import TrainingDiverged, train
+
+
+def test_default_config_composes_and_validates():
+    cfg = compose_config("train", [])
+    validate_train(cfg)
+    assert cfg["backbone"]["name"] == "resnet50" and cfg["os"] == 16
+    assert cfg["dataset"]["name"] == "synthetic"
+    assert cfg["backbone"]["pretrained"] == "none"  # the default run needs no download
+
+
+@pytest.mark.parametrize("override, key", [
+    ("os=12", "os"),
+    ("train.lr=-0.1", "train.lr"),
+    ("train.amp=fp8", "train.amp"),
+    ("backbone.name=resnet9", "backbone.name"),
+    ("train.batch_size=0", "train.batch_size"),
+    ("model.head=unet", "model.head"),
+    ("device=tpu", "device"),
+])
+def test_invalid_values_name_the_key(override, key):
+    cfg = compose_config("train", [override])
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)} must be"):
+        validate_train(cfg)
+
+
+def test_unknown_backbone_group_lists_options():
+    with pytest.raises(MissingConfigException, match="resnet18"):
+        compose_config("train", ["backbone=resnet9"])
+
+
+@pytest.mark.parametrize("experiment", ["voc_paper", "cityscapes"])
+def test_paper_recipes_compose(experiment):
+    cfg = compose_config("train", [f"experiment={experiment}", "dataset.root=/data"])
+    validate_train(cfg)
+    assert cfg["backbone"]["pretrained"] == "imagenet"
+    assert cfg["os"] == 16 and cfg["train"]["poly_power"] == 0.9
+
+
+def test_invalid_value_fails_before_work(tmp_path):
+    result = run_script("train.py", [*tiny_overrides(tmp_path / "data"), "os=12", f"hydra.run.dir={tmp_path / 'run'}"],
+                        check=False)
+    assert result.returncode == 1
+    assert "os must be one of [8, 16, 32], got 12" in result.stderr
+    assert not (tmp_path / "data").exists()  # nothing was generated
+
+
+def test_train_script_end_to_end(tmp_path):
+    run_dir = tmp_path / "run"
+    run_script("train.py", [*tiny_overrides(tmp_path / "data"), f"hydra.run.dir={run_dir}"])
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    log_text = (run_dir / "train.log").read_text()
+    assert "iter 2/2 loss" in log_text and "val iter 2" in log_text
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(run_dir / "checkpoints" / name, weights_only=True)
+        assert state["iteration"] == 2
+        assert state["config"]["backbone"]["name"] == "resnet18"
+        assert {"optimizer", "scheduler", "scaler", "rng", "sampler", "class_names", "versions"} <= set(state)
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records] == [2]
+    assert 0.0 <= records[0]["mIoU"] <= 1.0 and set(records[0]["per_class_iou"]) == set(state["class_names"])
+
+
+def _config(tmp_path, **extra):
+    return compose_config("train", tiny_overrides(tmp_path / "data", **extra))
+
+
+def _losses_from_log(path):
+    return [(int(m.group(1)), float(m.group(2)))
+            for m in re.finditer(r"iter (\d+)/\d+ loss (\S+)", path.read_text())]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_is_exact(tmp_path, workers):
+    overrides = {"train.iters": 6, "train.eval_every": 0, "train.ckpt_every": 3, "train.num_workers": workers,
+                 "model.aux_loss": "true"}
+    straight = train(_config(tmp_path, **overrides), tmp_path / "straight")
+    stopped = train(_config(tmp_path, **overrides, **{"train.stop_at": 3}), tmp_path / "resumed")
+    assert stopped["iteration"] == 3
+    # Resume in a new process, as a user would after a crash.
+    run_script("train.py", [*tiny_overrides(tmp_path / "data", **overrides),
+                            f"resume={tmp_path / 'resumed' / 'checkpoints' / 'last.pt'}",
+                            f"hydra.run.dir={tmp_path / 'hydra_resume'}"])
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)
+    assert a["iteration"] == b["iteration"] == 6
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert straight["losses"] == _losses_from_log(tmp_path / "resumed" / "train.log")
+    assert len(straight["losses"]) == 6
+
+
+def test_resume_refuses_shape_change(tmp_path):
+    train(_config(tmp_path), tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    with pytest.raises(ValueError, match="backbone.name was 'resnet18'"):
+        train(_config(tmp_path, backbone="resnet34", resume=ckpt), tmp_path / "run2")
+    # Changing only the schedule length is allowed.
+    summary = train(_config(tmp_path, resume=ckpt, **{"train.iters": 3}), tmp_path / "run")
+    assert summary["iteration"] == 3
+
+
+def _nan_on(calls_to_poison):
+    real = trainer_module.segmentation_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] in calls_to_poison else loss
+
+    return poisoned
+
+
+def test_nonfinite_steps_are_skipped(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_module, "segmentation_loss", _nan_on({2, 4}))
+    summary = train(_config(tmp_path, **{"train.iters": 5, "train.eval_every": 0}), tmp_path / "run")
+    assert summary["nonfinite_steps"] == 2
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["iteration"] == 5 and state["nonfinite_steps"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_repeated_nonfinite_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train(_config(tmp_path, **{"train.iters": 2}), run)
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    monkeypatch.setattr(trainer_module, "segmentation_loss", _nan_on(set(range(1, 100))))
+    with pytest.raises(TrainingDiverged, match="3 consecutive training steps"):
+        train(_config(tmp_path, resume=run / "checkpoints" / "last.pt",
+                      **{"train.iters": 8, "train.max_nonfinite": 3, "train.ckpt_every": 0}), run)
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == 2
+
+
+def test_batch_size_one_trains(tmp_path):
+    summary = train(_config(tmp_path, **{"train.batch_size": 1, "model.head": "deeplabv3plus"}), tmp_path / "run")
+    assert summary["iteration"] == 2 and summary["last_metrics"]["num_images"] == 3
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo over loopback")
+def test_ddp_two_processes(tmp_path):
+    run_dir = tmp_path / "ddp"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+                "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0"]
+    run_script("train.py", [*tiny_overrides(tmp_path / "data", **{"train.iters": 3, "train.eval_every": 3}),
+                            f"hydra.run.dir={run_dir}"], launcher=launcher)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    logged = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert logged["num_images"] == 3  # 3 images over 2 ranks: no padded duplicate counted
+    # One process evaluating the saved weights gets the same numbers as the two ranks did.
+    from seg.config import dataset_kwargs, model_kwargs
+    from seg.data import build_dataset
+    from seg.engine.evaluation import evaluate
+    from seg.models import build_model, load_weights
+
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    cfg = state["config"]
+    val_set = build_dataset(**dataset_kwargs(cfg["dataset"], split=cfg["dataset"]["val_split"]))
+    model = build_model(**model_kwargs(cfg, state["num_classes"]))
+    load_weights(model, state)
+    metrics, _ = evaluate(model, val_set, torch.device("cpu"))
+    assert metrics["mIoU"] == logged["mIoU"]
+    assert metrics["per_class_iou"] == logged["per_class_iou"]
