@@ -1,0 +1,86 @@
+"""Check a dilated-convolution design before training: receptive field, gridding holes, HDC, ASPP taps.
+
+    python scripts/receptive_field.py layers=[[3,1],[3,2],[3,5]] [feature_size=65]
+    python scripts/receptive_field.py backbone=resnet50 os=16 model.multi_grid=[1,2,4] \\
+        [model.aspp_rates=[6,12,18]] [input_size=513] [feature_size=33] [png=out.png] [--json]
+
+A layer is [kernel, dilation(, stride(, padding))]; padding defaults to "same". Keys use the project's
+names; no Hydra run directory is created. The analysis itself is in seg.analysis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from omegaconf import OmegaConf
+
+from seg.analysis import analyse_layers, format_report, parse_layers
+
+KEYS = {"layers", "backbone", "backbone.name", "os", "model.multi_grid", "model.aspp_rates", "input_size",
+        "feature_size", "png", "json"}
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def analyse(options: dict) -> dict:
+    """The one place where command keys become keyword arguments."""
+    if "layers" in options:
+        if "backbone" in options or "backbone.name" in options:
+            raise ValueError("give either layers=... or backbone=..., not both")
+        if "input_size" in options:
+            raise ValueError("for layers=..., the size of the map the stack runs on is feature_size=...")
+        return analyse_layers(parse_layers(options["layers"]), options.get("feature_size"))
+    backbone = options.get("backbone.name", options.get("backbone"))
+    if backbone is None:
+        raise ValueError("nothing to analyse: give layers=[[3,1],[3,2],[3,5]] or backbone=resnet50 os=16")
+    from seg.analysis.model import analyse_config  # imports torch and builds the model
+
+    return analyse_config(backbone, output_stride=options.get("os", 16),
+                          multi_grid=options.get("model.multi_grid", (1, 2, 4)),
+                          aspp_rates=options.get("model.aspp_rates"), input_size=options.get("input_size", 513),
+                          feature_size=options.get("feature_size"))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help=f"keys: {', '.join(sorted(KEYS))}")
+    parser.add_argument("--json", action="store_true", help="print the analysis as one JSON object")
+    args = parser.parse_args(argv)
+    try:
+        options = flatten(OmegaConf.to_container(OmegaConf.from_cli(args.overrides)))
+    except Exception as error:  # OmegaConf's grammar errors
+        parser.error(f"cannot parse {args.overrides}: {error}")
+    unknown = sorted(set(options) - KEYS)
+    if unknown:
+        parser.error(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(KEYS))}")
+    try:
+        report = analyse(options)
+    except ValueError as error:
+        parser.error(str(error))
+    if options.get("png"):
+        from seg.analysis.plot import save_png
+
+        try:
+            report["png"] = str(save_png(report, options["png"]))
+        except ImportError as error:
+            sys.exit(f"error: {error}")
+    if args.json or options.get("json"):
+        print(json.dumps(report))
+    else:
+        print(format_report(report))
+        if report.get("png"):
+            print(f"figure saved to {report['png']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Read the real convolution sequence of a built DeepLab model and analyse it.
+
+The main path is walked from the modules themselves, so the analysis follows whatever strides and dilations
+the model actually has (after ``set_output_stride`` too): the stem conv and max-pool, then every residual
+unit's own convolutions (``conv1``, ``conv2``, ``conv3``) in order, skipping the ``downsample`` shortcut
+(shortcuts never change where the holes are, see ``seg.analysis.coverage``).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+from torch import nn
+
+from seg.analysis.coverage import coverage_profile, coverage_summary, receptive_field
+from seg.analysis.feature_map import valid_taps
+from seg.analysis.layers import Layer
+from seg.analysis.report import describe_stack, hdc_for, same_grid_segment
+
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def _square(value, what: str, name: str) -> int:
+    if isinstance(value, tuple):
+        if len(set(value)) != 1:
+            raise ValueError(f"{name}: only square windows are analysed, {what} is {value}")
+        value = value[0]
+    return int(value)
+
+
+def layer_from_module(module: nn.Module, name: str) -> Layer:
+    """A ``Layer`` from an ``nn.Conv2d`` or ``nn.MaxPool2d`` (its kernel, dilation, stride and padding)."""
+    if not isinstance(module, (nn.Conv2d, nn.MaxPool2d)):
+        raise TypeError(f"{name}: expected nn.Conv2d or nn.MaxPool2d, got {type(module).__name__}")
+    return Layer(*(_square(getattr(module, attr), attr, name)
+                   for attr in ("kernel_size", "dilation", "stride", "padding")), name=name)
+
+
+def main_path_layers(model: nn.Module) -> List[Layer]:
+    """Stem conv1 and max-pool, then every unit's conv1/conv2/(conv3), named by module path, in forward order
+    (torchvision's blocks register their convolutions in the order they run)."""
+    backbone = model.backbone
+    layers = [layer_from_module(backbone.conv1, "backbone.conv1"),
+              layer_from_module(backbone.maxpool, "backbone.maxpool")]
+    for stage in STAGES:
+        for unit_index, unit in enumerate(getattr(backbone, stage)):
+            layers += [layer_from_module(child, f"backbone.{stage}.{unit_index}.{child_name}")
+                       for child_name, child in unit.named_children() if isinstance(child, nn.Conv2d)]
+    return layers
+
+
+def stage_of(layer: Layer) -> str:
+    part = layer.name.split(".")[1]
+    return part if part in STAGES else "stem"
+
+
+def _stages(layers: Sequence[Layer], rows: Sequence[Dict]) -> List[Dict]:
+    """Per stage: layer count, its spatial (kernel, dilation) pairs, stride, and RF and size after it."""
+    summary: Dict[str, Dict] = {}
+    for layer, row in zip(layers, rows):
+        entry = summary.setdefault(stage_of(layer), {"stage": stage_of(layer), "layers": 0, "spatial": [],
+                                                     "stride": 1})
+        entry["layers"] += 1
+        entry["stride"] *= layer.stride
+        if layer.kernel > 1:
+            entry["spatial"].append([layer.kernel, layer.dilation])
+        entry["receptive_field"], entry["output_size"] = row["receptive_field"], row["output_size"]
+    return list(summary.values())
+
+
+def _dilated_stage(name: str, layers: List[Layer]) -> Optional[Dict]:
+    """HDC and coverage of a dilated stage's k x k convs on their own grid (after the stage's stride, if any)."""
+    segment = same_grid_segment(layers)
+    hdc = hdc_for(segment)
+    if hdc is None:
+        return None
+    note = None
+    if not hdc["checks"]["common_factor"]["ok"]:
+        note = ("the model sets a dilated stage's rates to its stage rate (the strides replaced by dilation up "
+                "to it), times model.multi_grid in the last stage; a stage rate above 1 divides every rate "
+                "whatever model.multi_grid is, so rates like the suggestions need per-unit dilations")
+    return {"stage": name, "rates": hdc["rates"], "coverage": coverage_summary(coverage_profile(segment)),
+            "hdc": hdc, "note": note}
+
+
+def _aspp_branches(model: nn.Module, backbone_layers: List[Layer], feature_size: int) -> List[Dict]:
+    """Every ASPP conv branch after the backbone path (RF, holes, taps inside the map); pooling is global."""
+    branches = []
+    for index, branch in enumerate(model.aspp.convs):
+        first = branch[0]
+        if isinstance(first, nn.AdaptiveAvgPool2d):
+            branches.append({"branch": index, "kind": "image_pooling", "kernel": None, "rate": None,
+                             "receptive_field": None, "holes": None, "valid_taps": None})
+            continue
+        layer = layer_from_module(first, f"aspp.convs.{index}.0")
+        path = [*backbone_layers, layer]
+        branches.append({"branch": index, "kind": "conv", "kernel": layer.kernel, "rate": layer.dilation,
+                         "receptive_field": receptive_field(path),
+                         "holes": coverage_summary(coverage_profile(path))["holes"],
+                         "valid_taps": valid_taps(feature_size, layer)})
+    return branches
+
+
+def analyse_model(model: nn.Module, name: str = "model", input_size: int = 513,
+                  feature_size: Optional[int] = None) -> Dict:
+    """Analysis of a built model's backbone path and ASPP branches for a square input of ``input_size``.
+
+    ``feature_size`` (the ASPP input map) defaults to the backbone's output size for ``input_size``: 33 for
+    513 at output stride 16, 65 at 8.
+    """
+    layers = main_path_layers(model)
+    stack = describe_stack(layers, input_size)
+    feature_size = feature_size or stack["layers"][-1]["output_size"]
+    by_stage: Dict[str, List[Layer]] = {}
+    for layer in layers:
+        by_stage.setdefault(stage_of(layer), []).append(layer)
+    dilated = [_dilated_stage(stage, stage_layers) for stage, stage_layers in by_stage.items()
+               if any(layer.dilation > 1 for layer in stage_layers)]
+    dilated = [stage for stage in dilated if stage is not None]
+    aspp = _aspp_branches(model, layers, feature_size)
+    return {
+        "mode": "model",
+        "model": {"backbone": name, "output_stride": model.output_stride,
+                  "multi_grid": list(model.backbone.multi_grid),
+                  "aspp_rates": [b["rate"] for b in aspp if b["kind"] == "conv" and b["kernel"] > 1]},
+        "input_size": input_size,
+        "feature_size": feature_size,
+        **stack,
+        "stages": _stages(layers, stack["layers"]),
+        "dilated_stages": dilated,
+        "aspp": aspp,
+    }
+
+
+def analyse_config(backbone: str, output_stride: int = 16, multi_grid: Sequence[int] = (1, 2, 4),
+                   aspp_rates: Optional[Sequence[int]] = None, input_size: int = 513,
+                   feature_size: Optional[int] = None) -> Dict:
+    """Build the model a config describes (random weights, two classes) and analyse it."""
+    from seg.models import build_model
+
+    model = build_model(backbone, num_classes=2, output_stride=output_stride, multi_grid=multi_grid,
+                        aspp_rates=aspp_rates)
+    return analyse_model(model, backbone, input_size, feature_size)
