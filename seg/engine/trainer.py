@@ -25,6 +25,7 @@ from seg.engine.checkpoint import (all_finite, check_resume_config, load_checkpo
 from seg.engine.evaluation import evaluate
 from seg.engine.losses import segmentation_loss
 from seg.engine.sampler import ResumableSampler
+from seg.engine.step import TrainStep
 from seg.errors import UserError
 from seg.models import build_model, load_weights
 from seg.visualize import overlay
@@ -87,6 +88,45 @@ def _fresh_momentum(optimizer: torch.optim.Optimizer) -> None:
     for group in optimizer.param_groups:
         for param in group["params"]:
             optimizer.state[param]["momentum_buffer"] = torch.zeros_like(param)
+
+
+def build_optimizer(model: nn.Module, train_cfg: Mapping, amp_dtype: Optional[torch.dtype], device_type: str):
+    """Fused SGD with the backbone/head groups, the poly schedule and a GradScaler (enabled for fp16 only)."""
+    optimizer = torch.optim.SGD(
+        param_groups(model, train_cfg["lr"], train_cfg["weight_decay"], train_cfg["backbone_lr_mult"],
+                     train_cfg["head_lr_mult"]),
+        lr=train_cfg["lr"], momentum=train_cfg["momentum"], fused=True)
+    _fresh_momentum(optimizer)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, poly_schedule(train_cfg["iters"], train_cfg["poly_power"], train_cfg["warmup_iters"]))
+    scaler = torch.amp.GradScaler(device_type, enabled=amp_dtype == torch.float16)
+    return optimizer, scheduler, scaler
+
+
+def make_loss(kind: str, ignore_index: int, bootstrap_fraction: float, aux_weight: float):
+    """``outputs, labels -> loss``: the main loss plus ``aux_weight`` times the auxiliary head's."""
+
+    def loss_fn(outputs: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        loss = segmentation_loss(outputs["out"].float(), labels, kind, ignore_index, bootstrap_fraction)
+        if "aux" in outputs and aux_weight > 0:
+            loss = loss + aux_weight * segmentation_loss(outputs["aux"].float(), labels, kind, ignore_index,
+                                                         bootstrap_fraction)
+        return loss
+
+    return loss_fn
+
+
+def build_train_loader(dataset, sampler: ResumableSampler, train_cfg: Mapping, batch_per_rank: int,
+                       pin_memory: bool, seed: int) -> DataLoader:
+    """Augmented uint8 crops from ``sampler``'s stream, with workers that keep a GPU fed."""
+    transform = train_transform(crop_hw(train_cfg["crop_size"]), scale_range=tuple(train_cfg["scale_range"]),
+                                hflip=train_cfg["hflip"], color_jitter=train_cfg["color_jitter"])
+    workers = train_cfg["num_workers"]
+    return DataLoader(TransformedDataset(dataset, transform), batch_size=batch_per_rank, sampler=sampler,
+                      num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
+                      worker_init_fn=worker_init_fn, drop_last=True, prefetch_factor=4 if workers > 0 else None,
+                      # A private generator: creating the loader must not consume the global RNG.
+                      generator=torch.Generator().manual_seed(seed))
 
 
 class RunFiles:
@@ -177,6 +217,8 @@ class Trainer:
         self.batch_per_rank = self.t["batch_size"] // self.world
         self.amp_dtype = resolve_amp(self.t["amp"], device_type)
         self.channels_last = device_type == "cuda"
+        if device_type == "cuda":
+            torch.backends.cudnn.benchmark = True  # training crops have one fixed shape
         seed = int(cfg["seed"])
         torch.manual_seed(seed + self.rank)
         np.random.seed(seed + self.rank)
@@ -193,14 +235,8 @@ class Trainer:
         if resume_state:
             log.info("resuming %s at iteration %d", cfg["resume"], self.start_iter)
         self.model = self._model(resume_state)
-        self.optimizer = torch.optim.SGD(
-            param_groups(self.model, self.t["lr"], self.t["weight_decay"], self.t["backbone_lr_mult"],
-                         self.t["head_lr_mult"]),
-            lr=self.t["lr"], momentum=self.t["momentum"], fused=True)
-        _fresh_momentum(self.optimizer)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, poly_schedule(self.t["iters"], self.t["poly_power"], self.t["warmup_iters"]))
-        self.scaler = torch.amp.GradScaler(device_type, enabled=self.amp_dtype == torch.float16)
+        self.optimizer, self.scheduler, self.scaler = build_optimizer(self.model, self.t, self.amp_dtype,
+                                                                      device_type)
         self.best_miou = -1.0
         self.loss_history: List = []
         self.nonfinite_total = 0
@@ -258,26 +294,18 @@ class Trainer:
         if self.world == 1:
             restore_rng(state["rng"])
 
-    def _loader(self) -> DataLoader:
-        crop = crop_hw(self.t["crop_size"])
-        transform = train_transform(crop, scale_range=tuple(self.t["scale_range"]), hflip=self.t["hflip"],
-                                    color_jitter=self.t["color_jitter"])
-        workers = self.t["num_workers"]
-        return DataLoader(TransformedDataset(self.train_set, transform), batch_size=self.batch_per_rank,
-                          sampler=self.sampler, num_workers=workers, pin_memory=self.device.type == "cuda",
-                          persistent_workers=workers > 0, worker_init_fn=worker_init_fn, drop_last=True,
-                          prefetch_factor=4 if workers > 0 else None,
-                          # A private generator: creating the loader must not consume the global RNG.
-                          generator=torch.Generator().manual_seed(int(self.cfg["seed"])))
-
     # -- the loop -----------------------------------------------------------------------------------------
     def run(self) -> Dict:
         t = self.t
         iters = t["iters"]
         stop_at = min(iters, t["stop_at"]) if t.get("stop_at") else iters
-        batches = iter(self._loader())
-        model, device = self.model, self.device
-        model.train()
+        batches = iter(build_train_loader(self.train_set, self.sampler, t, self.batch_per_rank,
+                                          self.device.type == "cuda", int(self.cfg["seed"])))
+        device = self.device
+        self.model.train()
+        loss_fn = make_loss(t["loss"], self.val_set.ignore_index, t["bootstrap_fraction"], t["aux_weight"])
+        step = TrainStep(self.model, self.optimizer, loss_fn, device, self.amp_dtype, self.channels_last,
+                         self.scaler)
         loss_sum = torch.zeros((), device=device)
         run_nonfinite = torch.zeros((), device=device)
         worst_run = torch.zeros((), device=device)
@@ -287,32 +315,12 @@ class Trainer:
         bar = tqdm(total=iters, initial=self.start_iter, desc="train", dynamic_ncols=True,
                    disable=not distributed.is_main())
         for iteration in range(self.start_iter + 1, stop_at + 1):
-            images, labels = next(batches)
-            images = normalize(images.to(device, non_blocking=True))
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            labels = labels.to(device, non_blocking=True).long()
-            with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32,
-                                enabled=self.amp_dtype is not None):
-                outputs = model(images)
-                loss = self._loss(outputs, labels)
-            nonfinite = (~torch.isfinite(loss.detach())).float()
-            distributed.all_reduce_sum(nonfinite)
-            nonfinite = nonfinite.clamp(max=1)
-            if self.scaler.is_enabled():
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                loss.backward()
-                self.optimizer.found_inf = nonfinite  # fused SGD skips the update on the device, no sync
-                self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            loss, nonfinite = step(*next(batches))
             self.scheduler.step()
             run_nonfinite = (run_nonfinite + nonfinite) * nonfinite
             worst_run = torch.maximum(worst_run, run_nonfinite)
             window_nonfinite += nonfinite
-            loss_sum += torch.where(nonfinite > 0, torch.zeros_like(loss_sum), loss.detach().float())
+            loss_sum += torch.where(nonfinite > 0, torch.zeros_like(loss_sum), loss)
             window_steps += 1
             bar.update(1)
 
@@ -333,15 +341,6 @@ class Trainer:
         bar.close()
         return {"iteration": stop_at, "best_miou": self.best_miou, "last_metrics": last_metrics,
                 "losses": self.loss_history, "nonfinite_steps": self.nonfinite_total}
-
-    def _loss(self, outputs: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        t = self.t
-        loss = segmentation_loss(outputs["out"].float(), labels, t["loss"], self.val_set.ignore_index,
-                                 t["bootstrap_fraction"])
-        if "aux" in outputs and t["aux_weight"] > 0:
-            loss = loss + t["aux_weight"] * segmentation_loss(outputs["aux"].float(), labels, t["loss"],
-                                                              self.val_set.ignore_index, t["bootstrap_fraction"])
-        return loss
 
     def _log_window(self, iteration, loss_sum, window_nonfinite, steps, start, bar) -> None:
         """The only host synchronisation of the loop: once every ``train.log_every`` iterations."""

@@ -1,0 +1,190 @@
+"""The benchmark on tiny CPU shapes: its JSON schema, the torchvision comparison model, the script end to end.
+
+No timing is asserted: figures from a shared CPU say nothing; these tests check that every figure is produced.
+"""
+
+import json
+import numbers
+
+import pytest
+import torch
+from helpers import compose_config, run_script
+from torchvision.models.segmentation import deeplabv3_resnet50
+
+from seg.benchmark import (RATIO_KEYS, build_torchvision_deeplabv3, aspp_rates, conv3x3_dilations, lookup_peak,
+                           peak_tflops, rewrite_argv, run_benchmark, validate_benchmark)
+from seg.config import ConfigError
+from seg.models import build_model
+
+NUM = numbers.Real
+OPT_NUM = (numbers.Real, type(None))
+
+# The issue's tiny CPU run, plus a private dataset folder and one thread (the machine is shared).
+TINY = ["backbone=resnet18", "batch_size=2", "crop_size=64", "eval_size=[64,96]", "steps=3", "warmup=1",
+        "num_workers=0", "data_steps=4", "device=cpu", "cpu_threads=1"]
+
+
+def tiny_data(tmp_path):
+    return [f"dataset.root={tmp_path / 'data'}", "dataset.image_size=48", "dataset.num_train=4", "dataset.num_val=2"]
+
+
+TRAIN_KEYS = {"step_ms": NUM, "step_ms_p10": NUM, "step_ms_p90": NUM, "images_per_s": NUM, "wall_images_per_s": NUM,
+              "first_step_s": NUM, "peak_memory_mib": NUM, "tflops": NUM, "peak_fraction": type(None)}
+INFERENCE_KEYS = {"batch_size": int, "batch_ms": NUM, "images_per_s": NUM, "latency_ms": NUM, "latency_ms_p90": NUM,
+                  "peak_memory_mib": NUM, "tflops": NUM, "peak_fraction": type(None)}
+FLOPS_KEYS = {"forward_per_image": int, "train_per_image": int, "train_multiplier": int,
+              "train_per_image_counted": int, "eval_forward_per_image": int}
+TOP_KEYS = {"schema", "device", "versions", "config", "settings", "model", "flops", "peak", "train", "inference",
+            "data", "micro", "torchvision", "ratios", "output"}
+
+
+def check_types(section, expected):
+    assert set(section) == set(expected), sorted(set(section) ^ set(expected))
+    for key, kind in expected.items():
+        assert isinstance(section[key], kind), (key, section[key])
+
+
+def check_common(result, data=True, micro=True):
+    assert set(result) == TOP_KEYS
+    assert result["schema"] == "seg.benchmark/1"
+    check_types(result["device"], {"type": str, "name": str, "capability": type(None), "memory_gib": type(None),
+                                   "cpu_threads": int, "cpu_count": int})
+    assert result["device"]["type"] == "cpu"
+    assert set(result["versions"]) == {"python", "torch", "torchvision", "cuda", "cudnn", "seg"}
+    assert result["versions"]["torch"] == torch.__version__
+    settings = result["settings"]
+    assert settings["memory"] == "process_peak_rss" and settings["timer"] == "perf_counter"
+    assert settings["amp_dtype"] is None and settings["channels_last"] is False  # auto on the CPU
+    check_types(result["train"], TRAIN_KEYS)
+    check_types(result["inference"], INFERENCE_KEYS)
+    check_types(result["flops"], FLOPS_KEYS)
+    assert result["flops"]["train_per_image"] == 3 * result["flops"]["forward_per_image"]
+    # No known peak for a CPU: the figure and the fractions are null.
+    assert result["peak"] == {"name": None, "precision": "fp32", "tflops": None, "source": None}
+    data_types = {"dataset": str, "num_workers": int, "batches": int, "samples_per_s": NUM, "first_batch_s": NUM,
+                  "run_steps": int, "wait_share": NUM, "wait_ms_per_step": NUM, "run_images_per_s": NUM}
+    check_types(result["data"], data_types if data else {key: type(None) for key in data_types})
+    if data:
+        assert 0 <= result["data"]["wait_share"] <= 1
+    model = result["model"]
+    assert set(model) == {"params", "aspp_rates", "eval_aspp_rates", "dilations", "aspp_input_shape",
+                          "eval_aspp_input_shape"}
+    assert model["aspp_rates"] == [6, 12, 18] and model["eval_aspp_rates"] == [12, 24, 36]
+    micro_result = result["micro"]
+    assert set(micro_result) == {"train", "eval", "image_pool"}
+    pool_keys = {"shape", "expand_fwd_ms", "interpolate_fwd_ms", "expand_fwd_bwd_ms", "interpolate_fwd_bwd_ms"}
+    if not micro:  # disabled: every key present, every value null
+        assert micro_result["train"] == micro_result["eval"] == {"shape": None, "dtype": None, "conv3x3": None}
+        assert micro_result["image_pool"] == dict.fromkeys(pool_keys)
+        return
+    for part, rates in (("train", [1, 6, 12, 18]), ("eval", [1, 12, 24, 36])):
+        assert micro_result[part]["shape"] == model[f"{'eval_' if part == 'eval' else ''}aspp_input_shape"]
+        assert micro_result[part]["dtype"] == "float32"
+        assert [row["dilation"] for row in micro_result[part]["conv3x3"]] == rates
+        for row in micro_result[part]["conv3x3"]:
+            check_types(row, {"dilation": int, "fwd_ms": NUM, "fwd_bwd_ms": NUM if part == "train" else type(None),
+                              "fwd_ratio": NUM, "fwd_bwd_ratio": NUM if part == "train" else type(None)})
+    check_types(micro_result["image_pool"], {"shape": list, **{k: NUM for k in pool_keys - {"shape"}}})
+
+
+def test_compare_run_writes_every_field(tmp_path):
+    """resnet50 against torchvision's DeepLabV3 in one process, at a tiny shape (data and micro figures off)."""
+    cfg = compose_config("benchmark", [
+        "backbone=resnet50", "batch_size=2", "crop_size=32", "eval_size=[32,48]", "steps=1", "warmup=0",
+        "data_steps=0", "micro=false", "device=cpu", "cpu_threads=1", "compare=torchvision", "model.aux_loss=true",
+        "dataset=voc"])  # no dataset.root needed without data figures; num_classes from the config
+    result = run_benchmark(cfg, tmp_path / "run", echo=False)
+    check_common(result, data=False, micro=False)
+    assert result["settings"]["num_classes"] == 21
+    assert result["model"]["aspp_input_shape"] == [2, 2048, 2, 2]
+    assert json.loads((tmp_path / "run" / "benchmark.json").read_text())["settings"] == result["settings"]
+
+    tv = result["torchvision"]
+    assert set(tv) == {"model", "builder", "recipe", "params", "aspp_rates", "eval_aspp_rates", "dilations", "flops",
+                       "train", "train_same_step", "inference"}
+    assert tv["model"] == "deeplabv3_resnet50"
+    assert tv["aspp_rates"] == result["model"]["aspp_rates"] == [6, 12, 18]
+    assert tv["eval_aspp_rates"] == result["model"]["eval_aspp_rates"] == [12, 24, 36]
+    assert tv["params"] == result["model"]["params"]  # the same layers: only the dilations differ
+    check_types(tv["train"], TRAIN_KEYS)
+    check_types(tv["inference"], INFERENCE_KEYS)
+    check_types(tv["flops"], FLOPS_KEYS)
+    check_types(tv["train_same_step"], {"step_ms": NUM, "images_per_s": NUM})
+
+    ratios = result["ratios"]
+    assert set(ratios) == set(RATIO_KEYS)
+    for key, value in ratios.items():
+        if "memory" in key:
+            assert value is None  # peak RSS cannot be reset between the two models on the CPU
+        else:
+            assert isinstance(value, float) and value > 0, key
+    assert ratios["forward_flops_per_image"] == pytest.approx(1.0)
+    assert ratios["params"] == 1.0
+
+
+@pytest.mark.parametrize("output_stride, tv_layer4, ours_layer4", [(16, [1, 2, 2], [2, 4, 8]),
+                                                                  (8, [2, 4, 4], [4, 8, 16])])
+def test_torchvision_model_matches_ours(output_stride, tv_layer4, ours_layer4):
+    """Same ASPP rates, output stride and layers; per-unit dilations follow torchvision's own rule."""
+    with torch.device("meta"):  # structure only: no weights are initialised
+        tv = build_torchvision_deeplabv3("resnet50", 21, output_stride, aux_loss=True)
+        ours = build_model("resnet50", 21, output_stride=output_stride, aux_loss=True)
+        reference = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True)
+    assert aspp_rates(tv) == aspp_rates(ours) == [r * 16 // output_stride for r in (6, 12, 18)]
+    assert conv3x3_dilations(tv.backbone)["layer4"] == tv_layer4
+    assert conv3x3_dilations(ours.backbone)["layer4"] == ours_layer4
+    x = torch.zeros(1, 3, 65, 97, device="meta")
+    tv_features, ours_features = tv.backbone(x), ours.backbone(x)
+    assert tv_features["out"].shape == ours_features[2].shape  # the same output stride
+    assert tv_features["aux"].shape == ours_features[1].shape
+    assert {k: v.shape for k, v in tv.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
+    assert sum(p.numel() for p in tv.parameters()) == sum(p.numel() for p in ours.parameters())
+    if output_stride == 8:  # torchvision's own builder, unchanged
+        assert conv3x3_dilations(tv.backbone) == conv3x3_dilations(reference.backbone)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet34"])
+def test_compare_refuses_basic_block_backbones(backbone):
+    cfg = compose_config("benchmark", [f"backbone={backbone}", "compare=torchvision"])
+    with pytest.raises(ConfigError, match=r"compare=torchvision supports backbone \['resnet50', 'resnet101'\]"):
+        validate_benchmark(cfg)
+
+
+@pytest.mark.parametrize("override, key", [("amp=fp8", "amp"), ("channels_last=maybe", "channels_last"),
+                                           ("compare=timm", "compare"), ("eval_os=12", "eval_os"),
+                                           ("steps=0", "steps"), ("os=4", "os")])
+def test_invalid_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=rf"^{key} must be"):
+        validate_benchmark(compose_config("benchmark", [override]))
+
+
+def test_argv_rewrite():
+    assert rewrite_argv(["b.py", "--compare", "torchvision", "os=8"]) == ["b.py", "compare=torchvision", "os=8"]
+    assert rewrite_argv(["b.py", "--compare=torchvision"]) == ["b.py", "compare=torchvision"]
+    assert rewrite_argv(["b.py", "os=8", "--compare"]) == ["b.py", "os=8", "compare=torchvision"]
+    assert rewrite_argv(["b.py", "compare=torchvision"]) == ["b.py", "compare=torchvision"]
+
+
+def test_peak_table():
+    assert lookup_peak("NVIDIA H100 80GB HBM3")[0] == "H100 SXM"
+    assert lookup_peak("NVIDIA H100 80GB HBM3")[1]["bf16"] == 989.4
+    assert lookup_peak("NVIDIA H100 PCIe")[0] == "H100 PCIe"
+    assert lookup_peak("NVIDIA H200")[1]["bf16"] == 989.4
+    assert lookup_peak("NVIDIA A100-SXM4-80GB")[1] == {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}
+    assert lookup_peak("Tesla T4") is None
+    cpu = torch.device("cpu")
+    assert peak_tflops(cpu, None)["tflops"] is None
+    assert peak_tflops(cpu, torch.bfloat16, override=100.0) == {
+        "name": "config", "precision": "bf16", "tflops": 100.0, "source": "config peak_tflops"}
+
+
+def test_script_end_to_end(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_script("benchmark.py", [*TINY, *tiny_data(tmp_path), f"hydra.run.dir={run_dir}"])
+    assert "train images/s" in result.stdout and "inference latency ms (batch 1)" in result.stdout
+    data = json.loads((run_dir / "benchmark.json").read_text())
+    check_common(data)
+    assert data["torchvision"] is None and data["ratios"] is None
+    assert data["settings"]["backbone"] == "resnet18" and data["settings"]["crop_size"] == [64, 64]
+    assert data["model"]["dilations"]["layer4"] == [2, 2, 4, 4]  # BasicBlock: two 3x3 convs per unit
+    assert data["config"]["data_steps"] == 4
