@@ -41,12 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg.config import AMP_MODES, DEVICES, ConfigError, _choice, _number, crop_hw, dataset_kwargs, model_kwargs
+from seg.config import AMP_MODES, DEVICES, ConfigError, choice, number, crop_hw, dataset_kwargs, model_kwargs
 from seg.config import validate_model
 from seg.engine.inference import segment
 from seg.engine.sampler import ResumableSampler
 from seg.engine.step import TrainStep
-from seg.engine.trainer import build_optimizer, build_train_loader, resolve_amp, resolve_device
+from seg.engine.device import resolve_amp, resolve_device
+from seg.engine.trainer import build_optimizer, build_train_loader
 from seg.engine.trainer import make_loss as trainer_make_loss
 from seg.errors import UserError
 from seg.models import OUTPUT_STRIDES, build_model
@@ -115,29 +116,29 @@ def _size_hw(value, key: str) -> Tuple[int, int]:
 
 def _optional_count(value, key: str, minimum: int) -> None:
     if value is not None:
-        _number(value, key, minimum=minimum, strict=False, integer=True)
+        number(value, key, minimum=minimum, strict=False, integer=True)
 
 
 def validate_benchmark(cfg: Mapping) -> None:
     """Check every key before any work starts (naming the key and the allowed values)."""
     validate_model(cfg)
-    _choice(cfg["device"], "device", DEVICES)
-    _choice(cfg["amp"], "amp", AMP_MODES)
-    _choice(cfg["channels_last"], "channels_last", ("auto", True, False))
-    _choice(cfg["compile"], "compile", (True, False))
-    _choice(cfg.get("micro", True), "micro", (True, False))
+    choice(cfg["device"], "device", DEVICES)
+    choice(cfg["amp"], "amp", AMP_MODES)
+    choice(cfg["channels_last"], "channels_last", ("auto", True, False))
+    choice(cfg["compile"], "compile", (True, False))
+    choice(cfg.get("micro", True), "micro", (True, False))
     compare = cfg.get("compare")
-    _choice(compare, "compare", (None, *COMPARE_MODES))
-    _choice(cfg["eval_os"], "eval_os", OUTPUT_STRIDES)
-    _number(cfg["batch_size"], "batch_size", integer=True)
+    choice(compare, "compare", (None, *COMPARE_MODES))
+    choice(cfg["eval_os"], "eval_os", OUTPUT_STRIDES)
+    number(cfg["batch_size"], "batch_size", integer=True)
     _optional_count(cfg.get("eval_batch_size"), "eval_batch_size", 1)
     _optional_count(cfg.get("warmup"), "warmup", 0)
     _optional_count(cfg.get("steps"), "steps", 1)
     _optional_count(cfg.get("cpu_threads"), "cpu_threads", 1)
-    _number(cfg["num_workers"], "num_workers", strict=False, integer=True)
-    _number(cfg["data_steps"], "data_steps", strict=False, integer=True)
+    number(cfg["num_workers"], "num_workers", strict=False, integer=True)
+    number(cfg["data_steps"], "data_steps", strict=False, integer=True)
     if cfg.get("peak_tflops") is not None:
-        _number(cfg["peak_tflops"], "peak_tflops")
+        number(cfg["peak_tflops"], "peak_tflops")
     _size_hw(cfg["crop_size"], "crop_size")
     _size_hw(cfg["eval_size"], "eval_size")
     if compare == "torchvision":
@@ -727,7 +728,7 @@ def run_benchmark(config: Any, run_dir: Optional[Path] = None, echo: bool = True
 def _run(cfg: Dict, run_dir: Optional[Path], echo: bool) -> Dict:
     device_type = resolve_device(cfg["device"])
     device = torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else torch.device("cpu")
-    amp_dtype = resolve_amp(cfg["amp"], device_type)
+    amp_dtype = resolve_amp(cfg["amp"], device_type, key="amp")
     channels_last = device_type == "cuda" if cfg["channels_last"] == "auto" else bool(cfg["channels_last"])
     default_warmup, default_steps = DEFAULT_COUNTS[device_type]
     warmup = default_warmup if cfg.get("warmup") is None else int(cfg["warmup"])

@@ -33,12 +33,12 @@ def to_plain(cfg: Any) -> Dict:
     return {k: to_plain(v) if isinstance(v, Mapping) else v for k, v in cfg.items()}
 
 
-def _choice(value, key: str, allowed) -> None:
+def choice(value, key: str, allowed) -> None:
     if value not in allowed:
         raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
 
 
-def _number(value, key: str, minimum: float = 0.0, strict: bool = True, integer: bool = False) -> None:
+def number(value, key: str, minimum: float = 0.0, strict: bool = True, integer: bool = False) -> None:
     kind = int if integer else (int, float)
     bad_type = not isinstance(value, kind) or isinstance(value, bool)
     if bad_type or (value <= minimum if strict else value < minimum):
@@ -47,10 +47,10 @@ def _number(value, key: str, minimum: float = 0.0, strict: bool = True, integer:
 
 
 def validate_model(cfg: Mapping) -> None:
-    _choice(cfg["backbone"]["name"], "backbone.name", sorted(BACKBONES))
-    _choice(cfg["os"], "os", OUTPUT_STRIDES)
+    choice(cfg["backbone"]["name"], "backbone.name", sorted(BACKBONES))
+    choice(cfg["os"], "os", OUTPUT_STRIDES)
     model = cfg["model"]
-    _choice(model["head"], "model.head", HEADS)
+    choice(model["head"], "model.head", HEADS)
     grid = model["multi_grid"]
     if not grid or not all(isinstance(g, int) and g >= 1 for g in grid):
         raise ConfigError(f"model.multi_grid must be a non-empty list of positive integers, got {grid!r}")
@@ -62,19 +62,19 @@ def validate_model(cfg: Mapping) -> None:
 def validate_train(cfg: Mapping) -> None:
     """Check every training key before any work starts."""
     validate_model(cfg)
-    _choice(cfg["device"], "device", DEVICES)
+    choice(cfg["device"], "device", DEVICES)
     train = cfg["train"]
-    _choice(train["amp"], "train.amp", AMP_MODES)
-    _choice(train["loss"], "train.loss", LOSSES)
-    _number(train["lr"], "train.lr")
+    choice(train["amp"], "train.amp", AMP_MODES)
+    choice(train["loss"], "train.loss", LOSSES)
+    number(train["lr"], "train.lr")
     for key in ("iters", "batch_size"):
-        _number(train[key], f"train.{key}", integer=True)
+        number(train[key], f"train.{key}", integer=True)
     for key in ("eval_every", "ckpt_every", "num_workers", "warmup_iters"):
-        _number(train[key], f"train.{key}", strict=False, integer=True)
-    _number(train["log_every"], "train.log_every", integer=True)
-    _number(train["weight_decay"], "train.weight_decay", strict=False)
-    _number(train["aux_weight"], "train.aux_weight", strict=False)
-    _number(train["max_nonfinite"], "train.max_nonfinite", integer=True)
+        number(train[key], f"train.{key}", strict=False, integer=True)
+    number(train["log_every"], "train.log_every", integer=True)
+    number(train["weight_decay"], "train.weight_decay", strict=False)
+    number(train["aux_weight"], "train.aux_weight", strict=False)
+    number(train["max_nonfinite"], "train.max_nonfinite", integer=True)
     crop = train["crop_size"]
     sides = crop if isinstance(crop, (list, tuple)) else [crop]
     if len(sides) not in (1, 2) or not all(isinstance(s, int) and s > 0 for s in sides):

@@ -8,8 +8,15 @@ import sys
 from pathlib import Path
 from typing import List
 
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+
+from seg.config import model_kwargs
+from seg.data import SYNTHETIC_CLASSES
+from seg.data.voc import voc_palette
+from seg.engine.checkpoint import save_checkpoint
+from seg.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -42,3 +49,13 @@ def run_script(script: str, args: List[str], launcher: List[str] = (), timeout: 
     if check and result.returncode != 0:
         raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
+
+
+def tiny_checkpoint(path, data_root, num_classes=6, **overrides):
+    """A checkpoint of an untrained tiny model (no training run needed) for the synthetic dataset."""
+    cfg = compose_config("train", tiny_overrides(data_root, **{"dataset.num_classes": num_classes, **overrides}))
+    torch.manual_seed(0)
+    model = build_model(**model_kwargs(cfg, num_classes))
+    save_checkpoint(path, model=model, config=cfg, class_names=list(SYNTHETIC_CLASSES[:num_classes]),
+                    palette=voc_palette().tolist(), iteration=0)
+    return path

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Tuple
 
 from seg.config import ConfigError, crop_hw, dataset_kwargs, to_plain
 from seg.data import build_dataset
@@ -20,7 +20,7 @@ from seg.engine.inference import segment
 from seg.engine.options import inference_kwargs, require, validate_inference, validate_loader
 from seg.engine.report import metrics_table, write_evaluation
 from seg.engine.restore import load_trained, model_from_checkpoint, num_classes_of
-from seg.engine.trainer import resolve_amp, resolve_device
+from seg.engine.device import resolve_amp, resolve_device
 
 log = logging.getLogger("seg.evaluate")
 
@@ -83,7 +83,7 @@ def _evaluate(cfg: Dict, run_dir: Path, device) -> Dict:
     model = model_from_checkpoint(state, cfg["os"], cfg["ckpt"]).to(device)
     options = inference_kwargs(cfg, default_window=crop_hw(trained["train"]["crop_size"]))
     amp = cfg["amp"] if cfg["amp"] is not None else trained["train"]["amp"]
-    amp_dtype = resolve_amp(amp, device.type)
+    amp_dtype = resolve_amp(amp, device.type, key="amp")
     log.info("evaluating %s (iteration %d, %s, output stride %d) on %s: %d images; %s, amp %s",
              cfg["ckpt"], state["iteration"], trained["backbone"]["name"], model.output_stride, where, len(dataset),
              _describe(options), amp)

@@ -7,9 +7,10 @@ scales 0.5 ... 1.75 and flips:
   original size, turned into probabilities (softmax) and averaged over all passes;
 * flip (``flip=True``): every scale also runs on the mirrored image, whose output is mirrored back;
 * sliding window (``mode="slide"``): each (scaled) image is covered by ``window``-sized crops ``stride`` apart;
-  the crops' probabilities are summed and divided by how many crops covered each pixel. An image smaller than the
-  window is padded at the bottom / right with zeros, which in normalised space is the mean colour (what training
-  pads with). This bounds memory for large images such as Cityscapes' 1024x2048.
+  the crops' probabilities are summed and divided by how many crops covered each pixel (and, for a scaled pass,
+  resized to the original size). An image smaller than the window is padded at the bottom / right with zeros,
+  which in normalised space is the mean colour (what training pads with). This bounds memory for large images such
+  as Cityscapes' 1024x2048.
 
 Everything returns probabilities, so ``argmax(1)`` gives the labels in every case, and one plain pass is exactly
 the model's softmax.
@@ -33,7 +34,7 @@ class InferenceOutOfMemory(UserError, RuntimeError):
 
 
 def default_stride(window: Sequence[int]) -> Tuple[int, int]:
-    """Two thirds of the window (e.g. 512 -> 341): every pixel away from the border is seen by two windows."""
+    """Two thirds of the window (e.g. 512 -> 341): neighbouring windows overlap by a third."""
     return tuple(max(1, 2 * side // 3) for side in window)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Dict, Mapping, Optional, Sequence
 
-from seg.config import AMP_MODES, DEVICES, ConfigError, _choice, _number
+from seg.config import AMP_MODES, DEVICES, ConfigError, choice, number
 from seg.engine.inference import check_options, default_stride
 from seg.models import OUTPUT_STRIDES
 
@@ -21,10 +21,10 @@ def require(cfg: Mapping, key: str, usage: str) -> None:
 def validate_inference(cfg: Mapping) -> None:
     """``os``, ``device``, ``amp``, ``tta`` and ``inference`` (a ``null`` os / amp means: as trained)."""
     if cfg["os"] is not None:
-        _choice(cfg["os"], "os", OUTPUT_STRIDES)
-    _choice(cfg["device"], "device", DEVICES)
+        choice(cfg["os"], "os", OUTPUT_STRIDES)
+    choice(cfg["device"], "device", DEVICES)
     if cfg["amp"] is not None:
-        _choice(cfg["amp"], "amp", AMP_MODES)
+        choice(cfg["amp"], "amp", AMP_MODES)
     if not isinstance(cfg["tta"]["flip"], bool):
         raise ConfigError(f"tta.flip must be true or false, got {cfg['tta']['flip']!r}")
     inference = cfg["inference"]
@@ -32,8 +32,8 @@ def validate_inference(cfg: Mapping) -> None:
 
 
 def validate_loader(cfg: Mapping) -> None:
-    _number(cfg["batch_size"], "batch_size", integer=True)
-    _number(cfg["num_workers"], "num_workers", strict=False, integer=True)
+    number(cfg["batch_size"], "batch_size", integer=True)
+    number(cfg["num_workers"], "num_workers", strict=False, integer=True)
 
 
 def inference_kwargs(cfg: Mapping, default_window: Optional[Sequence[int]]) -> Dict:

@@ -22,11 +22,10 @@ from tqdm import tqdm
 from seg.config import crop_hw, to_plain
 from seg.data import IMAGENET_MEAN, IMAGENET_STD, DatasetError, normalize
 from seg.data.base import read_image
-from seg.data.voc import voc_palette
 from seg.engine.inference import segment
 from seg.engine.options import inference_kwargs, require, validate_inference
 from seg.engine.restore import is_torchscript, palette_of, restore
-from seg.engine.trainer import resolve_amp, resolve_device
+from seg.engine.device import resolve_amp, resolve_device
 from seg.errors import MissingFileError, UserError
 from seg.export import load_torchscript
 from seg.visualize import overlay
@@ -67,11 +66,9 @@ def load_model(path, output_stride: Optional[int], device: torch.device) -> Load
             raise UserError(f"os={output_stride} cannot change an exported model's output stride; export the "
                             f"checkpoint again with os={output_stride}")
         exported, metadata = load_torchscript(path, map_location=device)
-        palette = metadata.get("palette")
         crop = metadata.get("crop_size")
-        return LoadedModel(ExportedAdapter(exported).to(device),
-                           voc_palette() if palette is None else np.asarray(palette, dtype=np.uint8),
-                           tuple(crop) if crop else None, "off")
+        return LoadedModel(ExportedAdapter(exported).to(device), palette_of(metadata), tuple(crop) if crop else None,
+                           "off")
     model, state = restore(path, output_stride)
     trained = state["config"]
     return LoadedModel(model.to(device), palette_of(state), crop_hw(trained["train"]["crop_size"]),
@@ -100,7 +97,7 @@ def list_images(source: Path, output: Path) -> Tuple[Path, List[Path]]:
 def predict_labels(model: nn.Module, image: np.ndarray, device: torch.device, options: Mapping,
                    amp_dtype: Optional[torch.dtype] = None) -> np.ndarray:
     """Class indices ``[H, W]`` (uint8) of one RGB uint8 image ``[H, W, 3]``."""
-    images = normalize(torch.from_numpy(image).permute(2, 0, 1)[None].to(device))
+    images = normalize(torch.tensor(image).permute(2, 0, 1)[None].to(device))  # a copy: PIL arrays are read-only
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         probabilities = segment(model, images, **options)
     return probabilities.argmax(1)[0].to(torch.uint8).cpu().numpy()
@@ -128,10 +125,10 @@ def predict(config: Mapping) -> Dict:
     validate_inference(cfg)
     device = torch.device(resolve_device(cfg["device"]))
     output = Path(cfg["output"])
-    root, files = list_images(Path(cfg["input"]), output)
     loaded = load_model(cfg["ckpt"], cfg["os"], device)
+    root, files = list_images(Path(cfg["input"]), output)
     options = inference_kwargs(cfg, loaded.crop_size)
-    amp_dtype = resolve_amp(cfg["amp"] if cfg["amp"] is not None else loaded.amp, device.type)
+    amp_dtype = resolve_amp(cfg["amp"] if cfg["amp"] is not None else loaded.amp, device.type, key="amp")
     failed: List[str] = []
     for path in tqdm(files, desc="predict", dynamic_ncols=True, disable=len(files) == 1):
         try:

@@ -36,7 +36,7 @@ def num_classes_of(state: Mapping) -> int:
 
 
 def palette_of(state: Mapping) -> np.ndarray:
-    """The dataset palette stored in the checkpoint (``[256, 3]`` uint8), VOC's colours if it has none."""
+    """The dataset palette (``[256, 3]`` uint8) a checkpoint or an export's metadata holds; VOC's if none."""
     palette = state.get("palette")
     return voc_palette() if palette is None else np.asarray(palette, dtype=np.uint8).reshape(256, 3)
 

@@ -20,6 +20,7 @@ from seg.config import crop_hw, dataset_kwargs, model_kwargs, to_plain, validate
 from seg.data import build_dataset
 from seg.data.transforms import TransformedDataset, normalize, train_transform, worker_init_fn
 from seg.engine import distributed
+from seg.engine.device import resolve_amp, resolve_device
 from seg.engine.checkpoint import (all_finite, check_resume_config, load_checkpoint, restore_rng,
                                    save_checkpoint, unwrap)
 from seg.engine.evaluation import evaluate
@@ -35,25 +36,6 @@ log = logging.getLogger("seg.train")
 
 class TrainingDiverged(UserError, RuntimeError):
     pass
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda but no CUDA GPU is visible; use device=cpu or device=auto")
-    return device
-
-
-def resolve_amp(amp: str, device_type: str) -> Optional[torch.dtype]:
-    """autocast dtype, or None for full precision. ``auto``: bf16 on GPUs that have it, else fp16; off on CPU."""
-    if amp == "auto":
-        if device_type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if amp == "fp16" and device_type != "cuda":
-        raise UserError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 or off on the CPU")
-    return {"fp16": torch.float16, "bf16": torch.bfloat16, "off": None}[amp]
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_mult: float,

@@ -1,0 +1,234 @@
+"""Exporting a trained model for deployment: TorchScript (default), ONNX or a torch.export program.
+
+Every format holds the same module, ``ExportedModel``: input float32 RGB ``[N, 3, H, W]`` in [0, 1] (the
+normalisation is inside), output logits ``[N, C, H, W]`` at the input's size, for any N, H and W. The class
+names, palette and model settings travel with the file as ``metadata.json`` (TorchScript / torch.export extra
+files, ONNX metadata properties).
+
+The file is written under a temporary name, loaded back and compared with the eager model on random inputs of
+two sizes; only a file that passes replaces ``path``. TorchScript and torch.export files contain code: load only
+files you trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from seg.config import ConfigError, choice, crop_hw, to_plain
+from seg.data import IMAGENET_MEAN, IMAGENET_STD
+from seg.engine.options import require
+from seg.engine.restore import num_classes_of, palette_of, restore
+from seg.errors import UserError
+from seg.models import OUTPUT_STRIDES
+
+log = logging.getLogger("seg.export")
+
+FORMATS = {"torchscript": ".ts", "onnx": ".onnx", "export": ".pt2"}
+METADATA_FILE = "metadata.json"
+INPUT = "float32 RGB [N, 3, H, W] in [0, 1]"
+OUTPUT = "logits [N, C, H, W] at the input size"
+
+
+class ExportError(UserError, RuntimeError):
+    """The exported file does not reproduce the model, or the format's packages are missing."""
+
+
+class ExportedModel(nn.Module):
+    """``forward(images)``: RGB in [0, 1] -> logits at the input size (``model(x)["out"]``, no auxiliary head)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        model = copy.deepcopy(model).eval()
+        if getattr(model, "aux_head", None) is not None:
+            model.aux_head = None  # training-only output
+        self.model = model
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model((images - self.mean) / self.std)["out"]
+
+
+def _example(size: Sequence[int], batch: int) -> torch.Tensor:
+    return torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(0))
+
+
+def _dynamic_shapes():
+    """Batch, height and width are free (the example traced with has batch 2: a size of 1 would be fixed)."""
+    dim = torch.export.Dim
+    return {"images": {0: dim("batch", min=1, max=1024), 2: dim("height", min=32, max=8192),
+                       3: dim("width", min=32, max=8192)}}
+
+
+# -- writers: (module, path, metadata json) -> None ---------------------------------------------------------------
+
+def _save_torchscript(module: ExportedModel, path: Path, metadata: str) -> None:
+    with _torchscript_is_the_contract():
+        torch.jit.save(torch.jit.script(module), str(path), _extra_files={METADATA_FILE: metadata})
+
+
+def _save_program(module: ExportedModel, path: Path, metadata: str) -> None:
+    program = torch.export.export(module, (_example((97, 129), batch=2),), dynamic_shapes=_dynamic_shapes())
+    torch.export.save(program, str(path), extra_files={METADATA_FILE: metadata})
+
+
+def _save_onnx(module: ExportedModel, path: Path, metadata: str) -> None:
+    _require_onnx()
+    import onnx
+
+    noisy = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir")]  # INFO lines for every rewrite pass
+    levels = [logger.level for logger in noisy]
+    try:
+        for logger in noisy:
+            logger.setLevel(logging.WARNING)
+        torch.onnx.export(module, (_example((97, 129), batch=2),), str(path), input_names=["images"],
+                          output_names=["logits"], dynamic_shapes=_dynamic_shapes(), dynamo=True,
+                          external_data=False, verbose=False)
+    finally:
+        for logger, level in zip(noisy, levels):
+            logger.setLevel(level)
+    proto = onnx.load(str(path))
+    onnx.helper.set_model_props(proto, {METADATA_FILE: metadata})
+    onnx.save(proto, str(path))
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+    except ImportError as error:
+        raise ExportError(f"format=onnx needs the onnx extra ({error.name} is not installed): "
+                          'pip install -e ".[onnx]"') from None
+
+
+# -- loaders: path -> (callable on a CPU tensor, metadata dict) ----------------------------------------------------
+
+def load_torchscript(path: Union[str, Path], map_location=None) -> Tuple[torch.jit.ScriptModule, Dict]:
+    """``torch.jit.load`` plus the metadata. TorchScript is code: load only files you trust."""
+    extra = {METADATA_FILE: ""}
+    with _torchscript_is_the_contract():
+        module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
+    return module.eval(), json.loads(extra[METADATA_FILE] or "{}")
+
+
+@contextlib.contextmanager
+def _torchscript_is_the_contract():
+    """Silence PyTorch's TorchScript deprecation notices: the deployed file format is fixed by this project's
+    contract (``format=export`` writes the torch.export successor)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        yield
+
+
+def _load_program(path: Path) -> Tuple[Callable, Dict]:
+    extra = {METADATA_FILE: ""}
+    program = torch.export.load(str(path), extra_files=extra)
+    return program.module(), json.loads(extra[METADATA_FILE] or "{}")
+
+
+def _load_onnx(path: Path) -> Tuple[Callable, Dict]:
+    _require_onnx()
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    metadata = session.get_modelmeta().custom_metadata_map.get(METADATA_FILE, "{}")
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+
+    return run, json.loads(metadata)
+
+
+WRITERS = {"torchscript": _save_torchscript, "onnx": _save_onnx, "export": _save_program}
+LOADERS = {"torchscript": load_torchscript, "onnx": _load_onnx, "export": _load_program}
+
+
+def check_parity(reference: nn.Module, exported: Callable, sizes: Sequence[Sequence[int]], rtol: float,
+                 atol: float) -> List[Dict]:
+    """Compare ``exported`` with ``reference`` on random inputs (batch 1, then 2) of each size.
+
+    Every logit must satisfy ``|exported - reference| <= atol + rtol * |reference|``; otherwise ``ExportError``.
+    Returns per input: its shape and the largest absolute difference.
+    """
+    results = []
+    for index, size in enumerate(sizes):
+        images = _example(size, batch=1 + index % 2)
+        with torch.inference_mode():
+            expected = reference(images)
+            actual = exported(images)
+        if tuple(actual.shape) != tuple(expected.shape):
+            raise ExportError(f"exported model gives shape {tuple(actual.shape)} for input {tuple(images.shape)}, "
+                              f"the model {tuple(expected.shape)}")
+        difference = (actual.float() - expected).abs()
+        worst = float(difference.max())
+        if not bool((difference <= atol + rtol * expected.abs()).all()):
+            raise ExportError(f"exported model differs from the model on input {tuple(images.shape)}: largest "
+                              f"absolute difference {worst:.3g} exceeds atol {atol:g} + rtol {rtol:g} x |logit|")
+        results.append({"input": list(images.shape), "max_abs_diff": worst})
+    return results
+
+
+def export_model(model: nn.Module, path: Union[str, Path], format: str = "torchscript",
+                 metadata: Optional[Mapping] = None, check_sizes: Sequence[Sequence[int]] = ((97, 129), (160, 96)),
+                 rtol: float = 1e-4, atol: float = 1e-4) -> Dict:
+    """Export ``model`` (returning ``{"out": logits}`` for normalised input) to ``path`` and verify the file.
+
+    Returns ``{"path", "format", "parity": check_parity's results}``. On a mismatch the file is not written.
+    """
+    choice(format, "format", list(FORMATS))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = ExportedModel(model).cpu().eval()
+    info = {"input": INPUT, "output": OUTPUT, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            **dict(metadata or {})}
+    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        WRITERS[format](module, temporary, json.dumps(info))
+        exported, _ = LOADERS[format](temporary)
+        parity = check_parity(module, exported, check_sizes, rtol, atol)
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+    return {"path": str(path), "format": format, "parity": parity}
+
+
+def export_checkpoint(config: Mapping) -> Dict:
+    """export.py: the checkpoint ``config["ckpt"]`` at output stride ``config["os"]`` to ``config["output"]``."""
+    cfg = to_plain(config)
+    require(cfg, "ckpt", "python scripts/export.py ckpt=outputs/<run>/checkpoints/best.pt output=model.ts")
+    require(cfg, "output", "python scripts/export.py ckpt=PATH output=model.ts [format=torchscript|onnx|export]")
+    choice(cfg["format"], "format", list(FORMATS))
+    if cfg["os"] is not None:
+        choice(cfg["os"], "os", OUTPUT_STRIDES)
+    sizes = cfg["check"]["sizes"]
+    if not sizes or not all(len(s) == 2 and all(isinstance(v, int) and v >= 32 for v in s) for s in sizes):
+        raise ConfigError(f"check.sizes must be a list of [height, width] pairs of at least 32 pixels, got {sizes!r}")
+    model, state = restore(cfg["ckpt"], cfg["os"])
+    trained = state["config"]
+    metadata = {
+        "class_names": list(state["class_names"]), "num_classes": num_classes_of(state),
+        "palette": palette_of(state).tolist(), "backbone": trained["backbone"]["name"],
+        "head": trained["model"]["head"], "output_stride": model.output_stride,
+        "crop_size": list(crop_hw(trained["train"]["crop_size"])), "iteration": state["iteration"],
+        "checkpoint": str(cfg["ckpt"]), "versions": state.get("versions"),
+    }
+    report = export_model(model, cfg["output"], cfg["format"], metadata, sizes, cfg["check"]["rtol"],
+                          cfg["check"]["atol"])
+    for result in report["parity"]:
+        log.info("parity on input %s: max |difference| %.3g (rtol %g, atol %g)", result["input"],
+                 result["max_abs_diff"], cfg["check"]["rtol"], cfg["check"]["atol"])
+    log.info("exported %s (%s, output stride %d, %d classes) to %s", cfg["ckpt"], cfg["format"],
+             model.output_stride, metadata["num_classes"], report["path"])
+    return report

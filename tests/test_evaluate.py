@@ -1,0 +1,118 @@
+import csv
+import json
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from helpers import compose_config, run_script, tiny_checkpoint, tiny_overrides
+
+from seg.data import SYNTHETIC_CLASSES
+from seg.data.voc import voc_palette
+from seg.engine.evaluator import evaluate_checkpoint, evaluation_dataset
+from seg.engine.predict import predict
+from seg.export import export_checkpoint
+
+TRAIN = {"train.iters": 10, "train.eval_every": 5, "train.ckpt_every": 5, "train.lr": 0.05, "train.log_every": 5}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny training run: 10 iterations, validated (and checkpointed) at iterations 5 and 10."""
+    root = tmp_path_factory.mktemp("trained")
+    run_script("train.py", [*tiny_overrides(root / "data", **TRAIN), f"hydra.run.dir={root / 'run'}"])
+    records = {r["iter"]: r for r in map(json.loads, (root / "run" / "metrics.jsonl").read_text().splitlines())}
+    return root, records
+
+
+def _evaluate(ckpt, run_dir, *overrides):
+    return evaluate_checkpoint(compose_config("evaluate", [f"ckpt={ckpt}", "num_workers=0", *overrides]), run_dir)
+
+
+def test_evaluate_script_reproduces_the_logged_validation(trained):
+    root, records = trained
+    run_dir = root / "eval"
+    result = run_script("evaluate.py", [f"ckpt={root / 'run' / 'checkpoints' / 'last.pt'}", "num_workers=0",
+                                        f"hydra.run.dir={run_dir}"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    logged = {k: v for k, v in records[10].items() if k != "iter"}
+    assert metrics == logged  # exact: the same evaluation code on the same weights
+    assert set(metrics) == {"mIoU", "pixel_acc", "mean_acc", "fwIoU", "per_class_iou", "num_images"}
+    with (run_dir / "confusion_matrix.csv").open() as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["label \\ prediction", *SYNTHETIC_CLASSES]
+    assert [r[0] for r in rows[1:]] == list(SYNTHETIC_CLASSES)
+    assert Image.open(run_dir / "confusion_matrix.png").mode == "RGB"
+    assert f"mIoU {100 * logged['mIoU']:.2f}" in result.stdout + result.stderr
+    # best.pt is iteration 5's weights (the better of the two validations): it reproduces that record.
+    best = _evaluate(root / "run" / "checkpoints" / "best.pt", root / "eval_best")
+    assert best == {k: v for k, v in max(records.values(), key=lambda r: r["mIoU"]).items() if k != "iter"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo over loopback")
+def test_ddp_evaluation_equals_one_process(trained):
+    root, records = trained
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+                "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0"]
+    run_script("evaluate.py", [f"ckpt={root / 'run' / 'checkpoints' / 'last.pt'}", "num_workers=0",
+                               "tta.flip=true", f"hydra.run.dir={root / 'ddp'}"], launcher=launcher)
+    single = _evaluate(root / "run" / "checkpoints" / "last.pt", root / "single", "tta.flip=true")
+    assert json.loads((root / "ddp" / "metrics.json").read_text()) == single
+    assert single["num_images"] == 3  # 3 images over 2 ranks, none counted twice
+
+
+def test_paper_protocol_and_sliding_window_run(trained):
+    root, _ = trained
+    ckpt = root / "run" / "checkpoints" / "last.pt"
+    tta = _evaluate(ckpt, root / "tta", "os=8", "tta.scales=[0.5,1.0,1.5]", "tta.flip=true")
+    slide = _evaluate(ckpt, root / "slide", "inference.mode=slide", "inference.window=[48,48]",
+                      "inference.stride=[16,16]")
+    for metrics in (tta, slide):
+        assert metrics["num_images"] == 3 and 0.0 <= metrics["mIoU"] <= 1.0
+        assert set(metrics["per_class_iou"]) == set(SYNTHETIC_CLASSES)
+    train_split = _evaluate(ckpt, root / "train_split", "dataset.split=train")
+    assert train_split["num_images"] == 8
+
+
+def test_dataset_overrides_merge_onto_the_checkpoint_config():
+    trained_dataset = {"name": "synthetic", "root": "/a", "split": "train", "val_split": "val", "image_size": 64}
+    plain = compose_config("evaluate", ["ckpt=x"])["dataset"]
+    assert evaluation_dataset(trained_dataset, plain) == ({**trained_dataset}, "val")
+    moved = compose_config("evaluate", ["ckpt=x", "dataset.root=/b", "dataset.split=train", "+dataset.num_val=5"])
+    config, split = evaluation_dataset(trained_dataset, moved["dataset"])
+    assert split == "train" and config == {**trained_dataset, "root": "/b", "split": "train", "num_val": 5}
+    # dataset=<name> replaces the checkpoint's dataset config; its own split is the training split, not evaluated.
+    other = compose_config("evaluate", ["ckpt=x", "dataset=cityscapes", "dataset.root=/c"])
+    config, split = evaluation_dataset(trained_dataset, other["dataset"])
+    assert split == "val" and config["name"] == "cityscapes" and config["root"] == "/c"
+    assert "image_size" not in config
+
+
+def test_predict_writes_palette_labels_and_overlays_from_checkpoint_and_torchscript(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt.pt", tmp_path / "data")
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "sub/b.jpg"):
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(images / name)
+    (images / "notes.txt").write_text("not an image")
+
+    def run(model, output):
+        return predict(compose_config("predict", [f"ckpt={model}", f"input={images}", f"output={output}",
+                                                  "tta.flip=true", "device=cpu"]))
+
+    assert run(ckpt, tmp_path / "out")["written"] == 2
+    label = Image.open(tmp_path / "out" / "labels" / "sub" / "b.png")
+    assert label.mode == "P" and label.size == (56, 40)
+    assert np.array_equal(np.array(label.getpalette(), dtype=np.uint8).reshape(-1, 3), voc_palette())
+    assert np.array(label).max() < 6
+    assert Image.open(tmp_path / "out" / "overlays" / "a.jpg").size == (56, 40)
+
+    exported = tmp_path / "model.ts"
+    export_checkpoint(compose_config("export", [f"ckpt={ckpt}", f"output={exported}", "check.sizes=[[48,64]]"]))
+    run(exported, tmp_path / "out_ts")
+    for name in ("a.png", "sub/b.png"):
+        from_checkpoint = np.array(Image.open(tmp_path / "out" / "labels" / name))
+        from_torchscript = np.array(Image.open(tmp_path / "out_ts" / "labels" / name))
+        assert (from_checkpoint == from_torchscript).mean() > 0.99  # same model; normalisation rounding only
