@@ -1,0 +1,59 @@
+"""Datasets, augmentation pipelines and sample validation.
+
+``build_dataset(name, root, split, num_classes=None, class_names=None, **options)`` builds any dataset from the
+keys of a ``configs/dataset/*.yaml`` file (less ``val_split`` and ``ignore_index``); ``DATASETS`` is the registry.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from seg.data.base import IGNORE_INDEX, DatasetError, Sample, SegmentationDataset
+from seg.data.check import CheckReport, check_dataset
+from seg.data.cityscapes import CITYSCAPES_CLASSES, CityscapesSegmentation
+from seg.data.coco import COCOSegmentation
+from seg.data.synthetic import SYNTHETIC_CLASSES, synthetic_dataset
+from seg.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, MEAN_PIXEL, TransformedDataset, eval_transform,
+                                 normalize, pad_collate, train_transform, worker_init_fn)
+from seg.data.voc import VOC_CLASSES, VOCSegmentation
+
+# name -> class or factory taking (root, split, num_classes, class_names, **format options).
+# voc_aug is the VOC reader too: splits ending in "_aug" read SegmentationClassAug/.
+DATASETS = {
+    "synthetic": synthetic_dataset,
+    "voc": VOCSegmentation,
+    "voc_aug": VOCSegmentation,
+    "cityscapes": CityscapesSegmentation,
+    "coco": COCOSegmentation,
+}
+
+
+def dataset_options(name: str) -> list:
+    """The format-specific options (beyond root, split, num_classes, class_names) that dataset ``name`` takes."""
+    if name not in DATASETS:
+        raise DatasetError(f"dataset.name must be one of {sorted(DATASETS)}, got {name!r}")
+    common = {"self", "root", "split", "num_classes", "class_names"}
+    return [p for p in inspect.signature(DATASETS[name]).parameters if p not in common]
+
+
+def build_dataset(name: str, root: Union[str, Path, None], split: str, num_classes: Optional[int] = None,
+                  class_names: Optional[Sequence[str]] = None, **options) -> SegmentationDataset:
+    """Build a dataset split; unknown option keys are an error naming the allowed ones."""
+    allowed = dataset_options(name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise DatasetError(f"unknown option(s) {', '.join('dataset.' + k for k in unknown)} for dataset {name!r}; "
+                           f"it takes dataset.root, dataset.split, dataset.num_classes, dataset.class_names"
+                           f"{''.join(', dataset.' + k for k in allowed)}")
+    return DATASETS[name](root=root, split=split, num_classes=num_classes, class_names=class_names, **options)
+
+
+__all__ = [
+    "CITYSCAPES_CLASSES", "DATASETS", "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD", "MEAN_PIXEL",
+    "SYNTHETIC_CLASSES", "VOC_CLASSES", "CheckReport", "CityscapesSegmentation", "COCOSegmentation", "DatasetError",
+    "Sample", "SegmentationDataset", "TransformedDataset", "VOCSegmentation", "build_dataset", "check_dataset",
+    "dataset_options", "eval_transform", "normalize", "pad_collate", "synthetic_dataset", "train_transform",
+    "worker_init_fn",
+]

@@ -1,0 +1,175 @@
+"""What every dataset shares: the sample contract, file reading and per-sample validation.
+
+A dataset is a list of samples (image file, mask file, id) plus its classes. ``dataset[i]`` returns
+``(image uint8 [H, W, 3] RGB, mask uint8 [H, W])`` with class indices in ``[0, num_classes)`` and
+``IGNORE_INDEX`` (255) for unlabelled pixels. Every sample is validated when it is read: a file that is missing,
+truncated or unreadable, a mask that is not single-channel 8-bit, a label outside the classes, or an image and
+mask of different sizes raises ``DatasetError`` naming the file, never a silent cast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image, ImageFile
+
+from seg.errors import UserError
+
+IGNORE_INDEX = 255
+DOCS = "docs/datasets.md"
+
+# A truncated file must raise instead of loading a partly grey image (this is PIL's default; pinned here because
+# a training run must never learn from half-decoded samples).
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+# Masks hold class indices; these modes store one 8-bit value per pixel.
+MASK_MODES = ("L", "P")
+
+
+class DatasetError(UserError, ValueError):
+    """A dataset that cannot be used as it is on disk: missing files, bad masks, empty splits, bad options.
+
+    A ``UserError``: scripts print it as one line (``error: ...``) and exit with code 1.
+    """
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    image: Path
+    mask: Optional[Path] = None
+
+
+def not_found(what: str, path: Path, hint: str = "") -> DatasetError:
+    hint = f"; {hint}" if hint else ""
+    return DatasetError(f"{what} not found: {path}{hint} (see {DOCS} for how to get and lay out the dataset)")
+
+
+def resolve_classes(default_names: Sequence[str], num_classes: Optional[int], class_names: Optional[Sequence[str]],
+                    fixed: bool) -> List[str]:
+    """The class names a dataset uses, from its own names and the optional ``num_classes`` / ``class_names``.
+
+    ``fixed`` datasets (Cityscapes, COCO) have a label set defined by their converter: the names may be renamed but
+    the count cannot change. Otherwise (VOC layout with your own data) a ``num_classes`` other than the default
+    gives generic names ``class_0 ...`` unless ``class_names`` are given.
+    """
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or not 1 <= num_classes <= IGNORE_INDEX):
+        raise DatasetError(f"dataset.num_classes must be an integer in [1, {IGNORE_INDEX}], got {num_classes!r}")
+    if class_names is not None:
+        if isinstance(class_names, str) or not all(isinstance(n, str) for n in class_names):
+            raise DatasetError(f"dataset.class_names must be a list of strings, got {class_names!r}")
+        names = list(class_names)
+        if num_classes is not None and num_classes != len(names):
+            raise DatasetError(f"dataset.num_classes is {num_classes} but dataset.class_names has {len(names)} "
+                               f"names: {names}")
+    elif num_classes is None or num_classes == len(default_names):
+        names = list(default_names)
+    elif fixed:
+        names = []  # reported just below
+    else:
+        names = [f"class_{i}" for i in range(num_classes)]
+    if fixed and len(names) != len(default_names):
+        raise DatasetError(f"this dataset has {len(default_names)} classes ({', '.join(default_names)}); "
+                           f"dataset.num_classes / dataset.class_names must match that count")
+    if not 1 <= len(names) <= IGNORE_INDEX:
+        raise DatasetError(f"dataset.class_names must hold 1 to {IGNORE_INDEX} names, got {len(names)}")
+    return names
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode an image file fully into uint8 RGB ``[H, W, 3]``; grayscale, palette and RGBA images are converted."""
+    with _open(path, "image") as img:
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        return np.array(img, dtype=np.uint8)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Decode a single-channel 8-bit mask (``L`` or palette ``P`` PNG) into its raw values ``[H, W]``."""
+    with _open(path, "mask") as img:
+        if img.mode not in MASK_MODES:
+            detail = {"RGB": "3 channels (a colour image)", "RGBA": "4 channels", "I;16": "16 bits per pixel",
+                      "I": "32-bit integers", "1": "1 bit per pixel"}.get(img.mode, f"mode {img.mode}")
+            raise DatasetError(
+                f"mask {path} has {detail}; masks must be single-channel 8-bit images (PNG mode L or P) holding "
+                f"class indices, with {IGNORE_INDEX} for ignored pixels (convert colour or 16-bit masks to indices)")
+        return np.array(img, dtype=np.uint8)
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    if not Path(path).is_file():
+        raise DatasetError(f"{what} file not found: {path}")
+    img = None
+    try:
+        img = Image.open(path)
+        img.load()  # decode now, so that a truncated file raises here and not later
+    except (OSError, SyntaxError, ValueError) as error:  # UnidentifiedImageError and truncation are OSErrors
+        if img is not None:
+            img.close()
+        raise DatasetError(f"cannot read {what} file {path}: {error}") from None
+    return img
+
+
+def check_sample(image: np.ndarray, mask: np.ndarray, num_classes: int, image_name: str, mask_name: str) -> None:
+    """Raise ``DatasetError`` if the mask does not match the image or holds a value that is not a class or 255."""
+    if image.shape[:2] != mask.shape:
+        raise DatasetError(f"image {image_name} is {image.shape[1]}x{image.shape[0]} (WxH) but the mask from "
+                           f"{mask_name} is {mask.shape[1]}x{mask.shape[0]}")
+    counts = np.bincount(mask.ravel(), minlength=256)
+    bad = np.flatnonzero(counts[num_classes:IGNORE_INDEX]) + num_classes
+    if bad.size:
+        raise DatasetError(f"mask {mask_name} holds values {bad.tolist()} outside the {num_classes} classes "
+                           f"[0, {num_classes - 1}] and the ignore value {IGNORE_INDEX}")
+
+
+class SegmentationDataset:
+    """Base class: ``samples`` and ``class_names``; subclasses override ``load_mask`` (and ``mask_source``) when
+    masks need decoding.
+
+    Attributes: ``class_names``, ``num_classes``, ``palette`` (uint8 ``[256, 3]``: the colour of each mask value),
+    ``ignore_index`` (255), ``root`` and ``split``.
+    """
+
+    ignore_index = IGNORE_INDEX
+
+    def __init__(self, root: Path, split: str, samples: Sequence[Sample], class_names: Sequence[str],
+                 palette: np.ndarray):
+        if not samples:
+            raise DatasetError(f"split {split!r} of {root} is empty: it lists no images")
+        self.root = Path(root)
+        self.split = split
+        self.samples = list(samples)
+        self.class_names = list(class_names)
+        self.palette = np.asarray(palette, dtype=np.uint8).reshape(256, 3)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def sample_id(self, index: int) -> str:
+        return self.samples[index].id
+
+    def load_mask(self, index: int) -> np.ndarray:
+        return read_mask(self.samples[index].mask)
+
+    def mask_source(self, index: int) -> str:
+        """Where a sample's mask comes from, for error messages."""
+        return str(self.samples[index].mask)
+
+    def __getitem__(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        sample = self.samples[index]
+        image = read_image(sample.image)
+        mask = self.load_mask(index)
+        check_sample(image, mask, self.num_classes, str(sample.image), self.mask_source(index))
+        return image, mask
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, {len(self)} samples, "
+                f"{self.num_classes} classes)")

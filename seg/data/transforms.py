@@ -1,0 +1,153 @@
+"""Augmentation pipelines (albumentations), seeded sample access, batching and normalisation.
+
+Samples stay uint8 from disk to the device: the pipelines never normalise, batches are uint8 (four times less
+to copy into pinned memory and over PCIe), and ``normalize`` turns them into float on the device.
+
+Masks are only ever resized with nearest neighbour and padded with 255 (ignore), never 0.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Optional, Sequence, Tuple, Union
+
+# albumentations asks PyPI for a newer version on import (in every data-loader worker and DDP rank, and with a
+# timeout when offline) unless this is set.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import Dataset  # noqa: E402
+
+from seg.data.base import IGNORE_INDEX  # noqa: E402
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The mean image colour as uint8 RGB: what padded image pixels are filled with (they normalise to about zero).
+MEAN_PIXEL = tuple(round(m * 255) for m in IMAGENET_MEAN)
+
+
+def _size(crop_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
+    if isinstance(crop_size, int):
+        return crop_size, crop_size
+    height, width = (int(v) for v in crop_size)
+    return height, width
+
+
+def train_transform(crop_size: Union[int, Sequence[int]], scale_range: Optional[Sequence[float]] = (0.5, 2.0),
+                    hflip: bool = True, color_jitter: bool = False,
+                    fill: Sequence[float] = MEAN_PIXEL) -> A.Compose:
+    """Random scale (one factor for both sides), pad to the crop with ``fill`` / 255, random crop, flip, jitter.
+
+    ``crop_size`` is an int or ``(height, width)``; ``scale_range=None`` disables rescaling. Padding goes to the
+    bottom and right, as in torchvision's reference.
+    """
+    height, width = _size(crop_size)
+    steps = []
+    if scale_range is not None:
+        low, high = (float(v) for v in scale_range)
+        steps.append(A.RandomScale(scale_limit=(low - 1.0, high - 1.0), interpolation=cv2.INTER_LINEAR,
+                                   mask_interpolation=cv2.INTER_NEAREST, p=1.0))
+    steps += [
+        A.PadIfNeeded(height, width, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=tuple(fill),
+                      fill_mask=IGNORE_INDEX),
+        A.RandomCrop(height, width),
+    ]
+    if hflip:
+        steps.append(A.HorizontalFlip(p=0.5))
+    if color_jitter:
+        steps.append(A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.02, p=0.8))
+    return A.Compose(steps, mask_interpolation=cv2.INTER_NEAREST)
+
+
+def eval_transform() -> A.Compose:
+    """Identity: evaluation sees the image as it is and the label at its original resolution."""
+    return A.Compose([])
+
+
+class TransformedDataset(Dataset):
+    """``dataset`` with ``transform`` applied; samples come out as ``(image uint8 [3, H, W], mask uint8 [H, W])``.
+
+    ``ds[(index, seed)]`` seeds the transform with ``seed`` first, so the augmentation of a sample depends only on
+    ``(index, seed)``: not on the worker process, on the number of workers or on what was drawn before. This is
+    what makes resuming a run exactly and 0-vs-N-worker runs identical. ``ds[index]`` draws the seed from Python's
+    ``random`` module, which ``worker_init_fn`` seeds differently in every worker.
+    """
+
+    def __init__(self, dataset, transform: Optional[A.Compose] = None):
+        self.dataset = dataset
+        self.transform = transform if transform is not None else eval_transform()
+
+    @property
+    def class_names(self):
+        return self.dataset.class_names
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset.num_classes
+
+    @property
+    def palette(self) -> np.ndarray:
+        return self.dataset.palette
+
+    @property
+    def ignore_index(self) -> int:
+        return self.dataset.ignore_index
+
+    def sample_id(self, index: int) -> str:
+        return self.dataset.sample_id(index)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Union[int, Tuple[int, int]]) -> Tuple[torch.Tensor, torch.Tensor]:
+        index, seed = key if isinstance(key, tuple) else (key, random.getrandbits(32))
+        image, mask = self.dataset[int(index)]
+        self.transform.set_random_seed(int(seed))
+        out = self.transform(image=image, mask=mask)
+        image = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
+        return image, torch.from_numpy(np.ascontiguousarray(out["mask"]))
+
+
+def pad_collate(batch: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Stack samples into ``(images uint8 [N, 3, H, W], masks uint8 [N, H, W])``.
+
+    Samples of different sizes (evaluation at original resolution) are placed top-left and padded to the largest
+    height and width: images with ``MEAN_PIXEL``, masks with 255 so that padding never counts in the metrics.
+    """
+    images, masks = zip(*batch)
+    height = max(image.shape[1] for image in images)
+    width = max(image.shape[2] for image in images)
+    if all(image.shape[1:] == (height, width) for image in images):
+        return torch.stack(images), torch.stack(masks)
+    padded_images = torch.tensor(MEAN_PIXEL, dtype=torch.uint8).view(1, 3, 1, 1).repeat(len(images), 1, height, width)
+    padded_masks = torch.full((len(masks), height, width), IGNORE_INDEX, dtype=torch.uint8)
+    for i, (image, mask) in enumerate(zip(images, masks)):
+        padded_images[i, :, : image.shape[1], : image.shape[2]] = image
+        padded_masks[i, : mask.shape[0], : mask.shape[1]] = mask
+    return padded_images, padded_masks
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (or float in [0, 255]) images ``[..., 3, H, W]`` -> float32 ``(x / 255 - mean) / std``.
+
+    Runs on the tensor's device and keeps its memory format (channels_last stays channels_last).
+    """
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=images.device).view(3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=images.device).view(3, 1, 1) * 255
+    return (images.float() - mean) / std
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """Per data-loader worker: no OpenCV threads (the workers are the parallelism), and distinct numpy/random seeds.
+
+    ``torch.initial_seed()`` in a worker is the loader's base seed plus the worker id, so the seeds differ between
+    workers and between epochs.
+    """
+    cv2.setNumThreads(0)
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
