@@ -169,7 +169,7 @@ def test_imagenet_weights_unavailable_is_clear(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(RuntimeError, match="backbone.pretrained=none") as info:
         build_model("resnet18", 3, pretrained="imagenet")
     assert str(tmp_path) in str(info.value)
@@ -181,3 +181,13 @@ def test_backbone_from_local_state_dict(tmp_path):
     torch.save(reference.state_dict(), path)
     model = build_model("resnet18", 3, pretrained=str(path))
     torch.testing.assert_close(model.backbone.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+
+
+def test_imagenet_weights_load_from_torch_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    reference = resnet.resnet18(weights=None)
+    filename = resnet.ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[1]
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(reference.state_dict(), tmp_path / "hub" / "checkpoints" / filename)
+    model = build_model("resnet18", 3, pretrained="imagenet")
+    torch.testing.assert_close(model.backbone.layer3[0].conv1.weight, reference.layer3[0].conv1.weight)

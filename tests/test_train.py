@@ -49,6 +49,29 @@ def test_paper_recipes_compose(experiment):
     assert cfg["os"] == 16 and cfg["train"]["poly_power"] == 0.9
 
 
+@pytest.mark.parametrize("dataset, crop, iters", [("voc_aug", 513, 30000), ("cityscapes", 769, 90000),
+                                                  ("coco", 480, 86000)])
+def test_real_dataset_selects_its_recipe(dataset, crop, iters):
+    cfg = compose_config("train", [f"dataset={dataset}", "dataset.root=/data", "backbone=resnet101"])
+    validate_train(cfg)
+    assert cfg["backbone"] == {"name": "resnet101", "pretrained": "imagenet"}
+    assert (cfg["train"]["crop_size"], cfg["train"]["iters"]) == (crop, iters)
+    override = compose_config("train", [f"dataset={dataset}", "dataset.root=/data", "train.crop_size=321"])
+    assert override["train"]["crop_size"] == 321  # the command line wins over the recipe
+
+
+def test_missing_imagenet_weights_fail_before_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(RuntimeError, match=r"ImageNet weights for resnet18 are not cached at .*resnet18-"):
+        train(_config(tmp_path, **{"backbone.pretrained": "imagenet"}), tmp_path / "run")
+    assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()
+
+
 def test_invalid_value_fails_before_work(tmp_path):
     result = run_script("train.py", [*tiny_overrides(tmp_path / "data"), "os=12", f"hydra.run.dir={tmp_path / 'run'}"],
                         check=False)

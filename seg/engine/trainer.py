@@ -29,6 +29,7 @@ from seg.engine.sampler import ResumableSampler
 from seg.engine.step import TrainStep
 from seg.errors import UserError
 from seg.models import build_model, load_weights
+from seg.models.weights import fetch_imagenet_weights
 from seg.visualize import overlay
 
 log = logging.getLogger("seg.train")
@@ -206,6 +207,9 @@ class Trainer:
         np.random.seed(seed + self.rank)
 
         resume_state = load_checkpoint(cfg["resume"]) if cfg.get("resume") else None
+        if cfg["backbone"]["pretrained"] == "imagenet" and not resume_state and distributed.is_main():
+            fetch_imagenet_weights(cfg["backbone"]["name"])  # fail before any work when they cannot be had
+        distributed.barrier()
         self.train_set, self.val_set = self._datasets()
         self.class_names = list(self.train_set.class_names)
         self.palette = np.asarray(self.train_set.palette, dtype=np.uint8)

@@ -32,10 +32,8 @@ class WeightsUnavailableError(UserError, RuntimeError):
 
 def load_backbone_weights(net: nn.Module, name: str, pretrained: str) -> None:
     """Load ImageNet weights (``"imagenet"``) or a local ResNet state dict (a path) into a torchvision ResNet."""
-    from seg.models.backbone import BACKBONES
-
     if pretrained == "imagenet":
-        state = _imagenet_state_dict(name, BACKBONES[name][1])
+        state = safe_load(fetch_imagenet_weights(name), what=f"ImageNet weights for {name}")
     else:
         state = safe_load(pretrained, what=f"backbone weights (backbone.pretrained) for {name}")
         if isinstance(state, Mapping) and "state_dict" in state:
@@ -48,18 +46,28 @@ def load_backbone_weights(net: nn.Module, name: str, pretrained: str) -> None:
                          f"unexpected {list(unexpected)[:5]}")
 
 
-def _imagenet_state_dict(name: str, weights) -> Dict[str, torch.Tensor]:
-    """torchvision's ImageNet weights through torch.hub's cache; one clear error when they cannot be had."""
-    filename = os.path.basename(weights.url)
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
+def fetch_imagenet_weights(name: str) -> Path:
+    """torchvision's ImageNet weights file for ``name`` in torch.hub's cache, downloaded (hash-checked) if missing.
+
+    Training scripts call this before any other work, so a machine without network access and without the file
+    stops at once with the path to put it at.
+    """
+    from seg.models.backbone import BACKBONES
+
+    url = BACKBONES[name][1].url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    if cached.is_file():
+        return cached
     try:
-        return torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", progress=True,
-                                                  check_hash=True, weights_only=True)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        hash_prefix = torch.hub.HASH_REGEX.search(cached.name)
+        torch.hub.download_url_to_file(url, str(cached), hash_prefix.group(1) if hash_prefix else None)
     except Exception as error:  # no network, DNS failure, HTTP error, bad hash
         raise WeightsUnavailableError(
             f"ImageNet weights for {name} are not cached at {cached} and could not be downloaded "
-            f"({type(error).__name__}): download {weights.url} to that path (or set TORCH_HOME), "
+            f"({type(error).__name__}): download {url} to that path (or set TORCH_HOME), "
             f"or train from scratch with backbone.pretrained=none") from None
+    return cached
 
 
 @dataclass
