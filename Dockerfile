@@ -1,9 +1,8 @@
-# DeepLabv3 training image: CUDA runtime PyTorch base, project installed on top.
+# DeepLabv3 training image: the official PyTorch CUDA runtime image (torch and torchvision included, so pip keeps
+# them), the project installed on top. opencv-python-headless needs no system GL libraries.
 FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TORCH_HOME=/cache/torch
-RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
-    && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /workspace/seg
 COPY pyproject.toml README.md ./

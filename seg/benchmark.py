@@ -23,7 +23,6 @@ all timed steps. Latency (batch 1) is a synchronised wall clock per call.
 
 from __future__ import annotations
 
-import copy
 import gc
 import json
 import logging
@@ -41,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg.config import AMP_MODES, DEVICES, ConfigError, choice, number, crop_hw, dataset_kwargs, model_kwargs
-from seg.config import validate_model
+from seg.config import (AMP_MODES, DEVICES, ConfigError, choice, crop_hw, dataset_kwargs, model_kwargs, number,
+                        to_plain, validate_model)
 from seg.engine.inference import segment
 from seg.engine.sampler import ResumableSampler
 from seg.engine.step import TrainStep
@@ -94,17 +93,6 @@ def rewrite_argv(argv: Sequence[str]) -> List[str]:
         out.append(arg)
         i += 1
     return out
-
-
-def _plain(config: Any) -> Dict:
-    """A plain dict; missing mandatory values (``???``, e.g. ``dataset.root``) stay as the string ``"???"``."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
-    except ImportError:  # pragma: no cover - hydra-core is a dependency
-        DictConfig = ()
-    if isinstance(config, DictConfig):
-        return OmegaConf.to_container(config, resolve=True, throw_on_missing=False)
-    return copy.deepcopy({k: v for k, v in config.items()})
 
 
 def _size_hw(value, key: str) -> Tuple[int, int]:
@@ -714,7 +702,7 @@ def run_benchmark(config: Any, run_dir: Optional[Path] = None, echo: bool = True
 
     ``cpu_threads`` (if set) applies ``torch.set_num_threads`` for the run and is restored afterwards.
     """
-    cfg = _plain(config)
+    cfg = to_plain(config, throw_on_missing=False)
     validate_benchmark(cfg)
     threads = torch.get_num_threads()
     if cfg.get("cpu_threads"):

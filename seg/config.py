@@ -6,7 +6,10 @@ allowed values on error, and turns it into keyword arguments for ``build_model``
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Dict, Mapping, Optional
+
+from omegaconf import DictConfig, OmegaConf
 
 from seg.errors import UserError
 from seg.models import BACKBONES, HEADS, OUTPUT_STRIDES
@@ -22,15 +25,14 @@ class ConfigError(UserError, ValueError):
     pass
 
 
-def to_plain(cfg: Any) -> Dict:
-    """A resolved plain ``dict`` from an OmegaConf config or a mapping (what checkpoints store)."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
-    except ImportError:  # pragma: no cover - hydra-core is a dependency
-        DictConfig = ()
+def to_plain(cfg: Any, throw_on_missing: bool = True) -> Dict:
+    """A resolved plain ``dict`` from an OmegaConf config or a mapping (what checkpoints store).
+
+    With ``throw_on_missing=False`` mandatory values left unset (``???``) stay as the string ``"???"``.
+    """
     if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    return {k: to_plain(v) if isinstance(v, Mapping) else v for k, v in cfg.items()}
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=throw_on_missing)
+    return {k: to_plain(v, throw_on_missing) if isinstance(v, Mapping) else copy.deepcopy(v) for k, v in cfg.items()}
 
 
 def choice(value, key: str, allowed) -> None:
