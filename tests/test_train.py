@@ -97,6 +97,15 @@ def test_train_script_end_to_end(tmp_path):
     assert 0.0 <= records[0]["mIoU"] <= 1.0 and set(records[0]["per_class_iou"]) == set(state["class_names"])
 
 
+def test_multirun_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_script("train.py", ["-m", "os=8,16", *tiny_overrides(tmp_path / "data", **{"train.iters": 1}),
+                            f"hydra.sweep.dir={sweep}"])
+    for job, output_stride in (("0", 8), ("1", 16)):
+        state = load_checkpoint(sweep / job / "checkpoints" / "last.pt")
+        assert state["config"]["os"] == output_stride and state["iteration"] == 1
+
+
 def _config(tmp_path, **extra):
     return compose_config("train", tiny_overrides(tmp_path / "data", **extra))
 
