@@ -11,6 +11,7 @@ from seg.config import ConfigError, validate_train
 from seg.engine import trainer as trainer_module
 from seg.engine.checkpoint import load_checkpoint
 from seg.engine.trainer import TrainingDiverged, train
+from seg.models import build_model
 
 
 def test_default_config_composes_and_validates():
@@ -198,7 +199,7 @@ def test_ddp_two_processes(tmp_path):
     from seg.config import dataset_kwargs, model_kwargs
     from seg.data import build_dataset
     from seg.engine.evaluation import evaluate
-    from seg.models import build_model, load_weights
+    from seg.models import load_weights
 
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     cfg = state["config"]
@@ -208,3 +209,12 @@ def test_ddp_two_processes(tmp_path):
     metrics, _ = evaluate(model, val_set, torch.device("cpu"))
     assert metrics["mIoU"] == logged["mIoU"]
     assert metrics["per_class_iou"] == logged["per_class_iou"]
+
+
+@pytest.mark.slow
+def test_compiled_training_writes_plain_checkpoints(tmp_path):
+    """train.compile=true (about a minute of compilation on a CPU): checkpoints hold the plain model's keys."""
+    train(_config(tmp_path, **{"train.compile": "true", "train.iters": 2}), tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert not any(key.startswith(("_orig_mod.", "module.")) for key in state["model"])
+    assert state["model"].keys() == build_model("resnet18", state["num_classes"]).state_dict().keys()
