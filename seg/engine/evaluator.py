@@ -20,7 +20,7 @@ from seg.engine.inference import segment
 from seg.engine.options import inference_kwargs, require, validate_inference, validate_loader
 from seg.engine.report import metrics_table, write_evaluation
 from seg.engine.restore import load_trained, model_from_checkpoint, num_classes_of
-from seg.engine.device import resolve_amp, resolve_device
+from seg.engine.device import place, resolve_amp, resolve_device
 
 log = logging.getLogger("seg.evaluate")
 
@@ -80,7 +80,7 @@ def _evaluate(cfg: Dict, run_dir: Path, device) -> Dict:
     dataset = build_dataset(**dataset_kwargs(dataset_cfg, split=split))
     where = f"dataset {dataset_cfg['name']} split {split!r}"
     check_classes(state, dataset.class_names, where)
-    model = model_from_checkpoint(state, cfg["os"], cfg["ckpt"]).to(device)
+    model = place(model_from_checkpoint(state, cfg["os"], cfg["ckpt"]), device)
     options = inference_kwargs(cfg, default_window=crop_hw(trained["train"]["crop_size"]))
     amp = cfg["amp"] if cfg["amp"] is not None else trained["train"]["amp"]
     amp_dtype = resolve_amp(amp, device.type, key="amp")

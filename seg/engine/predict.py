@@ -25,7 +25,7 @@ from seg.data.base import read_image
 from seg.engine.inference import segment
 from seg.engine.options import inference_kwargs, require, validate_inference
 from seg.engine.restore import is_torchscript, palette_of, restore
-from seg.engine.device import resolve_amp, resolve_device
+from seg.engine.device import place, resolve_amp, resolve_device
 from seg.errors import MissingFileError, UserError
 from seg.export import load_torchscript
 from seg.visualize import overlay
@@ -71,7 +71,7 @@ def load_model(path, output_stride: Optional[int], device: torch.device) -> Load
                            "off")
     model, state = restore(path, output_stride)
     trained = state["config"]
-    return LoadedModel(model.to(device), palette_of(state), crop_hw(trained["train"]["crop_size"]),
+    return LoadedModel(place(model, device), palette_of(state), crop_hw(trained["train"]["crop_size"]),
                        trained["train"]["amp"])
 
 

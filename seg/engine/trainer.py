@@ -20,7 +20,7 @@ from seg.config import crop_hw, dataset_kwargs, model_kwargs, to_plain, validate
 from seg.data import build_dataset
 from seg.data.transforms import TransformedDataset, normalize, train_transform, worker_init_fn
 from seg.engine import distributed
-from seg.engine.device import resolve_amp, resolve_device
+from seg.engine.device import place, resolve_amp, resolve_device
 from seg.engine.checkpoint import (all_finite, check_resume_config, load_checkpoint, restore_rng,
                                    save_checkpoint, unwrap)
 from seg.engine.evaluation import evaluate
@@ -257,9 +257,7 @@ class Trainer:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         elif self.world > 1:
             log.info("SyncBatchNorm needs CUDA: on the CPU each process keeps its own BatchNorm statistics")
-        model.to(self.device)
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
+        place(model, self.device)
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=ids)
