@@ -193,6 +193,7 @@ def test_ddp_two_processes(tmp_path):
     run_script("train.py", [*tiny_overrides(tmp_path / "data", **{"train.iters": 3, "train.eval_every": 3}),
                             f"hydra.run.dir={run_dir}"], launcher=launcher)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert (run_dir / "train.log").read_text().count("data: synthetic") == 1  # only rank 0 logs INFO
     logged = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert logged["num_images"] == 3  # 3 images over 2 ranks: no padded duplicate counted
     # One process evaluating the saved weights gets the same numbers as the two ranks did.

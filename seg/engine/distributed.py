@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 from typing import List
 
@@ -22,6 +23,8 @@ def init(device_type: str) -> None:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     backend = "nccl" if device_type == "cuda" else "gloo"
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    if dist.get_rank() != 0:  # one log: the other ranks report only warnings and errors
+        logging.getLogger().setLevel(logging.WARNING)
 
 
 def shutdown() -> None:
