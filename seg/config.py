@@ -10,6 +10,7 @@ import copy
 from typing import Any, Dict, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from seg.errors import UserError
 from seg.models import BACKBONES, HEADS, OUTPUT_STRIDES
@@ -31,7 +32,12 @@ def to_plain(cfg: Any, throw_on_missing: bool = True) -> Dict:
     With ``throw_on_missing=False`` mandatory values left unset (``???``) stay as the string ``"???"``.
     """
     if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=throw_on_missing)
+        try:
+            return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=throw_on_missing)
+        except MissingMandatoryValue as error:
+            hint = " (the folder that holds the dataset, see docs/datasets.md)" if error.full_key == "dataset.root" else ""
+            raise ConfigError(f"{error.full_key} must be set on the command line{hint}, "
+                              f"e.g. {error.full_key}=...") from None
     return {k: to_plain(v, throw_on_missing) if isinstance(v, Mapping) else copy.deepcopy(v) for k, v in cfg.items()}
 
 

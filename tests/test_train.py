@@ -81,6 +81,12 @@ def test_invalid_value_fails_before_work(tmp_path):
     assert not (tmp_path / "data").exists()  # nothing was generated
 
 
+def test_missing_dataset_root_is_one_line(tmp_path):
+    result = run_script("train.py", ["dataset=voc", f"hydra.run.dir={tmp_path / 'run'}"], check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: dataset.root must be set on the command line")
+
+
 def test_train_script_end_to_end(tmp_path):
     run_dir = tmp_path / "run"
     run_script("train.py", [*tiny_overrides(tmp_path / "data"), f"hydra.run.dir={run_dir}"])
