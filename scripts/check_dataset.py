@@ -10,16 +10,14 @@ import hydra
 from omegaconf import DictConfig
 
 from seg.config import dataset_kwargs, to_plain
-from seg.data import DatasetError, build_dataset, check_dataset
+from seg.data import build_dataset, check_dataset
+from seg.errors import exit_on_user_error
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="check_dataset")
+@exit_on_user_error  # a split that cannot even be listed is the one problem to report
 def main(cfg: DictConfig) -> None:
-    try:
-        dataset = build_dataset(**dataset_kwargs(to_plain(cfg)["dataset"]))
-    except DatasetError as error:  # the split cannot even be listed: that is the one problem to report
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+    dataset = build_dataset(**dataset_kwargs(to_plain(cfg)["dataset"]))
     print(f"{dataset.root}: split {dataset.split!r}, {dataset.num_classes} classes")
     report = check_dataset(dataset)
     print(report.format())

@@ -7,7 +7,7 @@ allowed values on error, and turns it into keyword arguments for ``build_model``
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -83,16 +83,17 @@ def validate_train(cfg: Mapping) -> None:
     number(train["weight_decay"], "train.weight_decay", strict=False)
     number(train["aux_weight"], "train.aux_weight", strict=False)
     number(train["max_nonfinite"], "train.max_nonfinite", integer=True)
-    crop = train["crop_size"]
-    sides = crop if isinstance(crop, (list, tuple)) else [crop]
-    if len(sides) not in (1, 2) or not all(isinstance(s, int) and s > 0 for s in sides):
-        raise ConfigError(f"train.crop_size must be a positive integer or [height, width], got {crop!r}")
+    crop_hw(train["crop_size"])
     if not 0 < train["bootstrap_fraction"] <= 1:
         raise ConfigError(f"train.bootstrap_fraction must be in (0, 1], got {train['bootstrap_fraction']!r}")
 
 
-def crop_hw(crop) -> tuple:
-    return (crop, crop) if isinstance(crop, int) else tuple(crop)
+def crop_hw(value, key: str = "train.crop_size") -> Tuple[int, int]:
+    """``(height, width)`` from a positive int (a square) or a ``[height, width]`` pair; else a ``ConfigError``."""
+    sides = list(value) if isinstance(value, (list, tuple)) else [value]
+    if len(sides) not in (1, 2) or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sides):
+        raise ConfigError(f"{key} must be a positive integer or [height, width], got {value!r}")
+    return sides[0], sides[-1]
 
 
 def model_kwargs(cfg: Mapping, num_classes: int, pretrained: Optional[str] = None) -> Dict:

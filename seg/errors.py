@@ -23,8 +23,16 @@ def exit_on_user_error(main):
         try:
             return main(*args, **kwargs)
         except UserError as error:
-            logging.getLogger("seg").error("%s", error)
             print(f"error: {error}", file=sys.stderr)
+            _record_in_log_files(error)
             sys.exit(1)
 
     return wrapper
+
+
+def _record_in_log_files(error: UserError) -> None:
+    """Add the error to the run's log files (e.g. train.log) without printing it a second time on the console."""
+    record = logging.getLogger("seg").makeRecord("seg", logging.ERROR, __file__, 0, "%s", (error,), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)

@@ -52,9 +52,8 @@ def test_plain_inference_is_the_model_softmax(model, images):
 
 @torch.inference_mode()
 def test_scale_one_without_flip_equals_plain(model, images):
-    plain = segment(model, images)
-    assert torch.equal(segment(model, images, scales=[1.0], flip=False), plain)
-    assert torch.allclose(segment(model, images, scales=(1.0, 1.0)), plain, atol=1e-6)
+    plain = model(images)["out"].softmax(1)
+    assert torch.allclose(segment(model, images, scales=(1.0, 1.0), flip=False), plain, atol=1e-6)
 
 
 @torch.inference_mode()

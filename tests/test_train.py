@@ -77,7 +77,10 @@ def test_invalid_value_fails_before_work(tmp_path):
     result = run_script("train.py", [*tiny_overrides(tmp_path / "data"), "os=12", f"hydra.run.dir={tmp_path / 'run'}"],
                         check=False)
     assert result.returncode == 1
-    assert "os must be one of [8, 16, 32], got 12" in result.stderr
+    message = "os must be one of [8, 16, 32], got 12"
+    assert f"error: {message}" in result.stderr
+    assert (result.stdout + result.stderr).count(message) == 1  # one line on the console
+    assert message in (tmp_path / "run" / "train.log").read_text()  # and recorded in the run's log
     assert not (tmp_path / "data").exists()  # nothing was generated
 
 
@@ -98,7 +101,11 @@ def test_train_script_end_to_end(tmp_path):
         assert state["iteration"] == 2
         assert state["config"]["backbone"]["name"] == "resnet18"
         assert {"optimizer", "scheduler", "scaler", "rng", "sampler", "class_names", "versions"} <= set(state)
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload().Tags()
+    assert {"train/loss", "train/lr", "val/mIoU", "val/IoU/background"} <= set(events["scalars"])
+    assert events["images"] == ["val/overlay_0"]  # tb_images=1: image | ground truth | prediction
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records] == [2]
     assert 0.0 <= records[0]["mIoU"] <= 1.0 and set(records[0]["per_class_iou"]) == set(state["class_names"])
@@ -148,9 +155,16 @@ def test_resume_refuses_shape_change(tmp_path):
     ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
     with pytest.raises(ValueError, match="backbone.name was 'resnet18'"):
         train(_config(tmp_path, backbone="resnet34", resume=ckpt), tmp_path / "run2")
-    # Changing only the schedule length is allowed.
-    summary = train(_config(tmp_path, resume=ckpt, **{"train.iters": 3}), tmp_path / "run")
+
+
+def test_resume_with_another_length_follows_the_new_schedule(tmp_path):
+    run = tmp_path / "run"
+    train(_config(tmp_path, **{"train.iters": 4, "train.stop_at": 2}), run)
+    summary = train(_config(tmp_path, resume=run / "checkpoints" / "last.pt", **{"train.iters": 3}), run)
     assert summary["iteration"] == 3
+    scheduler = load_checkpoint(run / "checkpoints" / "last.pt")["scheduler"]
+    # Poly reaches 0 at the new last iteration; the old length (4) would leave (1 - 3/4) ** 0.9 of the lr.
+    assert scheduler["last_epoch"] == 3 and scheduler["_last_lr"] == [0.0] * len(scheduler["_last_lr"])
 
 
 def _nan_on(calls_to_poison):
@@ -203,17 +217,15 @@ def test_ddp_two_processes(tmp_path):
     logged = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert logged["num_images"] == 3  # 3 images over 2 ranks: no padded duplicate counted
     # One process evaluating the saved weights gets the same numbers as the two ranks did.
-    from seg.config import dataset_kwargs, model_kwargs
+    from seg.config import dataset_kwargs
     from seg.data import build_dataset
     from seg.engine.evaluation import evaluate
-    from seg.models import load_weights
+    from seg.engine.restore import model_from_checkpoint
 
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     cfg = state["config"]
     val_set = build_dataset(**dataset_kwargs(cfg["dataset"], split=cfg["dataset"]["val_split"]))
-    model = build_model(**model_kwargs(cfg, state["num_classes"]))
-    load_weights(model, state)
-    metrics, _ = evaluate(model, val_set, torch.device("cpu"))
+    metrics = evaluate(model_from_checkpoint(state), val_set, torch.device("cpu")).metrics
     assert metrics["mIoU"] == logged["mIoU"]
     assert metrics["per_class_iou"] == logged["per_class_iou"]
 

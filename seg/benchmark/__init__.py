@@ -21,7 +21,7 @@ One job per module:
 from seg.benchmark.config import COMPARE_MODES, rewrite_argv, validate_benchmark
 from seg.benchmark.hardware import PEAK_SOURCE, PEAK_TFLOPS, device_info, lookup_peak, peak_tflops, versions
 from seg.benchmark.measure import (bench_inference, bench_loader, bench_real_run, bench_train, build_loader,
-                                   make_loss, make_train_step)
+                                   make_train_step)
 from seg.benchmark.micro import bench_conv3x3, bench_image_pool
 from seg.benchmark.model_info import aspp_rates, conv3x3_dilations, count_flops
 from seg.benchmark.run import DEFAULT_COUNTS, run_benchmark
@@ -35,7 +35,7 @@ __all__ = [
     "COMPARE_MODES", "DEFAULT_COUNTS", "PEAK_SOURCE", "PEAK_TFLOPS", "RATIO_KEYS", "SCHEMA", "TORCHVISION_BACKBONES",
     "TRAIN_FLOPS_MULTIPLIER", "aspp_rates", "bench_conv3x3", "bench_image_pool", "bench_inference", "bench_loader",
     "bench_real_run", "bench_torchvision", "bench_train", "build_loader", "build_torchvision_deeplabv3",
-    "compute_ratios", "conv3x3_dilations", "count_flops", "device_info", "format_table", "lookup_peak", "make_loss",
+    "compute_ratios", "conv3x3_dilations", "count_flops", "device_info", "format_table", "lookup_peak",
     "make_train_step", "peak_tflops", "rewrite_argv", "run_benchmark", "time_calls", "time_latency",
     "torchvision_reference_step", "validate_benchmark", "versions",
 ]

@@ -3,10 +3,10 @@ work starts."""
 
 from __future__ import annotations
 
-from typing import List, Mapping, Sequence, Tuple
+from typing import List, Mapping, Sequence
 
 from seg.benchmark.torchvision_ref import TORCHVISION_BACKBONES
-from seg.config import AMP_MODES, DEVICES, ConfigError, choice, number, validate_model
+from seg.config import AMP_MODES, DEVICES, ConfigError, choice, crop_hw, number, validate_model
 from seg.models import OUTPUT_STRIDES
 
 COMPARE_MODES = ("torchvision",)
@@ -27,13 +27,6 @@ def rewrite_argv(argv: Sequence[str]) -> List[str]:
         out.append(arg)
         i += 1
     return out
-
-
-def size_hw(value, key: str) -> Tuple[int, int]:
-    sides = list(value) if isinstance(value, (list, tuple)) else [value]
-    if len(sides) not in (1, 2) or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sides):
-        raise ConfigError(f"{key} must be a positive integer or [height, width], got {value!r}")
-    return (sides[0], sides[-1])
 
 
 def _optional_count(value, key: str, minimum: int) -> None:
@@ -61,8 +54,8 @@ def validate_benchmark(cfg: Mapping) -> None:
     number(cfg["data_steps"], "data_steps", strict=False, integer=True)
     if cfg.get("peak_tflops") is not None:
         number(cfg["peak_tflops"], "peak_tflops")
-    size_hw(cfg["crop_size"], "crop_size")
-    size_hw(cfg["eval_size"], "eval_size")
+    crop_hw(cfg["crop_size"], "crop_size")
+    crop_hw(cfg["eval_size"], "eval_size")
     if compare == "torchvision":
         if cfg["backbone"]["name"] not in TORCHVISION_BACKBONES:
             raise ConfigError(

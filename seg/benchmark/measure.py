@@ -1,9 +1,9 @@
 """The timed phases. What is timed is what the project runs:
 
 * training: ``seg.engine.step.TrainStep`` (normalise on the device, forward, loss, backward, fused SGD step) with
-  the trainer's parameter groups (``param_groups``), momentum buffers, poly schedule, GradScaler (fp16 only),
+  the trainer's optimizer (``build_optimizer``: parameter groups, fused SGD, poly schedule, GradScaler for fp16),
   ``channels_last`` and ``torch.compile`` settings, on a fixed uint8 batch in pinned memory (what the loader
-  gives); the loss is the trainer's (``segmentation_loss`` on ``out`` plus ``aux_weight`` x ``aux``);
+  gives); the loss is the trainer's (``make_loss``);
 * inference: ``seg.engine.inference.segment`` under ``torch.inference_mode`` and the AMP dtype, at ``eval_size``
   and ``eval_os`` (the model is switched with ``set_output_stride``, as the paper evaluates), as
   ``seg.engine.evaluation.evaluate`` calls it;
@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -25,17 +25,14 @@ from seg.engine.inference import segment
 from seg.engine.sampler import ResumableSampler
 from seg.engine.step import TrainStep
 from seg.engine.trainer import build_optimizer, build_train_loader
-from seg.engine.trainer import make_loss as trainer_make_loss
 
-def _fill_train(result: Dict, times: List[float], wall: float, first_step_s: float, batch: int, steps: int,
-                memory: float, flops_per_image: Optional[int], peak: Optional[float]) -> None:
-    median = median_of(times)
-    images_per_s = batch / (median / 1e3)
+
+def throughput(batch: int, median_ms: float, flops_per_image: Optional[int], peak: Optional[float]) -> Dict:
+    """images/s of a call on ``batch`` images taking ``median_ms``, and the TFLOP/s and fraction of ``peak``."""
+    images_per_s = batch / (median_ms / 1e3)
     tflops = flops_per_image * images_per_s / 1e12 if flops_per_image else None
-    result.update(step_ms=median, step_ms_p10=percentile_of(times, 10), step_ms_p90=percentile_of(times, 90),
-                  images_per_s=images_per_s, wall_images_per_s=batch * steps / wall, first_step_s=first_step_s,
-                  peak_memory_mib=memory, tflops=tflops,
-                  peak_fraction=tflops / peak if tflops is not None and peak else None)
+    return {"images_per_s": images_per_s, "tflops": tflops,
+            "peak_fraction": tflops / peak if tflops is not None and peak else None}
 
 
 def fake_batch(batch: int, hw: Tuple[int, int], num_classes: int, device: torch.device,
@@ -50,12 +47,6 @@ def fake_batch(batch: int, hw: Tuple[int, int], num_classes: int, device: torch.
     return images, labels
 
 
-def make_loss(train_cfg: Mapping, ignore_index: int) -> Callable:
-    """The trainer's loss for this configuration."""
-    return trainer_make_loss(train_cfg["loss"], ignore_index, train_cfg["bootstrap_fraction"],
-                             train_cfg["aux_weight"])
-
-
 def make_train_step(model: nn.Module, train_cfg: Mapping, loss_fn: Callable, device: torch.device,
                     amp_dtype: Optional[torch.dtype], channels_last: bool):
     """TrainStep and LR scheduler exactly as ``Trainer`` sets them up (``model`` already placed / compiled)."""
@@ -65,20 +56,16 @@ def make_train_step(model: nn.Module, train_cfg: Mapping, loss_fn: Callable, dev
     return step, scheduler
 
 
-def place(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    return model
-
-
 def bench_train(step_call: Callable[[], Any], device: torch.device, warmup: int, steps: int, batch: int,
                 flops_per_image: Optional[int], peak: Optional[float]) -> Dict:
     result = empty_train()
     reset_peak(device)
     first = first_call_s(step_call, device)
     times, wall = time_calls(step_call, device, max(warmup - 1, 0), steps)
-    _fill_train(result, times, wall, first, batch, steps, peak_memory_mib(device), flops_per_image, peak)
+    median = median_of(times)
+    result.update(step_ms=median, step_ms_p10=percentile_of(times, 10), step_ms_p90=percentile_of(times, 90),
+                  wall_images_per_s=batch * steps / wall, first_step_s=first, peak_memory_mib=peak_memory_mib(device),
+                  **throughput(batch, median, flops_per_image, peak))
     return result
 
 
@@ -106,11 +93,9 @@ def bench_inference(model: nn.Module, device: torch.device, amp_dtype: Optional[
         times, _ = time_calls(run(images), device, warmup, steps)
         latency = time_latency(run(single), device, warmup, steps)
     median = median_of(times)
-    images_per_s = batch / (median / 1e3)
-    tflops = flops_per_image * images_per_s / 1e12 if flops_per_image else None
-    result.update(batch_size=batch, batch_ms=median, images_per_s=images_per_s, latency_ms=median_of(latency),
-                  latency_ms_p90=percentile_of(latency, 90), peak_memory_mib=peak_memory_mib(device), tflops=tflops,
-                  peak_fraction=tflops / peak if tflops is not None and peak else None)
+    result.update(batch_size=batch, batch_ms=median, latency_ms=median_of(latency),
+                  latency_ms_p90=percentile_of(latency, 90), peak_memory_mib=peak_memory_mib(device),
+                  **throughput(batch, median, flops_per_image, peak))
     return result
 
 

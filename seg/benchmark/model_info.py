@@ -8,6 +8,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+
 def conv3x3_dilations(backbone: nn.Module) -> Dict[str, List[int]]:
     """Dilation of every 3x3 convolution of stages 2-4, in order (a BasicBlock unit has two)."""
     result = {}

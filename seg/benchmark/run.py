@@ -10,18 +10,20 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from seg.benchmark.config import size_hw, validate_benchmark
+from seg.benchmark.config import validate_benchmark
 from seg.benchmark.hardware import device_info, peak_tflops, versions
-from seg.benchmark.measure import (fake_batch, place, bench_inference, bench_loader, bench_real_run, bench_train,
-                                   build_loader, make_loss, make_train_step)
+from seg.benchmark.measure import (bench_inference, bench_loader, bench_real_run, bench_train, build_loader,
+                                   fake_batch, make_train_step)
 from seg.benchmark.micro import bench_conv3x3, bench_image_pool
-from seg.benchmark.model_info import num_params, aspp_rates, conv3x3_dilations, count_flops
-from seg.benchmark.schema import SCHEMA, TRAIN_FLOPS_MULTIPLIER, empty_data, empty_flops, empty_micro, compute_ratios
+from seg.benchmark.model_info import aspp_rates, conv3x3_dilations, count_flops, num_params
+from seg.benchmark.schema import SCHEMA, TRAIN_FLOPS_MULTIPLIER, compute_ratios, empty_data, empty_flops, empty_micro
 from seg.benchmark.table import format_table
 from seg.benchmark.timing import free
 from seg.benchmark.torchvision_ref import bench_torchvision
 from seg.config import crop_hw, dataset_kwargs, model_kwargs, to_plain
-from seg.engine.device import resolve_amp, resolve_device
+from seg.data import build_dataset
+from seg.engine.device import place, resolve_amp, resolve_device
+from seg.engine.trainer import make_loss
 from seg.models import build_model
 
 log = logging.getLogger("seg.benchmark")
@@ -59,8 +61,8 @@ def _run(cfg: Dict, run_dir: Optional[Path], echo: bool) -> Dict:
     steps = default_steps if cfg.get("steps") is None else int(cfg["steps"])
     batch = int(cfg["batch_size"])
     eval_batch = int(cfg.get("eval_batch_size") or batch)
-    crop = crop_hw(tuple(size_hw(cfg["crop_size"], "crop_size")))
-    eval_hw = size_hw(cfg["eval_size"], "eval_size")
+    crop = crop_hw(cfg["crop_size"], "crop_size")
+    eval_hw = crop_hw(cfg["eval_size"], "eval_size")
     train_cfg = cfg["train"]
     dataset_cfg = cfg["dataset"]
     ignore_index = int(dataset_cfg.get("ignore_index", 255))
@@ -70,18 +72,13 @@ def _run(cfg: Dict, run_dir: Optional[Path], echo: bool) -> Dict:
     torch.manual_seed(int(cfg["seed"]))
 
     data = empty_data()
+    # The dataset is read for the loader figures, or for its class count when the config does not give it.
+    timing_data = cfg["data_steps"] > 0
+    num_classes = dataset_cfg.get("num_classes")
     train_set = None
-    if cfg["data_steps"] > 0:
-        from seg.data import build_dataset
-
+    if timing_data or not isinstance(num_classes, int):
         train_set = build_dataset(**dataset_kwargs(dataset_cfg))
         num_classes = train_set.num_classes
-    else:
-        num_classes = dataset_cfg.get("num_classes")
-        if not isinstance(num_classes, int):
-            from seg.data import build_dataset
-
-            num_classes = build_dataset(**dataset_kwargs(dataset_cfg)).num_classes
     peak = peak_tflops(device, amp_dtype, cfg.get("peak_tflops"))
     settings = {
         "backbone": cfg["backbone"]["name"], "os": cfg["os"], "head": cfg["model"]["head"],
@@ -96,7 +93,7 @@ def _run(cfg: Dict, run_dir: Optional[Path], echo: bool) -> Dict:
     log.info("benchmark: %s", settings)
 
     # Data loader alone, before any model exists.
-    if train_set is not None:
+    if timing_data:
         loader = build_loader(train_set, batch, crop, cfg["num_workers"], train_cfg, int(cfg["seed"]), device)
         data.update(dataset=dataset_cfg["name"], num_workers=cfg["num_workers"], batches=cfg["data_steps"],
                     **bench_loader(loader, cfg["data_steps"], max(1, cfg["num_workers"])))
@@ -129,7 +126,7 @@ def _run(cfg: Dict, run_dir: Optional[Path], echo: bool) -> Dict:
         scheduler.step()
 
     train = bench_train(our_step, device, warmup, steps, batch, flops["train_per_image"], peak["tflops"])
-    if train_set is not None:
+    if timing_data:
         loader = build_loader(train_set, batch, crop, cfg["num_workers"], train_cfg, int(cfg["seed"]), device)
         data.update(bench_real_run(loader, step, scheduler, device, warmup, steps, batch))
         del loader

@@ -9,10 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg.benchmark.measure import place, bench_inference, bench_train, make_loss, make_train_step
-from seg.benchmark.model_info import num_params, aspp_rates, conv3x3_dilations, count_flops
+from seg.benchmark.measure import bench_inference, bench_train, make_train_step
+from seg.benchmark.model_info import aspp_rates, conv3x3_dilations, count_flops, num_params
 from seg.benchmark.schema import TRAIN_FLOPS_MULTIPLIER, empty_torchvision
 from seg.benchmark.timing import free
+from seg.engine.device import place
+from seg.engine.trainer import make_loss
 from seg.errors import UserError
 from seg.models.aspp import default_aspp_rates
 

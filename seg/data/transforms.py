@@ -8,6 +8,7 @@ Masks are only ever resized with nearest neighbour and padded with 255 (ignore),
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from typing import Optional, Sequence, Tuple, Union
@@ -22,19 +23,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
+from seg.config import crop_hw  # noqa: E402
 from seg.data.base import IGNORE_INDEX  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # The mean image colour as uint8 RGB: what padded image pixels are filled with (they normalise to about zero).
 MEAN_PIXEL = tuple(round(m * 255) for m in IMAGENET_MEAN)
-
-
-def _size(crop_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
-    if isinstance(crop_size, int):
-        return crop_size, crop_size
-    height, width = (int(v) for v in crop_size)
-    return height, width
 
 
 def train_transform(crop_size: Union[int, Sequence[int]], scale_range: Optional[Sequence[float]] = (0.5, 2.0),
@@ -45,7 +40,7 @@ def train_transform(crop_size: Union[int, Sequence[int]], scale_range: Optional[
     ``crop_size`` is an int or ``(height, width)``; ``scale_range=None`` disables rescaling. Padding goes to the
     bottom and right, as in torchvision's reference.
     """
-    height, width = _size(crop_size)
+    height, width = crop_hw(crop_size, "crop_size")
     steps = []
     if scale_range is not None:
         low, high = (float(v) for v in scale_range)
@@ -131,13 +126,21 @@ def pad_collate(batch: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[tor
     return padded_images, padded_masks
 
 
+@functools.lru_cache(maxsize=None)
+def _mean_std_255(device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and std on ``device``, scaled to [0, 255]; made once per device so that normalising a batch
+    never copies constants from the host (on CUDA such a copy would stall every training step)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1).mul(255).to(device)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1).mul(255).to(device)
+    return mean, std
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 (or float in [0, 255]) images ``[..., 3, H, W]`` -> float32 ``(x / 255 - mean) / std``.
 
     Runs on the tensor's device and keeps its memory format (channels_last stays channels_last).
     """
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=images.device).view(3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=images.device).view(3, 1, 1) * 255
+    mean, std = _mean_std_255(images.device)
     return (images.float() - mean) / std
 
 

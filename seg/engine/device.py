@@ -28,12 +28,12 @@ def resolve_amp(amp: str, device_type: str, key: str = "train.amp") -> Optional[
     return {"fp16": torch.float16, "bf16": torch.bfloat16, "off": None}[amp]
 
 
-def place(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Move ``model`` to ``device``; on CUDA also to channels_last, the layout cuDNN convolutions run fastest in.
-
-    Inputs need no conversion: a convolution with channels_last weights computes in channels_last.
+def place(model: torch.nn.Module, device: torch.device, channels_last: Optional[bool] = None) -> torch.nn.Module:
+    """Move ``model`` to ``device`` and, on CUDA (or as ``channels_last`` says), to channels_last: the layout
+    cuDNN convolutions run fastest in. Inputs need no conversion: a convolution with channels_last weights computes
+    in channels_last.
     """
     model.to(device)
-    if device.type == "cuda":
+    if device.type == "cuda" if channels_last is None else channels_last:
         model.to(memory_format=torch.channels_last)
     return model

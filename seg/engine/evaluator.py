@@ -87,7 +87,7 @@ def _evaluate(cfg: Dict, run_dir: Path, device) -> Dict:
     log.info("evaluating %s (iteration %d, %s, output stride %d) on %s: %d images; %s, amp %s",
              cfg["ckpt"], state["iteration"], trained["backbone"]["name"], model.output_stride, where, len(dataset),
              _describe(options), amp)
-    metrics, matrix = evaluate(model, dataset, device, predictor=functools.partial(segment, **options),
+    metrics, matrix, _ = evaluate(model, dataset, device, predictor=functools.partial(segment, **options),
                                batch_size=cfg["batch_size"], num_workers=cfg["num_workers"], amp_dtype=amp_dtype,
                                progress=True)
     if distributed.is_main():

@@ -10,6 +10,7 @@ arithmetic, so resuming costs nothing.
 
 from __future__ import annotations
 
+import itertools
 from typing import Dict, Iterator, Tuple
 
 import numpy as np
@@ -36,9 +37,7 @@ class ResumableSampler(Sampler):
         epoch, offset = divmod(self.start, self.samples_per_epoch)
         while True:
             self._order.set_epoch(epoch)
-            for position, index in enumerate(self._order):
-                if position < offset:
-                    continue
+            for position, index in enumerate(itertools.islice(self._order, offset, None), start=offset):
                 sample_seed = np.random.SeedSequence([self.seed, self.rank, epoch, position]).generate_state(1)[0]
                 yield index, int(sample_seed)
             epoch, offset = epoch + 1, 0

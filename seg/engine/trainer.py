@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from seg.config import crop_hw, dataset_kwargs, model_kwargs, to_plain, validate_train
 from seg.data import build_dataset
-from seg.data.transforms import TransformedDataset, normalize, train_transform, worker_init_fn
+from seg.data.transforms import TransformedDataset, train_transform, worker_init_fn
 from seg.engine import distributed
 from seg.engine.device import place, resolve_amp, resolve_device
 from seg.engine.checkpoint import (all_finite, check_resume_config, load_checkpoint, restore_rng,
@@ -86,8 +86,10 @@ def build_optimizer(model: nn.Module, train_cfg: Mapping, amp_dtype: Optional[to
     return optimizer, scheduler, scaler
 
 
-def make_loss(kind: str, ignore_index: int, bootstrap_fraction: float, aux_weight: float):
-    """``outputs, labels -> loss``: the main loss plus ``aux_weight`` times the auxiliary head's."""
+def make_loss(train_cfg: Mapping, ignore_index: int):
+    """``outputs, labels -> loss``: ``train.loss`` on the main output plus ``train.aux_weight`` times the
+    auxiliary head's."""
+    kind, bootstrap_fraction, aux_weight = train_cfg["loss"], train_cfg["bootstrap_fraction"], train_cfg["aux_weight"]
 
     def loss_fn(outputs: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         loss = segmentation_loss(outputs["out"].float(), labels, kind, ignore_index, bootstrap_fraction)
@@ -209,10 +211,8 @@ class Trainer:
 
     def _restore(self, state: Mapping) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        # LambdaLR keeps its schedule function (built from the current train.iters) and restores the position.
         self.scheduler.load_state_dict(state["scheduler"])
-        # A changed train.iters must change the schedule: LambdaLR restores base LRs but not the lambda.
-        self.scheduler.lr_lambdas = [poly_schedule(self.t["iters"], self.t["poly_power"], self.t["warmup_iters"])
-                                     for _ in self.optimizer.param_groups]
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.best_miou = state["best_miou"]
@@ -229,7 +229,7 @@ class Trainer:
                                           self.device.type == "cuda", int(self.cfg["seed"])))
         device = self.device
         self.model.train()
-        loss_fn = make_loss(t["loss"], self.val_set.ignore_index, t["bootstrap_fraction"], t["aux_weight"])
+        loss_fn = make_loss(t, self.val_set.ignore_index)
         step = TrainStep(self.model, self.optimizer, loss_fn, device, self.amp_dtype, self.channels_last,
                          self.scaler)
         loss_sum = torch.zeros((), device=device)
@@ -289,8 +289,9 @@ class Trainer:
     def _validate(self, iteration: int) -> Dict:
         model = unwrap(self.model)
         distributed.broadcast_buffers(model)
-        metrics, _ = evaluate(model, self.val_set, self.device, batch_size=self.t["val_batch_size"],
-                              num_workers=min(self.t["num_workers"], 2), amp_dtype=self.amp_dtype)
+        metrics, _, samples = evaluate(model, self.val_set, self.device, batch_size=self.t["val_batch_size"],
+                                       num_workers=min(self.t["num_workers"], 2), amp_dtype=self.amp_dtype,
+                                       keep_samples=self.t["tb_images"] if distributed.is_main() else 0)
         record = {"iter": iteration, **metrics}
         self.files.metrics(record)
         self.files.scalars({"val/mIoU": metrics["mIoU"], "val/pixel_acc": metrics["pixel_acc"],
@@ -299,24 +300,14 @@ class Trainer:
                            iteration)
         log.info("val iter %d: mIoU %.4f pixel_acc %.4f mean_acc %.4f (%d images)", iteration, metrics["mIoU"],
                  metrics["pixel_acc"], metrics["mean_acc"], metrics["num_images"])
-        if distributed.is_main():
-            self._log_overlays(model, iteration)
+        for i, (image, label, prediction) in enumerate(samples):
+            panel = np.concatenate([image, overlay(image, label, self.palette),
+                                    overlay(image, prediction, self.palette)], axis=1)
+            self.files.images(f"val/overlay_{i}", panel, iteration)
         if metrics["mIoU"] > self.best_miou:
             self.best_miou = metrics["mIoU"]
             self._save("best.pt", iteration)
         return record
-
-    @torch.inference_mode()
-    def _log_overlays(self, model: nn.Module, iteration: int) -> None:
-        model.eval()
-        for i in range(min(self.t["tb_images"], len(self.val_set))):
-            image, label = self.val_set[i]
-            x = normalize(torch.as_tensor(np.array(image)).permute(2, 0, 1)[None].to(self.device))
-            prediction = model(x)["out"].argmax(1)[0].cpu().numpy().astype(np.uint8)
-            panel = np.concatenate([image, overlay(image, label, self.palette),
-                                    overlay(image, prediction, self.palette)], axis=1)
-            self.files.images(f"val/overlay_{i}", panel, iteration)
-        model.train()
 
     def _save(self, name: str, iteration: int) -> None:
         if not distributed.is_main():
