@@ -225,6 +225,9 @@ class Trainer:
         t = self.t
         iters = t["iters"]
         stop_at = min(iters, t["stop_at"]) if t.get("stop_at") else iters
+        if self.start_iter >= stop_at:
+            log.info("the run is already at iteration %d of %d: nothing to train (raise train.iters to go on)",
+                     self.start_iter, stop_at)
         batches = iter(build_train_loader(self.train_set, self.sampler, t, self.batch_per_rank,
                                           self.device.type == "cuda", int(self.cfg["seed"])))
         device = self.device
