@@ -6,7 +6,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from seg.engine.evaluator import evaluate_checkpoint
+from seg.engine.evaluation import evaluate_checkpoint
 from seg.errors import exit_on_user_error
 
 

@@ -1,13 +1,15 @@
 """The one boundary between configuration (Hydra / OmegaConf or a plain dict) and the library.
 
-Everything below ``seg`` takes plain arguments; this module validates a configuration, naming the key and the
-allowed values on error, and turns it into keyword arguments for ``build_model`` and ``build_dataset``.
+Everything below takes plain arguments. This module checks every key of every command's configuration before
+any work starts (train, evaluate, predict, export; the benchmark adds its own keys on top of ``validate_model``),
+naming the key and the allowed values on error, and turns configurations into keyword arguments for
+``build_model``, ``build_dataset`` and ``segment``. Each rule is checked here once.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -18,6 +20,8 @@ from seg.models import BACKBONES, HEADS, OUTPUT_STRIDES
 AMP_MODES = ("auto", "fp16", "bf16", "off")
 DEVICES = ("auto", "cpu", "cuda")
 LOSSES = ("ce", "bootstrap")
+INFERENCE_MODES = ("whole", "slide")  # seg.engine.inference.segment's ``mode``
+EXPORT_FORMATS = ("torchscript", "onnx", "export")
 # dataset keys that describe the run rather than how to read the files
 DATASET_RUN_KEYS = ("val_split", "ignore_index")
 
@@ -54,9 +58,20 @@ def number(value, key: str, minimum: float = 0.0, strict: bool = True, integer: 
         raise ConfigError(f"{key} must be {'an integer' if integer else 'a number'} {bound}, got {value!r}")
 
 
+def require(cfg: Mapping, key: str, usage: str) -> None:
+    if cfg.get(key) in (None, ""):
+        raise ConfigError(f"{key} is required: {usage}")
+
+
+def check_output_stride(value, key: str = "os", optional: bool = False) -> None:
+    """One of ``OUTPUT_STRIDES``; with ``optional``, ``null`` too (evaluate/predict/export: as trained)."""
+    if not (optional and value is None):
+        choice(value, key, OUTPUT_STRIDES)
+
+
 def validate_model(cfg: Mapping) -> None:
     choice(cfg["backbone"]["name"], "backbone.name", sorted(BACKBONES))
-    choice(cfg["os"], "os", OUTPUT_STRIDES)
+    check_output_stride(cfg["os"])
     model = cfg["model"]
     choice(model["head"], "model.head", HEADS)
     grid = model["multi_grid"]
@@ -118,3 +133,61 @@ def dataset_kwargs(dataset_cfg: Mapping, split: Optional[str] = None) -> Dict:
     if split is not None:
         kwargs["split"] = split
     return kwargs
+
+
+# -- evaluate.py, predict.py, export.py --------------------------------------------------------------------------
+
+def validate_inference(cfg: Mapping) -> None:
+    """``os``, ``device``, ``amp``, ``tta`` and ``inference`` (a ``null`` os / amp means: as trained)."""
+    check_output_stride(cfg["os"], optional=True)
+    choice(cfg["device"], "device", DEVICES)
+    if cfg["amp"] is not None:
+        choice(cfg["amp"], "amp", AMP_MODES)
+    if not isinstance(cfg["tta"]["flip"], bool):
+        raise ConfigError(f"tta.flip must be true or false, got {cfg['tta']['flip']!r}")
+    scales = cfg["tta"]["scales"]
+    if (not scales or isinstance(scales, str)
+            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in scales)):
+        raise ConfigError(f"tta.scales must be a non-empty list of positive numbers, got {scales!r}")
+    inference = cfg["inference"]
+    mode, window, stride = inference["mode"], inference["window"], inference["stride"]
+    choice(mode, "inference.mode", INFERENCE_MODES)
+    for key, value in (("inference.window", window), ("inference.stride", stride)):
+        if value is not None and (len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value)):
+            raise ConfigError(f"{key} must be null or [height, width] in pixels, got {value!r}")
+    if mode == "slide" and window is not None and stride is not None and any(s > w for s, w in zip(stride, window)):
+        raise ConfigError(f"inference.stride {list(stride)} must not exceed inference.window {list(window)}: "
+                          "pixels between windows would get no prediction")
+
+
+def validate_loader(cfg: Mapping) -> None:
+    number(cfg["batch_size"], "batch_size", integer=True)
+    number(cfg["num_workers"], "num_workers", strict=False, integer=True)
+
+
+def inference_kwargs(cfg: Mapping, default_window: Optional[Sequence[int]]) -> Dict:
+    """Keyword arguments of ``seg.engine.inference.segment``.
+
+    For sliding windows the window defaults to ``default_window`` (the training crop size); a ``null`` stride is
+    ``segment``'s default (two thirds of the window). In whole-image mode both stay ``None``.
+    """
+    inference = cfg["inference"]
+    window, stride = inference["window"], inference["stride"]
+    if inference["mode"] == "slide":
+        if window is None and default_window is None:
+            raise ConfigError("inference.mode=slide needs inference.window=[height,width] here (the model does not "
+                              "record its training crop size)")
+        window = tuple(window if window is not None else default_window)
+        stride = tuple(stride) if stride is not None else None
+    return dict(scales=tuple(float(s) for s in cfg["tta"]["scales"]), flip=cfg["tta"]["flip"],
+                mode=inference["mode"], window=window, stride=stride)
+
+
+def validate_export(cfg: Mapping) -> None:
+    require(cfg, "ckpt", "python scripts/export.py ckpt=outputs/<run>/checkpoints/best.pt output=model.ts")
+    require(cfg, "output", "python scripts/export.py ckpt=PATH output=model.ts [format=torchscript|onnx|export]")
+    choice(cfg["format"], "format", EXPORT_FORMATS)
+    check_output_stride(cfg["os"], optional=True)
+    sizes = cfg["check"]["sizes"]
+    if not sizes or not all(len(s) == 2 and all(isinstance(v, int) and v >= 32 for v in s) for s in sizes):
+        raise ConfigError(f"check.sizes must be a list of [height, width] pairs of at least 32 pixels, got {sizes!r}")

@@ -12,29 +12,25 @@ files you trust.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from seg.config import ConfigError, choice, crop_hw, to_plain
+from seg.config import EXPORT_FORMATS, crop_hw, to_plain, validate_export
 from seg.data import IMAGENET_MEAN, IMAGENET_STD
-from seg.engine.options import require
-from seg.engine.restore import num_classes_of, palette_of, restore
+from seg.engine.checkpoint import num_classes_of, palette_of, restore
 from seg.errors import UserError
-from seg.models import OUTPUT_STRIDES
+from seg.io import METADATA_FILE, load_torchscript, torchscript_is_the_contract
 
 log = logging.getLogger("seg.export")
 
-FORMATS = {"torchscript": ".ts", "onnx": ".onnx", "export": ".pt2"}
-METADATA_FILE = "metadata.json"
+FORMATS = dict(zip(EXPORT_FORMATS, (".ts", ".onnx", ".pt2")))  # format -> the usual file extension
 INPUT = "float32 RGB [N, 3, H, W] in [0, 1]"
 OUTPUT = "logits [N, C, H, W] at the input size"
 
@@ -73,7 +69,7 @@ def _dynamic_shapes():
 # -- writers: (module, path, metadata json) -> None ---------------------------------------------------------------
 
 def _save_torchscript(module: ExportedModel, path: Path, metadata: str) -> None:
-    with _torchscript_is_the_contract():
+    with torchscript_is_the_contract():
         torch.jit.save(torch.jit.script(module), str(path), _extra_files={METADATA_FILE: metadata})
 
 
@@ -113,23 +109,6 @@ def _require_onnx() -> None:
 
 
 # -- loaders: path -> (callable on a CPU tensor, metadata dict) ----------------------------------------------------
-
-def load_torchscript(path: Union[str, Path], map_location=None) -> Tuple[torch.jit.ScriptModule, Dict]:
-    """``torch.jit.load`` plus the metadata. TorchScript is code: load only files you trust."""
-    extra = {METADATA_FILE: ""}
-    with _torchscript_is_the_contract():
-        module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
-    return module.eval(), json.loads(extra[METADATA_FILE] or "{}")
-
-
-@contextlib.contextmanager
-def _torchscript_is_the_contract():
-    """Silence PyTorch's TorchScript deprecation notices: the deployed file format is fixed by this project's
-    contract (``format=export`` writes the torch.export successor)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
-        yield
-
 
 def _load_program(path: Path) -> Tuple[Callable, Dict]:
     extra = {METADATA_FILE: ""}
@@ -186,7 +165,6 @@ def export_model(model: nn.Module, path: Union[str, Path], format: str = "torchs
 
     Returns ``{"path", "format", "parity": check_parity's results}``. On a mismatch the file is not written.
     """
-    choice(format, "format", list(FORMATS))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = ExportedModel(model).cpu().eval()
@@ -207,14 +185,8 @@ def export_model(model: nn.Module, path: Union[str, Path], format: str = "torchs
 def export_checkpoint(config: Mapping) -> Dict:
     """export.py: the checkpoint ``config["ckpt"]`` at output stride ``config["os"]`` to ``config["output"]``."""
     cfg = to_plain(config)
-    require(cfg, "ckpt", "python scripts/export.py ckpt=outputs/<run>/checkpoints/best.pt output=model.ts")
-    require(cfg, "output", "python scripts/export.py ckpt=PATH output=model.ts [format=torchscript|onnx|export]")
-    choice(cfg["format"], "format", list(FORMATS))
-    if cfg["os"] is not None:
-        choice(cfg["os"], "os", OUTPUT_STRIDES)
+    validate_export(cfg)
     sizes = cfg["check"]["sizes"]
-    if not sizes or not all(len(s) == 2 and all(isinstance(v, int) and v >= 32 for v in s) for s in sizes):
-        raise ConfigError(f"check.sizes must be a list of [height, width] pairs of at least 32 pixels, got {sizes!r}")
     model, state = restore(cfg["ckpt"], cfg["os"])
     trained = state["config"]
     metadata = {

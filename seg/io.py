@@ -1,17 +1,24 @@
-"""Reading untrusted tensor files safely and writing checkpoints atomically."""
+"""Reading tensor files safely (checkpoints, weights, exported TorchScript models) and writing them atomically."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Dict, Tuple, Union
 
 import torch
 
 from seg.errors import MissingFileError, UserError
+
+
+# The name of the JSON file of class names, palette and settings that travels inside an exported model.
+METADATA_FILE = "metadata.json"
 
 
 class UnsafeFileError(UserError, ValueError):
@@ -64,3 +71,29 @@ def atomic_save(obj: Any, path: Union[str, Path]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def is_torchscript(path: Union[str, Path]) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip holding ``code/``), decided without loading it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name or name.startswith("code/") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def load_torchscript(path: Union[str, Path], map_location=None) -> Tuple[torch.jit.ScriptModule, Dict]:
+    """``torch.jit.load`` plus the export's metadata. TorchScript is code: load only files you trust."""
+    extra = {METADATA_FILE: ""}
+    with torchscript_is_the_contract():
+        module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
+    return module.eval(), json.loads(extra[METADATA_FILE] or "{}")
+
+
+@contextlib.contextmanager
+def torchscript_is_the_contract():
+    """Silence PyTorch's TorchScript deprecation notices: the deployed file format is fixed by this project's
+    contract (``format=export`` writes the torch.export successor)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        yield

@@ -9,7 +9,7 @@ from helpers import compose_config, run_script, tiny_checkpoint, tiny_overrides
 
 from seg.data import SYNTHETIC_CLASSES
 from seg.data.voc import voc_palette
-from seg.engine.evaluator import evaluate_checkpoint, evaluation_dataset
+from seg.engine.evaluation import evaluate_checkpoint, evaluation_dataset
 from seg.engine.predict import predict
 from seg.export import export_checkpoint
 

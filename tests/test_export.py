@@ -9,7 +9,7 @@ import torch
 from helpers import compose_config, run_script, tiny_checkpoint
 
 from seg import export as export_module
-from seg.engine.restore import restore
+from seg.engine.checkpoint import restore
 from seg.export import ExportedModel, ExportError, export_checkpoint, export_model, load_torchscript
 from seg.models import build_model
 

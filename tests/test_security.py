@@ -6,7 +6,7 @@ from helpers import compose_config, run_script, tiny_checkpoint
 
 from seg.config import ConfigError
 from seg.engine.checkpoint import CheckpointError
-from seg.engine.evaluator import evaluate_checkpoint
+from seg.engine.evaluation import evaluate_checkpoint
 from seg.engine.predict import predict
 from seg.errors import MissingFileError
 from seg.export import export_checkpoint, export_model

@@ -8,7 +8,7 @@ from hydra.errors import MissingConfigException
 from helpers import compose_config, run_script, tiny_overrides
 
 from seg.config import ConfigError, validate_train
-from seg.engine import trainer as trainer_module
+from seg.engine import losses as losses_module
 from seg.engine.checkpoint import load_checkpoint
 from seg.engine.trainer import TrainingDiverged, train
 from seg.models import build_model
@@ -168,7 +168,7 @@ def test_resume_with_another_length_follows_the_new_schedule(tmp_path):
 
 
 def _nan_on(calls_to_poison):
-    real = trainer_module.segmentation_loss
+    real = losses_module.segmentation_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -180,7 +180,7 @@ def _nan_on(calls_to_poison):
 
 
 def test_nonfinite_steps_are_skipped(tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer_module, "segmentation_loss", _nan_on({2, 4}))
+    monkeypatch.setattr(losses_module, "segmentation_loss", _nan_on({2, 4}))
     summary = train(_config(tmp_path, **{"train.iters": 5, "train.eval_every": 0}), tmp_path / "run")
     assert summary["nonfinite_steps"] == 2
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
@@ -192,7 +192,7 @@ def test_repeated_nonfinite_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
     run = tmp_path / "run"
     train(_config(tmp_path, **{"train.iters": 2}), run)
     before = (run / "checkpoints" / "last.pt").read_bytes()
-    monkeypatch.setattr(trainer_module, "segmentation_loss", _nan_on(set(range(1, 100))))
+    monkeypatch.setattr(losses_module, "segmentation_loss", _nan_on(set(range(1, 100))))
     with pytest.raises(TrainingDiverged, match="3 consecutive training steps"):
         train(_config(tmp_path, resume=run / "checkpoints" / "last.pt",
                       **{"train.iters": 8, "train.max_nonfinite": 3, "train.ckpt_every": 0}), run)
@@ -220,7 +220,7 @@ def test_ddp_two_processes(tmp_path):
     from seg.config import dataset_kwargs
     from seg.data import build_dataset
     from seg.engine.evaluation import evaluate
-    from seg.engine.restore import model_from_checkpoint
+    from seg.engine.checkpoint import model_from_checkpoint
 
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     cfg = state["config"]

@@ -24,7 +24,8 @@ from seg.benchmark.timing import (first_call_s, median_of, peak_memory_mib, perc
 from seg.engine.inference import segment
 from seg.engine.sampler import ResumableSampler
 from seg.engine.step import TrainStep
-from seg.engine.trainer import build_optimizer, build_train_loader
+from seg.data.loader import build_train_loader
+from seg.engine.optim import build_optimizer
 
 
 def throughput(batch: int, median_ms: float, flops_per_image: Optional[int], peak: Optional[float]) -> Dict:
@@ -102,9 +103,9 @@ def bench_inference(model: nn.Module, device: torch.device, amp_dtype: Optional[
 def build_loader(train_set, batch: int, crop_hw_: Tuple[int, int], num_workers: int, train_cfg: Mapping,
                  seed: int, device: torch.device):
     """The trainer's DataLoader (same transform, sampler, workers, pinning) at the benchmark's shapes."""
-    cfg = {**train_cfg, "crop_size": list(crop_hw_), "num_workers": num_workers}
-    return build_train_loader(train_set, ResumableSampler(len(train_set), seed), cfg, batch, device.type == "cuda",
-                              seed)
+    return build_train_loader(train_set, ResumableSampler(len(train_set), seed), batch, crop_hw_,
+                              tuple(train_cfg["scale_range"]), train_cfg["hflip"], train_cfg["color_jitter"],
+                              num_workers, pin_memory=device.type == "cuda", seed=seed)
 
 
 def bench_loader(loader, batches: int, warmup_batches: int) -> Dict:

@@ -23,7 +23,7 @@ from seg.benchmark.torchvision_ref import bench_torchvision
 from seg.config import crop_hw, dataset_kwargs, model_kwargs, to_plain
 from seg.data import build_dataset
 from seg.engine.device import place, resolve_amp, resolve_device
-from seg.engine.trainer import make_loss
+from seg.engine.losses import make_loss
 from seg.models import build_model
 
 log = logging.getLogger("seg.benchmark")

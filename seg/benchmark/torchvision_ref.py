@@ -14,7 +14,7 @@ from seg.benchmark.model_info import aspp_rates, conv3x3_dilations, count_flops,
 from seg.benchmark.schema import TRAIN_FLOPS_MULTIPLIER, empty_torchvision
 from seg.benchmark.timing import free
 from seg.engine.device import place
-from seg.engine.trainer import make_loss
+from seg.engine.losses import make_loss
 from seg.errors import UserError
 from seg.models.aspp import default_aspp_rates
 

@@ -23,7 +23,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
-from seg.config import crop_hw  # noqa: E402
 from seg.data.base import IGNORE_INDEX  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -40,7 +39,7 @@ def train_transform(crop_size: Union[int, Sequence[int]], scale_range: Optional[
     ``crop_size`` is an int or ``(height, width)``; ``scale_range=None`` disables rescaling. Padding goes to the
     bottom and right, as in torchvision's reference.
     """
-    height, width = crop_hw(crop_size, "crop_size")
+    height, width = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
     steps = []
     if scale_range is not None:
         low, high = (float(v) for v in scale_range)

@@ -1,19 +1,24 @@
-"""Checkpoints: plain tensors and Python data only (``weights_only=True`` loads them), written atomically."""
+"""Checkpoints: saving, loading, resuming from, and rebuilding a trained model from one.
+
+A checkpoint holds plain tensors and Python data only (``weights_only=True`` loads it) and is written atomically.
+"""
 
 from __future__ import annotations
 
 import logging
 import random
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
-import torchvision
 
-import seg
+from seg.config import model_kwargs
+from seg.data.voc import voc_palette
+from seg.engine.device import unwrap, versions
 from seg.errors import UserError
-from seg.io import atomic_save, safe_load
+from seg.io import atomic_save, is_torchscript, safe_load
+from seg.models import DeepLabV3, build_model
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +29,6 @@ SHAPE_KEYS = (("backbone", "name"), ("model", "head"), ("model", "aux_loss"), ("
 
 class CheckpointError(UserError, ValueError):
     pass
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain model inside DDP and/or torch.compile wrappers."""
-    model = getattr(model, "_orig_mod", model)
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
 
 
 def capture_rng() -> Dict:
@@ -56,10 +54,6 @@ def restore_rng(state: Mapping) -> None:
 
 def _as_tuple(value):
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-def versions() -> Dict[str, str]:
-    return {"seg": str(seg.__version__), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
 
 
 def all_finite(model: torch.nn.Module) -> bool:
@@ -97,6 +91,47 @@ def load_checkpoint(path) -> Dict:
         raise CheckpointError(f"{path} is not a checkpoint of this project (expected keys {list(REQUIRED_KEYS)}); "
                               "to start from plain weights use model.weights=PATH")
     return dict(state)
+
+
+def load_trained(path: Union[str, Path]) -> Dict:
+    """``load_checkpoint``, with a clear refusal of an exported TorchScript model (which is code, not weights)."""
+    if is_torchscript(path):
+        raise CheckpointError(f"{path} is an exported TorchScript model, not a training checkpoint: evaluate and "
+                              "export need checkpoints/last.pt or best.pt of a training run")
+    return load_checkpoint(path)
+
+
+def num_classes_of(state: Mapping) -> int:
+    return int(state.get("num_classes", len(state["class_names"])))
+
+
+def palette_of(state: Mapping) -> np.ndarray:
+    """The dataset palette (``[256, 3]`` uint8) a checkpoint or an export's metadata holds; VOC's if none."""
+    palette = state.get("palette")
+    return voc_palette() if palette is None else np.asarray(palette, dtype=np.uint8).reshape(256, 3)
+
+
+def model_from_checkpoint(state: Mapping, output_stride: Optional[int] = None,
+                          path: Union[str, Path] = "checkpoint") -> DeepLabV3:
+    """The model described by the checkpoint's config with its weights (all of them: a strict load), in eval mode.
+
+    ``output_stride`` switches the trained model to another stride with the same weights (None: as trained).
+    """
+    model = build_model(**model_kwargs(state["config"], num_classes_of(state), pretrained="none"))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise CheckpointError(f"the weights in {path} do not fit the model its config describes: "
+                              f"{' '.join(str(error).split())[:300]}") from None
+    if output_stride is not None:
+        model.set_output_stride(output_stride)
+    return model.eval()
+
+
+def restore(path: Union[str, Path], output_stride: Optional[int] = None) -> Tuple[DeepLabV3, Dict]:
+    """``(model, checkpoint state)`` from a checkpoint file, for evaluation, prediction and export."""
+    state = load_trained(path)
+    return model_from_checkpoint(state, output_stride, path), state
 
 
 def check_resume_config(saved: Mapping, current: Mapping, path) -> None:

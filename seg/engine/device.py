@@ -1,11 +1,14 @@
-"""Which device and which autocast precision a job runs with."""
+"""Where and how a job runs: the device, the autocast precision, the model's memory layout, library versions."""
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import ContextManager, Dict, Optional
 
 import torch
+import torchvision
 
+import seg
 from seg.errors import UserError
 
 
@@ -28,6 +31,13 @@ def resolve_amp(amp: str, device_type: str, key: str = "train.amp") -> Optional[
     return {"fp16": torch.float16, "bf16": torch.bfloat16, "off": None}[amp]
 
 
+def autocast(device_type: str, dtype: Optional[torch.dtype]) -> ContextManager:
+    """``torch.autocast`` to ``dtype``, or no autocast at all when ``dtype`` is None (full precision)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype)
+
+
 def place(model: torch.nn.Module, device: torch.device, channels_last: Optional[bool] = None) -> torch.nn.Module:
     """Move ``model`` to ``device`` and, on CUDA (or as ``channels_last`` says), to channels_last: the layout
     cuDNN convolutions run fastest in. Inputs need no conversion: a convolution with channels_last weights computes
@@ -37,3 +47,18 @@ def place(model: torch.nn.Module, device: torch.device, channels_last: Optional[
     if device.type == "cuda" if channels_last is None else channels_last:
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model inside DDP and/or torch.compile wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def versions() -> Dict[str, Optional[str]]:
+    """Library versions, recorded in checkpoints and benchmark results (CUDA / cuDNN: None without CUDA)."""
+    cudnn = torch.backends.cudnn.version() if torch.cuda.is_available() else None
+    return {"seg": str(seg.__version__), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "cuda": torch.version.cuda if cudnn else None,
+            "cudnn": str(cudnn) if cudnn else None}

@@ -61,15 +61,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def broadcast_object(obj):
-    """Rank 0's ``obj`` on every rank."""
-    if not dist.is_initialized():
-        return obj
-    holder: List = [obj]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
 def shard(indices: List[int]) -> List[int]:
     """This rank's share of ``indices`` without padding, so evaluation never counts a sample twice."""
     return indices[rank()::world_size()]

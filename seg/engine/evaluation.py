@@ -1,21 +1,40 @@
-"""Evaluation over a dataset split: one confusion matrix, shared by training validation and evaluate.py."""
+"""Evaluation: the loop over a dataset split (shared by training validation and evaluate.py), the body of
+evaluate.py, and the files it writes (``metrics.json``, the confusion matrix as CSV and PNG, a per-class table).
+
+With the default settings of evaluate.py (output stride, AMP and batch size as trained) its numbers equal the
+ones the training run logged, because both go through ``evaluate``.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+import csv
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from seg.config import (ConfigError, crop_hw, dataset_kwargs, inference_kwargs, require, to_plain,
+                        validate_inference, validate_loader)
+from seg.data import build_dataset
 from seg.data.transforms import TransformedDataset, eval_transform, normalize, pad_collate
 from seg.engine import distributed
-from seg.engine.inference import segment
+from seg.engine.checkpoint import CheckpointError, load_trained, model_from_checkpoint, num_classes_of
+from seg.engine.device import autocast, place, resolve_amp, resolve_device
+from seg.engine.inference import default_stride, segment
 from seg.metrics import confusion_matrix, metrics_from_confusion
 
-Predictor = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
+log = logging.getLogger("seg.evaluate")
 
+Predictor = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
+# Heat map colours: no pixels -> white, all of a row's pixels -> dark blue; grey rows have no labelled pixels.
+EMPTY, FULL, NO_LABELS = np.array([255, 255, 255]), np.array([8, 48, 107]), np.array([200, 200, 200])
 
 class Evaluation(NamedTuple):
     metrics: Dict                # the metrics.json content
@@ -47,7 +66,7 @@ def evaluate(model: torch.nn.Module, dataset, device: torch.device, predictor: P
                                        dynamic_ncols=True):
         images = normalize(raw_images.to(device, non_blocking=True))
         labels = raw_labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with autocast(device.type, amp_dtype):
             predictions = predictor(model, images).argmax(1)
         matrix += confusion_matrix(predictions, labels, num_classes, dataset.ignore_index)
         images_seen += images.shape[0]
@@ -60,3 +79,148 @@ def evaluate(model: torch.nn.Module, dataset, device: torch.device, predictor: P
     metrics = metrics_from_confusion(matrix, dataset.class_names)
     metrics["num_images"] = int(images_seen)
     return Evaluation(metrics, matrix.cpu(), samples)
+
+
+# -- evaluate.py ---------------------------------------------------------------------------------------------
+
+def evaluation_dataset(trained: Mapping, override: Mapping) -> Tuple[Dict, str]:
+    """The dataset config and split to evaluate, from the checkpoint's ``dataset`` and evaluate.yaml's ``dataset``.
+
+    Without a dataset choice, ``override`` holds only what the command line set (``dataset.root=...``,
+    ``+dataset.<key>=...``) and its non-null keys are merged onto the config the model was trained with. With
+    ``dataset=<name>`` (``override`` then has a ``name``) that dataset's config is used as it is. The split is
+    ``dataset.split`` when given, else the dataset's ``val_split``.
+    """
+    given = {k: v for k, v in override.items() if v is not None}
+    base = {} if "name" in override else dict(trained)
+    merged = {**base, **given}
+    split = given.get("split") or merged.get("val_split")
+    if not split:
+        raise ConfigError("dataset.split is required: the dataset config names no val_split")
+    merged.setdefault("root", None)
+    return merged, split
+
+
+def check_classes(state: Mapping, class_names, where: str) -> None:
+    """The model's output classes must be the dataset's: same count (else an error), same names (else a warning)."""
+    trained = list(state["class_names"])
+    if num_classes_of(state) != len(class_names):
+        raise CheckpointError(
+            f"the checkpoint predicts {num_classes_of(state)} classes ({', '.join(trained)}) but {where} has "
+            f"{len(class_names)} ({', '.join(class_names)}): evaluate on the dataset it was trained for")
+    if trained != list(class_names):
+        log.warning("class names differ: checkpoint %s, %s %s (evaluating by index)", trained, where,
+                    list(class_names))
+
+
+def evaluate_checkpoint(config: Mapping, run_dir) -> Dict:
+    """Evaluate ``config["ckpt"]`` as configured by ``configs/evaluate.yaml``; rank 0 writes into ``run_dir``.
+
+    Returns the metrics (``metrics.json`` content). Runs under torchrun too: every process evaluates its share of
+    the images and the confusion matrices are summed.
+    """
+    cfg = to_plain(config)
+    require(cfg, "ckpt", "python scripts/evaluate.py ckpt=outputs/<run>/checkpoints/best.pt")
+    validate_inference(cfg)
+    validate_loader(cfg)
+    device_type = resolve_device(cfg["device"])
+    distributed.init(device_type)
+    try:
+        return _evaluate(cfg, Path(run_dir), distributed.local_device(device_type))
+    finally:
+        distributed.shutdown()
+
+
+def _evaluate(cfg: Dict, run_dir: Path, device) -> Dict:
+    state = load_trained(cfg["ckpt"])
+    trained = state["config"]
+    dataset_cfg, split = evaluation_dataset(trained["dataset"], cfg["dataset"])
+    dataset = build_dataset(**dataset_kwargs(dataset_cfg, split=split))
+    where = f"dataset {dataset_cfg['name']} split {split!r}"
+    check_classes(state, dataset.class_names, where)
+    model = place(model_from_checkpoint(state, cfg["os"], cfg["ckpt"]), device)
+    options = inference_kwargs(cfg, default_window=crop_hw(trained["train"]["crop_size"]))
+    amp = cfg["amp"] if cfg["amp"] is not None else trained["train"]["amp"]
+    amp_dtype = resolve_amp(amp, device.type, key="amp")
+    log.info("evaluating %s (iteration %d, %s, output stride %d) on %s: %d images; %s, amp %s",
+             cfg["ckpt"], state["iteration"], trained["backbone"]["name"], model.output_stride, where, len(dataset),
+             _describe(options), amp)
+    metrics, matrix, _ = evaluate(model, dataset, device, predictor=functools.partial(segment, **options),
+                               batch_size=cfg["batch_size"], num_workers=cfg["num_workers"], amp_dtype=amp_dtype,
+                               progress=True)
+    if distributed.is_main():
+        paths = write_evaluation(run_dir, metrics, matrix, dataset.class_names)
+        log.info("\n%s", metrics_table(metrics, matrix))
+        log.info("wrote %s, %s, %s", *paths.values())
+    return metrics
+
+
+def _describe(options: Mapping) -> str:
+    text = f"scales {list(options['scales'])}, flip {options['flip']}, {options['mode']} inference"
+    if options["mode"] == "slide":
+        stride = options["stride"] or default_stride(options["window"])
+        text += f" (window {list(options['window'])}, stride {list(stride)})"
+    return text
+
+
+# -- what evaluate.py writes -------------------------------------------------------------------------------
+
+def write_evaluation(run_dir: Path, metrics: Mapping, matrix: torch.Tensor, class_names: Sequence[str]) -> Dict:
+    """Write ``metrics.json``, ``confusion_matrix.csv`` and ``confusion_matrix.png``; return their paths."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"metrics": run_dir / "metrics.json", "csv": run_dir / "confusion_matrix.csv",
+             "png": run_dir / "confusion_matrix.png"}
+    paths["metrics"].write_text(json.dumps(dict(metrics), indent=2) + "\n")
+    with paths["csv"].open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["label \\ prediction", *class_names])
+        for name, row in zip(class_names, matrix.tolist()):
+            writer.writerow([name, *row])
+    confusion_heatmap(matrix, class_names).save(paths["png"])
+    return paths
+
+
+def metrics_table(metrics: Mapping, matrix: torch.Tensor) -> str:
+    """Per-class IoU (percent) with each class's labelled pixel count, then the summary line."""
+    names = list(metrics["per_class_iou"])
+    width = max(12, *(len(n) for n in names))
+    label_pixels = matrix.sum(1).tolist()
+    lines = [f"{'class':<{width}}  {'IoU %':>7}  {'label pixels':>12}"]
+    for name, pixels in zip(names, label_pixels):
+        iou = metrics["per_class_iou"][name]
+        lines.append(f"{name:<{width}}  {'-' if iou is None else f'{100 * iou:.2f}':>7}  {pixels:>12}")
+    lines.append(f"mIoU {100 * metrics['mIoU']:.2f}  pixel acc {100 * metrics['pixel_acc']:.2f}  mean acc "
+                 f"{100 * metrics['mean_acc']:.2f}  fwIoU {100 * metrics['fwIoU']:.2f}  "
+                 f"({metrics['num_images']} images)")
+    return "\n".join(lines)
+
+
+def confusion_heatmap(matrix: torch.Tensor, class_names: Sequence[str]) -> Image.Image:
+    """Row-normalised confusion matrix as an RGB image: row i shows where the pixels labelled i were predicted.
+
+    Class names are drawn along both axes when the cells are large enough to read them (up to ~60 classes).
+    """
+    counts = matrix.double().cpu().numpy()
+    rows = counts.sum(1, keepdims=True)
+    fractions = counts / np.maximum(rows, 1)
+    rgb = EMPTY + fractions[..., None] * (FULL - EMPTY)
+    rgb[rows[:, 0] == 0] = NO_LABELS
+    n = len(class_names)
+    cell = max(4, min(32, 640 // max(n, 1)))
+    grid = Image.fromarray(rgb.round().astype(np.uint8)).resize((n * cell, n * cell), Image.NEAREST)
+    if cell < 10:
+        return grid
+    font = ImageFont.load_default()
+    margin = int(max(font.getlength(name) for name in class_names)) + 8
+    canvas = Image.new("RGB", (margin + n * cell, margin + n * cell), "white")
+    canvas.paste(grid, (margin, margin))
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle((margin - 1, margin - 1, margin + n * cell, margin + n * cell), outline="grey")
+    columns = Image.new("RGB", (margin, n * cell), "white")  # drawn horizontally, then turned to read upwards
+    column_draw = ImageDraw.Draw(columns)
+    for i, name in enumerate(class_names):
+        middle = i * cell + cell // 2
+        draw.text((margin - 4, margin + middle), name, fill="black", font=font, anchor="rm")
+        column_draw.text((4, middle), name, fill="black", font=font, anchor="lm")
+    canvas.paste(columns.rotate(90, expand=True), (margin, 0))
+    return canvas

@@ -23,10 +23,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from seg.config import ConfigError
 from seg.errors import UserError
-
-MODES = ("whole", "slide")
 
 
 class InferenceOutOfMemory(UserError, RuntimeError):
@@ -38,35 +35,16 @@ def default_stride(window: Sequence[int]) -> Tuple[int, int]:
     return tuple(max(1, 2 * side // 3) for side in window)
 
 
-def check_options(scales: Sequence[float], mode: str, window: Optional[Sequence[int]],
-                  stride: Optional[Sequence[int]]) -> None:
-    """Raise ``ConfigError`` (naming the config key) for options ``segment`` cannot run with."""
-    if (not scales or isinstance(scales, str)
-            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in scales)):
-        raise ConfigError(f"tta.scales must be a non-empty list of positive numbers, got {scales!r}")
-    if mode not in MODES:
-        raise ConfigError(f"inference.mode must be one of {list(MODES)}, got {mode!r}")
-    for key, value in (("inference.window", window), ("inference.stride", stride)):
-        if value is not None and (len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value)):
-            raise ConfigError(f"{key} must be null or [height, width] in pixels, got {value!r}")
-    if mode == "slide":
-        if window is None:
-            raise ConfigError("inference.mode=slide needs inference.window=[height,width]")
-        if stride is not None and any(s > w for s, w in zip(stride, window)):
-            raise ConfigError(f"inference.stride {list(stride)} must not exceed inference.window {list(window)}: "
-                              "pixels between windows would get no prediction")
-
-
 def segment(model: torch.nn.Module, images: torch.Tensor, scales: Sequence[float] = (1.0,), flip: bool = False,
             mode: str = "whole", window: Optional[Sequence[int]] = None,
             stride: Optional[Sequence[int]] = None) -> torch.Tensor:
     """Per-class probabilities ``[N, C, H, W]`` (float32) for normalised images ``[N, 3, H, W]``.
 
-    ``model(x)["out"]`` must give logits at ``x``'s size (any size). ``window`` / ``stride`` are ``(height,
-    width)``; ``stride`` defaults to two thirds of the window. A CUDA out-of-memory error becomes an
-    ``InferenceOutOfMemory`` that says what to change.
+    ``model(x)["out"]`` must give logits at ``x``'s size (any size). ``mode`` is ``"whole"`` or ``"slide"``;
+    ``window`` / ``stride`` are ``(height, width)``; ``stride`` defaults to two thirds of the window. The options
+    are checked where a configuration enters (``seg.config.validate_inference``), not on every call. A CUDA
+    out-of-memory error becomes an ``InferenceOutOfMemory`` that says what to change.
     """
-    check_options(scales, mode, window, stride)
     size = tuple(images.shape[-2:])
     if mode == "slide" and stride is None:
         stride = default_stride(window)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable, Mapping
+
 import torch
 import torch.nn.functional as F
 
@@ -22,3 +24,19 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str = "c
     hardest = torch.where(valid, pixel_loss, torch.full_like(pixel_loss, -1.0)).topk(k).values
     kept = hardest >= 0
     return (hardest * kept).sum() / kept.sum().clamp(min=1)
+
+
+def make_loss(train_cfg: Mapping, ignore_index: int) -> Callable[[Mapping[str, torch.Tensor], torch.Tensor],
+                                                                   torch.Tensor]:
+    """``outputs, labels -> loss``: ``train.loss`` on the main output plus ``train.aux_weight`` times the
+    auxiliary head's."""
+    kind, bootstrap_fraction, aux_weight = train_cfg["loss"], train_cfg["bootstrap_fraction"], train_cfg["aux_weight"]
+
+    def loss_fn(outputs: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        loss = segmentation_loss(outputs["out"].float(), labels, kind, ignore_index, bootstrap_fraction)
+        if "aux" in outputs and aux_weight > 0:
+            loss = loss + aux_weight * segmentation_loss(outputs["aux"].float(), labels, kind, ignore_index,
+                                                         bootstrap_fraction)
+        return loss
+
+    return loss_fn

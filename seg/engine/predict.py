@@ -19,34 +19,19 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from seg.config import crop_hw, to_plain
-from seg.data import IMAGENET_MEAN, IMAGENET_STD, DatasetError, normalize
+from seg.config import crop_hw, inference_kwargs, require, to_plain, validate_inference
+from seg.data import DatasetError, normalize
 from seg.data.base import read_image
+from seg.engine.checkpoint import palette_of, restore
+from seg.engine.device import autocast, place, resolve_amp, resolve_device
 from seg.engine.inference import segment
-from seg.engine.options import inference_kwargs, require, validate_inference
-from seg.engine.restore import is_torchscript, palette_of, restore
-from seg.engine.device import place, resolve_amp, resolve_device
 from seg.errors import MissingFileError, UserError
-from seg.export import load_torchscript
+from seg.io import is_torchscript, load_torchscript
 from seg.visualize import overlay
 
 log = logging.getLogger("seg.predict")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
-
-
-class ExportedAdapter(nn.Module):
-    """An exported model (RGB in [0, 1] -> logits) behind the interface ``segment`` uses (normalised input ->
-    ``{"out": logits}``), so test-time augmentation and sliding windows work the same for both kinds of model."""
-
-    def __init__(self, exported: nn.Module):
-        super().__init__()
-        self.exported = exported
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
-
-    def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
-        return {"out": self.exported(images * self.std + self.mean)}
 
 
 @dataclass
@@ -67,8 +52,9 @@ def load_model(path, output_stride: Optional[int], device: torch.device) -> Load
                             f"checkpoint again with os={output_stride}")
         exported, metadata = load_torchscript(path, map_location=device)
         crop = metadata.get("crop_size")
-        return LoadedModel(ExportedAdapter(exported).to(device), palette_of(metadata), tuple(crop) if crop else None,
-                           "off")
+        # export.py's ExportedModel wraps the trained model, which takes normalised images and returns
+        # {"out": logits}: exactly what segment() calls, so TTA and sliding windows work on it unchanged.
+        return LoadedModel(exported.model, palette_of(metadata), tuple(crop) if crop else None, "off")
     model, state = restore(path, output_stride)
     trained = state["config"]
     return LoadedModel(place(model, device), palette_of(state), crop_hw(trained["train"]["crop_size"]),
@@ -98,7 +84,7 @@ def predict_labels(model: nn.Module, image: np.ndarray, device: torch.device, op
                    amp_dtype: Optional[torch.dtype] = None) -> np.ndarray:
     """Class indices ``[H, W]`` (uint8) of one RGB uint8 image ``[H, W, 3]``."""
     images = normalize(torch.tensor(image).permute(2, 0, 1)[None].to(device))  # a copy: PIL arrays are read-only
-    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+    with autocast(device.type, amp_dtype):
         probabilities = segment(model, images, **options)
     return probabilities.argmax(1)[0].to(torch.uint8).cpu().numpy()
 

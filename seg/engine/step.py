@@ -8,6 +8,7 @@ import torch
 
 from seg.data.transforms import normalize
 from seg.engine import distributed
+from seg.engine.device import autocast
 
 LossFn = Callable[[Mapping[str, torch.Tensor], torch.Tensor], torch.Tensor]
 
@@ -32,8 +33,7 @@ class TrainStep:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         labels = labels.to(self.device, non_blocking=True).long()
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
+        with autocast(self.device.type, self.amp_dtype):
             loss = self.loss_fn(self.model(images), labels)
         nonfinite = (~torch.isfinite(loss.detach())).float()
         distributed.all_reduce_sum(nonfinite)

@@ -1,7 +1,9 @@
-"""The training loop: iteration-based SGD with poly LR, AMP, exact resume, TensorBoard and DDP."""
+"""The training loop: iteration-based SGD with poly LR, AMP, exact resume, DDP, and the files a run writes
+(train.log, metrics.jsonl, TensorBoard events; checkpoints through ``seg.engine.checkpoint``)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -12,24 +14,22 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from seg.config import crop_hw, dataset_kwargs, model_kwargs, to_plain, validate_train
 from seg.data import build_dataset
-from seg.data.transforms import TransformedDataset, train_transform, worker_init_fn
+from seg.data.loader import build_train_loader
 from seg.engine import distributed
-from seg.engine.device import place, resolve_amp, resolve_device
-from seg.engine.checkpoint import (all_finite, check_resume_config, load_checkpoint, restore_rng,
-                                   save_checkpoint, unwrap)
+from seg.engine.checkpoint import all_finite, check_resume_config, load_checkpoint, restore_rng, save_checkpoint
+from seg.engine.device import place, resolve_amp, resolve_device, unwrap
 from seg.engine.evaluation import evaluate
-from seg.engine.losses import segmentation_loss
-from seg.engine.run_files import RunFiles
+from seg.engine.losses import make_loss
+from seg.engine.optim import build_optimizer
 from seg.engine.sampler import ResumableSampler
 from seg.engine.step import TrainStep
 from seg.errors import UserError
 from seg.models import build_model, load_weights
-from seg.models.weights import fetch_imagenet_weights
+from seg.models.backbone import fetch_imagenet_weights
 from seg.visualize import overlay
 
 log = logging.getLogger("seg.train")
@@ -37,81 +37,6 @@ log = logging.getLogger("seg.train")
 
 class TrainingDiverged(UserError, RuntimeError):
     pass
-
-
-def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_mult: float,
-                 head_lr_mult: float) -> List[Dict]:
-    """Backbone and head groups with their LR multipliers; no weight decay on BatchNorm and biases."""
-    groups: Dict = {}
-    for name, param in unwrap(model).named_parameters():
-        if not param.requires_grad:
-            continue
-        part = "backbone" if name.startswith("backbone.") else "head"
-        decay = param.ndim > 1
-        key = (part, decay)
-        if key not in groups:
-            mult = backbone_lr_mult if part == "backbone" else head_lr_mult
-            groups[key] = {"params": [], "lr": lr * mult, "weight_decay": weight_decay if decay else 0.0,
-                           "name": f"{part}{'' if decay else '_no_decay'}"}
-        groups[key]["params"].append(param)
-    return list(groups.values())
-
-
-def poly_schedule(iters: int, power: float, warmup_iters: int):
-    def factor(iteration: int) -> float:
-        poly = max(0.0, 1.0 - iteration / iters) ** power
-        if warmup_iters and iteration < warmup_iters:
-            return poly * (iteration + 1) / warmup_iters
-        return poly
-    return factor
-
-
-def _fresh_momentum(optimizer: torch.optim.Optimizer) -> None:
-    """Zero momentum buffers up front: fused SGD leaves them uninitialised if the first step is skipped."""
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            optimizer.state[param]["momentum_buffer"] = torch.zeros_like(param)
-
-
-def build_optimizer(model: nn.Module, train_cfg: Mapping, amp_dtype: Optional[torch.dtype], device_type: str):
-    """Fused SGD with the backbone/head groups, the poly schedule and a GradScaler (enabled for fp16 only)."""
-    optimizer = torch.optim.SGD(
-        param_groups(model, train_cfg["lr"], train_cfg["weight_decay"], train_cfg["backbone_lr_mult"],
-                     train_cfg["head_lr_mult"]),
-        lr=train_cfg["lr"], momentum=train_cfg["momentum"], fused=True)
-    _fresh_momentum(optimizer)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, poly_schedule(train_cfg["iters"], train_cfg["poly_power"], train_cfg["warmup_iters"]))
-    scaler = torch.amp.GradScaler(device_type, enabled=amp_dtype == torch.float16)
-    return optimizer, scheduler, scaler
-
-
-def make_loss(train_cfg: Mapping, ignore_index: int):
-    """``outputs, labels -> loss``: ``train.loss`` on the main output plus ``train.aux_weight`` times the
-    auxiliary head's."""
-    kind, bootstrap_fraction, aux_weight = train_cfg["loss"], train_cfg["bootstrap_fraction"], train_cfg["aux_weight"]
-
-    def loss_fn(outputs: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        loss = segmentation_loss(outputs["out"].float(), labels, kind, ignore_index, bootstrap_fraction)
-        if "aux" in outputs and aux_weight > 0:
-            loss = loss + aux_weight * segmentation_loss(outputs["aux"].float(), labels, kind, ignore_index,
-                                                         bootstrap_fraction)
-        return loss
-
-    return loss_fn
-
-
-def build_train_loader(dataset, sampler: ResumableSampler, train_cfg: Mapping, batch_per_rank: int,
-                       pin_memory: bool, seed: int) -> DataLoader:
-    """Augmented uint8 crops from ``sampler``'s stream, with workers that keep a GPU fed."""
-    transform = train_transform(crop_hw(train_cfg["crop_size"]), scale_range=tuple(train_cfg["scale_range"]),
-                                hflip=train_cfg["hflip"], color_jitter=train_cfg["color_jitter"])
-    workers = train_cfg["num_workers"]
-    return DataLoader(TransformedDataset(dataset, transform), batch_size=batch_per_rank, sampler=sampler,
-                      num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
-                      worker_init_fn=worker_init_fn, drop_last=True, prefetch_factor=4 if workers > 0 else None,
-                      # A private generator: creating the loader must not consume the global RNG.
-                      generator=torch.Generator().manual_seed(seed))
 
 
 def train(config: Mapping, run_dir) -> Dict:
@@ -228,8 +153,10 @@ class Trainer:
         if self.start_iter >= stop_at:
             log.info("the run is already at iteration %d of %d: nothing to train (raise train.iters to go on)",
                      self.start_iter, stop_at)
-        batches = iter(build_train_loader(self.train_set, self.sampler, t, self.batch_per_rank,
-                                          self.device.type == "cuda", int(self.cfg["seed"])))
+        batches = iter(build_train_loader(
+            self.train_set, self.sampler, self.batch_per_rank, crop_hw(t["crop_size"]), tuple(t["scale_range"]),
+            t["hflip"], t["color_jitter"], t["num_workers"], pin_memory=self.device.type == "cuda",
+            seed=int(self.cfg["seed"])))
         device = self.device
         self.model.train()
         loss_fn = make_loss(t, self.val_set.ignore_index)
@@ -324,3 +251,61 @@ class Trainer:
                         optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
                         sampler_position=self.sampler.position(iteration * self.batch_per_rank),
                         best_miou=self.best_miou, extra={"nonfinite_steps": self.nonfinite_total})
+
+
+class RunFiles:
+    """What rank 0 writes: train.log lines, metrics.jsonl, TensorBoard, checkpoints."""
+
+    def __init__(self, run_dir: Path, enabled: bool, resumed_iteration: int):
+        self.run_dir, self.enabled = run_dir, enabled
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.checkpoints = run_dir / "checkpoints"
+        self.writer = None
+        if enabled:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self._attach_log_file(run_dir / "train.log")
+            self._truncate_metrics_after(resumed_iteration)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resumed_iteration + 1)
+
+    def _attach_log_file(self, path: Path) -> None:
+        """Log to ``train.log`` unless a handler (Hydra's job log) already writes there."""
+        root = logging.getLogger()
+        self.log_handler = None
+        if not any(getattr(h, "baseFilename", None) == str(path.resolve()) for h in root.handlers):
+            self.log_handler = logging.FileHandler(path)
+            self.log_handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+            root.addHandler(self.log_handler)
+        if root.level > logging.INFO or root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)
+
+    def _truncate_metrics_after(self, iteration: int) -> None:
+        """On resume, drop evaluations logged after the checkpoint: they will be recomputed."""
+        if not self.metrics_path.exists():
+            return
+        lines = [line for line in self.metrics_path.read_text().splitlines()
+                 if line.strip() and json.loads(line)["iter"] <= iteration]
+        self.metrics_path.write_text("".join(line + "\n" for line in lines))
+
+    def scalars(self, values: Mapping[str, float], iteration: int) -> None:
+        if self.writer:
+            for key, value in values.items():
+                if value is not None:
+                    self.writer.add_scalar(key, value, iteration)
+
+    def metrics(self, record: Mapping) -> None:
+        if self.enabled:
+            with self.metrics_path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def images(self, tag: str, image: np.ndarray, iteration: int) -> None:
+        if self.writer:
+            self.writer.add_image(tag, image, iteration, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
+        if self.enabled and self.log_handler is not None:
+            logging.getLogger().removeHandler(self.log_handler)
+            self.log_handler.close()

@@ -63,7 +63,7 @@ class ASPP(nn.Module):
         super().__init__()
         rates = [int(r) for r in rates]
         if len(rates) != 3 or any(r < 1 for r in rates):
-            raise ValueError(f"model.aspp_rates must be three positive integers, got {rates}")
+            raise ValueError(f"ASPP rates must be three positive integers, got {rates}")
         branches = [conv_bn_relu(in_channels, out_channels)]
         branches += [conv_bn_relu(in_channels, out_channels, 3, rate) for rate in rates]
         branches.append(ASPPPooling(in_channels, out_channels))

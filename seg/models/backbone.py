@@ -19,11 +19,16 @@ stride without touching a parameter.
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+import os
+from pathlib import Path
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 import torch
 from torch import nn
 from torchvision.models import resnet
+
+from seg.errors import UserError
+from seg.io import safe_load
 
 OUTPUT_STRIDES = (8, 16, 32)
 
@@ -38,7 +43,7 @@ BACKBONES: Dict[str, Tuple] = {
 
 def check_output_stride(output_stride: int) -> int:
     if output_stride not in OUTPUT_STRIDES:
-        raise ValueError(f"os (output stride) must be one of {list(OUTPUT_STRIDES)}, got {output_stride!r}")
+        raise ValueError(f"output_stride must be one of {list(OUTPUT_STRIDES)}, got {output_stride!r}")
     return int(output_stride)
 
 
@@ -50,7 +55,7 @@ def stage_plan(output_stride: int, multi_grid: Sequence[int], units_per_stage: S
     """
     check_output_stride(output_stride)
     if not multi_grid or any(int(g) < 1 for g in multi_grid):
-        raise ValueError(f"model.multi_grid must be a non-empty list of positive integers, got {list(multi_grid)}")
+        raise ValueError(f"multi_grid must be a non-empty list of positive integers, got {list(multi_grid)}")
     plan = []
     feature_stride, rate = 4, 1  # after the stem and stage 1
     for stage_index, units in enumerate(units_per_stage):
@@ -111,11 +116,51 @@ class ResNetBackbone(nn.Module):
 def build_backbone(name: str, output_stride: int = 16, multi_grid: Sequence[int] = (1, 2, 4),
                    pretrained: str = "none") -> ResNetBackbone:
     if name not in BACKBONES:
-        raise ValueError(f"backbone.name must be one of {sorted(BACKBONES)}, got {name!r}")
+        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {name!r}")
     constructor, _, channels = BACKBONES[name]
     net = constructor(weights=None)
     if pretrained not in (None, "none"):
-        from seg.models.weights import load_backbone_weights  # avoids an import cycle
-
         load_backbone_weights(net, name, pretrained)
     return ResNetBackbone(net, channels, output_stride, multi_grid)
+
+
+class WeightsUnavailableError(UserError, RuntimeError):
+    pass
+
+
+def load_backbone_weights(net: nn.Module, name: str, pretrained: str) -> None:
+    """Load ImageNet weights (``"imagenet"``) or a local ResNet state dict (a path) into a torchvision ResNet."""
+    if pretrained == "imagenet":
+        state = safe_load(fetch_imagenet_weights(name), what=f"ImageNet weights for {name}")
+    else:
+        state = safe_load(pretrained, what=f"backbone weights (backbone.pretrained) for {name}")
+        if isinstance(state, Mapping) and "state_dict" in state:
+            state = state["state_dict"]
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ValueError(f"backbone weights {pretrained} do not fit {name}: missing {missing[:5]}, "
+                         f"unexpected {list(unexpected)[:5]}")
+
+
+def fetch_imagenet_weights(name: str) -> Path:
+    """torchvision's ImageNet weights file for ``name`` in torch.hub's cache, downloaded (hash-checked) if missing.
+
+    Training scripts call this before any other work, so a machine without network access and without the file
+    stops at once with the path to put it at.
+    """
+    url = BACKBONES[name][1].url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    if cached.is_file():
+        return cached
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        hash_prefix = torch.hub.HASH_REGEX.search(cached.name)
+        torch.hub.download_url_to_file(url, str(cached), hash_prefix.group(1) if hash_prefix else None)
+    except Exception as error:  # no network, DNS failure, HTTP error, bad hash
+        raise WeightsUnavailableError(
+            f"ImageNet weights for {name} are not cached at {cached} and could not be downloaded "
+            f"({type(error).__name__}): download {url} to that path (or set TORCH_HOME), "
+            f"or train from scratch with backbone.pretrained=none") from None
+    return cached

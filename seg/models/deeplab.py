@@ -102,9 +102,9 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16, multi_
     path to a local ResNet state dict. Whole-model weights are loaded afterwards with ``load_weights``.
     """
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"dataset.num_classes must be a positive integer, got {num_classes!r}")
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     if head not in HEADS:
-        raise ValueError(f"model.head must be one of {list(HEADS)}, got {head!r}")
+        raise ValueError(f"head must be one of {list(HEADS)}, got {head!r}")
     check_output_stride(output_stride)
     rates = list(aspp_rates) if aspp_rates else default_aspp_rates(output_stride)
     trunk = build_backbone(backbone, output_stride, multi_grid, pretrained)

@@ -1,9 +1,8 @@
-"""Loading ImageNet backbone weights and whole-model weights (ours or torchvision's DeepLabV3)."""
+"""Loading whole-model weights: this project's checkpoints, plain or DDP state dicts, torchvision's DeepLabV3."""
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Tuple, Union
@@ -11,7 +10,6 @@ from typing import Dict, List, Mapping, Tuple, Union
 import torch
 from torch import nn
 
-from seg.errors import UserError
 from seg.io import safe_load
 
 log = logging.getLogger(__name__)
@@ -24,50 +22,6 @@ TORCHVISION_PREFIXES: Tuple[Tuple[str, str], ...] = (
     ("classifier.4.", "classifier."),
     ("aux_classifier.", "aux_head."),
 )
-
-
-class WeightsUnavailableError(UserError, RuntimeError):
-    pass
-
-
-def load_backbone_weights(net: nn.Module, name: str, pretrained: str) -> None:
-    """Load ImageNet weights (``"imagenet"``) or a local ResNet state dict (a path) into a torchvision ResNet."""
-    if pretrained == "imagenet":
-        state = safe_load(fetch_imagenet_weights(name), what=f"ImageNet weights for {name}")
-    else:
-        state = safe_load(pretrained, what=f"backbone weights (backbone.pretrained) for {name}")
-        if isinstance(state, Mapping) and "state_dict" in state:
-            state = state["state_dict"]
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing or unexpected:
-        raise ValueError(f"backbone weights {pretrained} do not fit {name}: missing {missing[:5]}, "
-                         f"unexpected {list(unexpected)[:5]}")
-
-
-def fetch_imagenet_weights(name: str) -> Path:
-    """torchvision's ImageNet weights file for ``name`` in torch.hub's cache, downloaded (hash-checked) if missing.
-
-    Training scripts call this before any other work, so a machine without network access and without the file
-    stops at once with the path to put it at.
-    """
-    from seg.models.backbone import BACKBONES
-
-    url = BACKBONES[name][1].url
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-    if cached.is_file():
-        return cached
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        hash_prefix = torch.hub.HASH_REGEX.search(cached.name)
-        torch.hub.download_url_to_file(url, str(cached), hash_prefix.group(1) if hash_prefix else None)
-    except Exception as error:  # no network, DNS failure, HTTP error, bad hash
-        raise WeightsUnavailableError(
-            f"ImageNet weights for {name} are not cached at {cached} and could not be downloaded "
-            f"({type(error).__name__}): download {url} to that path (or set TORCH_HOME), "
-            f"or train from scratch with backbone.pretrained=none") from None
-    return cached
 
 
 @dataclass
