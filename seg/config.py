@@ -39,7 +39,9 @@ def to_plain(cfg: Any, throw_on_missing: bool = True) -> Dict:
         try:
             return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=throw_on_missing)
         except MissingMandatoryValue as error:
-            hint = " (the folder that holds the dataset, see docs/datasets.md)" if error.full_key == "dataset.root" else ""
+            hint = ""
+            if error.full_key == "dataset.root":
+                hint = " (the folder that holds the dataset, see docs/datasets.md)"
             raise ConfigError(f"{error.full_key} must be set on the command line{hint}, "
                               f"e.g. {error.full_key}=...") from None
     return {k: to_plain(v, throw_on_missing) if isinstance(v, Mapping) else copy.deepcopy(v) for k, v in cfg.items()}

@@ -16,7 +16,6 @@ import torch
 
 from seg.errors import MissingFileError, UserError
 
-
 # The name of the JSON file of class names, palette and settings that travels inside an exported model.
 METADATA_FILE = "metadata.json"
 

@@ -47,7 +47,8 @@ def run_script(script: str, args: List[str], launcher: List[str] = (), timeout: 
     result = subprocess.run([*command, str(REPO / "scripts" / script), *args], capture_output=True, text=True,
                             timeout=timeout, env=env, cwd=REPO)
     if check and result.returncode != 0:
-        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+        raise AssertionError(
+            f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
 
 

@@ -14,8 +14,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg.analysis import (Layer, analyse_layers, check_hdc, coverage_map, coverage_profile, format_report,
-                          max_tap_distances, output_size, parse_layers, receptive_field, valid_taps)
+from seg.analysis import (
+    Layer,
+    analyse_layers,
+    check_hdc,
+    coverage_map,
+    coverage_profile,
+    format_report,
+    max_tap_distances,
+    output_size,
+    parse_layers,
+    receptive_field,
+    valid_taps,
+)
 from seg.analysis.model import analyse_config, analyse_model, main_path_layers
 from seg.models import build_model
 

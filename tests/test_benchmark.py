@@ -11,8 +11,17 @@ import torch
 from helpers import compose_config, run_script
 from torchvision.models.segmentation import deeplabv3_resnet50
 
-from seg.benchmark import (RATIO_KEYS, build_torchvision_deeplabv3, aspp_rates, conv3x3_dilations, lookup_peak,
-                           peak_tflops, rewrite_argv, run_benchmark, validate_benchmark)
+from seg.benchmark import (
+    RATIO_KEYS,
+    aspp_rates,
+    build_torchvision_deeplabv3,
+    conv3x3_dilations,
+    lookup_peak,
+    peak_tflops,
+    rewrite_argv,
+    run_benchmark,
+    validate_benchmark,
+)
 from seg.config import ConfigError
 from seg.models import build_model
 

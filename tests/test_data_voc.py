@@ -7,7 +7,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from seg.data import DATASETS, DatasetError, VOC_CLASSES, VOCSegmentation, build_dataset, check_dataset
+from seg.data import DATASETS, VOC_CLASSES, DatasetError, VOCSegmentation, build_dataset, check_dataset
 from seg.data.sbd import prepare_sbd
 from seg.errors import UserError
 

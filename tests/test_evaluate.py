@@ -4,8 +4,8 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 from helpers import compose_config, run_script, tiny_checkpoint, tiny_overrides
+from PIL import Image
 
 from seg.data import SYNTHETIC_CLASSES
 from seg.data.voc import voc_palette

@@ -4,8 +4,8 @@ import sys
 
 import pytest
 import torch
-from hydra.errors import MissingConfigException
 from helpers import compose_config, run_script, tiny_overrides
+from hydra.errors import MissingConfigException
 
 from seg.config import ConfigError, validate_train
 from seg.engine import losses as losses_module
@@ -219,8 +219,8 @@ def test_ddp_two_processes(tmp_path):
     # One process evaluating the saved weights gets the same numbers as the two ranks did.
     from seg.config import dataset_kwargs
     from seg.data import build_dataset
-    from seg.engine.evaluation import evaluate
     from seg.engine.checkpoint import model_from_checkpoint
+    from seg.engine.evaluation import evaluate
 
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     cfg = state["config"]

@@ -4,8 +4,7 @@ Pure arithmetic on layer stacks, without torch; ``seg.analysis.model`` reads the
 ``seg.analysis.plot`` saves PNG figures (matplotlib). ``scripts/receptive_field.py`` is the command.
 """
 
-from seg.analysis.coverage import (coverage_map, coverage_profile, coverage_summary, receptive_field,
-                                   total_stride)
+from seg.analysis.coverage import coverage_map, coverage_profile, coverage_summary, receptive_field, total_stride
 from seg.analysis.feature_map import valid_taps
 from seg.analysis.hdc import check_hdc, max_tap_distances, suggest_rates
 from seg.analysis.layers import Layer, output_size, parse_layers

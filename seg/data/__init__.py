@@ -15,8 +15,17 @@ from seg.data.check import CheckReport, check_dataset
 from seg.data.cityscapes import CITYSCAPES_CLASSES, CityscapesSegmentation
 from seg.data.coco import COCOSegmentation
 from seg.data.synthetic import SYNTHETIC_CLASSES, synthetic_dataset
-from seg.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, MEAN_PIXEL, TransformedDataset, eval_transform,
-                                 normalize, pad_collate, train_transform, worker_init_fn)
+from seg.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MEAN_PIXEL,
+    TransformedDataset,
+    eval_transform,
+    normalize,
+    pad_collate,
+    train_transform,
+    worker_init_fn,
+)
 from seg.data.voc import VOC_CLASSES, VOCSegmentation
 
 # name -> class or factory taking (root, split, num_classes, class_names, **format options).

@@ -18,8 +18,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from seg.data.base import (IGNORE_INDEX, DatasetError, Sample, SegmentationDataset, not_found, read_mask,
-                           resolve_classes)
+from seg.data.base import IGNORE_INDEX, DatasetError, Sample, SegmentationDataset, not_found, read_mask, resolve_classes
 
 Label = namedtuple("Label", ["name", "id", "train_id", "color"])
 

@@ -20,8 +20,16 @@ from PIL import Image, ImageDraw, ImageFont
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from seg.config import (ConfigError, crop_hw, dataset_kwargs, inference_kwargs, require, to_plain,
-                        validate_inference, validate_loader)
+from seg.config import (
+    ConfigError,
+    crop_hw,
+    dataset_kwargs,
+    inference_kwargs,
+    require,
+    to_plain,
+    validate_inference,
+    validate_loader,
+)
 from seg.data import build_dataset
 from seg.data.transforms import TransformedDataset, eval_transform, normalize, pad_collate
 from seg.engine import distributed
