@@ -25,11 +25,7 @@ def trained(tmp_path_factory):
     return root, records
 
 
-def _evaluate(ckpt, run_dir, *overrides):
-    return evaluate_checkpoint(compose_config("evaluate", [f"ckpt={ckpt}", "num_workers=0", *overrides]), run_dir)
-
-
-def test_evaluate_script_reproduces_the_logged_validation(trained):
+def test_evaluate_script_reproduces_the_logged_validation(trained, cfg_eval):
     root, records = trained
     run_dir = root / "eval"
     result = run_script("evaluate.py", [f"ckpt={root / 'run' / 'checkpoints' / 'last.pt'}", "num_workers=0",
@@ -45,33 +41,33 @@ def test_evaluate_script_reproduces_the_logged_validation(trained):
     assert Image.open(run_dir / "confusion_matrix.png").mode == "RGB"
     assert f"mIoU {100 * logged['mIoU']:.2f}" in result.stdout + result.stderr
     # best.pt is iteration 5's weights (the better of the two validations): it reproduces that record.
-    best = _evaluate(root / "run" / "checkpoints" / "best.pt", root / "eval_best")
+    best = evaluate_checkpoint(cfg_eval(root / "run" / "checkpoints" / "best.pt"), root / "eval_best")
     assert best == {k: v for k, v in max(records.values(), key=lambda r: r["mIoU"]).items() if k != "iter"}
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo over loopback")
-def test_ddp_evaluation_equals_one_process(trained):
+def test_ddp_evaluation_equals_one_process(trained, cfg_eval):
     root, records = trained
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
                 "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0"]
     run_script("evaluate.py", [f"ckpt={root / 'run' / 'checkpoints' / 'last.pt'}", "num_workers=0",
                                "tta.flip=true", f"hydra.run.dir={root / 'ddp'}"], launcher=launcher)
-    single = _evaluate(root / "run" / "checkpoints" / "last.pt", root / "single", "tta.flip=true")
+    single = evaluate_checkpoint(cfg_eval(root / "run" / "checkpoints" / "last.pt", "tta.flip=true"), root / "single")
     assert json.loads((root / "ddp" / "metrics.json").read_text()) == single
     assert single["num_images"] == 3  # 3 images over 2 ranks, none counted twice
 
 
-def test_paper_protocol_and_sliding_window_run(trained):
+def test_paper_protocol_and_sliding_window_run(trained, cfg_eval):
     root, _ = trained
     ckpt = root / "run" / "checkpoints" / "last.pt"
-    tta = _evaluate(ckpt, root / "tta", "os=8", "tta.scales=[0.5,1.0,1.5]", "tta.flip=true")
-    slide = _evaluate(ckpt, root / "slide", "inference.mode=slide", "inference.window=[48,48]",
-                      "inference.stride=[16,16]")
+    tta = evaluate_checkpoint(cfg_eval(ckpt, "os=8", "tta.scales=[0.5,1.0,1.5]", "tta.flip=true"), root / "tta")
+    slide = evaluate_checkpoint(cfg_eval(ckpt, "inference.mode=slide", "inference.window=[48,48]",
+                                         "inference.stride=[16,16]"), root / "slide")
     for metrics in (tta, slide):
         assert metrics["num_images"] == 3 and 0.0 <= metrics["mIoU"] <= 1.0
         assert set(metrics["per_class_iou"]) == set(SYNTHETIC_CLASSES)
-    train_split = _evaluate(ckpt, root / "train_split", "dataset.split=train")
+    train_split = evaluate_checkpoint(cfg_eval(ckpt, "dataset.split=train"), root / "train_split")
     assert train_split["num_images"] == 8
 
 

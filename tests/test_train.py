@@ -61,7 +61,7 @@ def test_real_dataset_selects_its_recipe(dataset, crop, iters):
     assert override["train"]["crop_size"] == 321  # the command line wins over the recipe
 
 
-def test_missing_imagenet_weights_fail_before_work(tmp_path, monkeypatch):
+def test_missing_imagenet_weights_fail_before_work(tmp_path, monkeypatch, cfg_train):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
 
     def offline(*args, **kwargs):
@@ -69,7 +69,7 @@ def test_missing_imagenet_weights_fail_before_work(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(RuntimeError, match=r"ImageNet weights for resnet18 are not cached at .*resnet18-"):
-        train(_config(tmp_path, **{"backbone.pretrained": "imagenet"}), tmp_path / "run")
+        train(cfg_train(**{"backbone.pretrained": "imagenet"}), tmp_path / "run")
     assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()
 
 
@@ -120,21 +120,17 @@ def test_multirun_sweep(tmp_path):
         assert state["config"]["os"] == output_stride and state["iteration"] == 1
 
 
-def _config(tmp_path, **extra):
-    return compose_config("train", tiny_overrides(tmp_path / "data", **extra))
-
-
 def _losses_from_log(path):
     return [(int(m.group(1)), float(m.group(2)))
             for m in re.finditer(r"iter (\d+)/\d+ loss (\S+)", path.read_text())]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_resume_is_exact(tmp_path, workers):
+def test_resume_is_exact(tmp_path, workers, cfg_train):
     overrides = {"train.iters": 6, "train.eval_every": 0, "train.ckpt_every": 3, "train.num_workers": workers,
                  "model.aux_loss": "true"}
-    straight = train(_config(tmp_path, **overrides), tmp_path / "straight")
-    stopped = train(_config(tmp_path, **overrides, **{"train.stop_at": 3}), tmp_path / "resumed")
+    straight = train(cfg_train(**overrides), tmp_path / "straight")
+    stopped = train(cfg_train(**overrides, **{"train.stop_at": 3}), tmp_path / "resumed")
     assert stopped["iteration"] == 3
     # Resume in a new process, as a user would after a crash.
     run_script("train.py", [*tiny_overrides(tmp_path / "data", **overrides),
@@ -150,17 +146,17 @@ def test_resume_is_exact(tmp_path, workers):
     assert len(straight["losses"]) == 6
 
 
-def test_resume_refuses_shape_change(tmp_path):
-    train(_config(tmp_path), tmp_path / "run")
+def test_resume_refuses_shape_change(tmp_path, cfg_train):
+    train(cfg_train(), tmp_path / "run")
     ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
     with pytest.raises(ValueError, match="backbone.name was 'resnet18'"):
-        train(_config(tmp_path, backbone="resnet34", resume=ckpt), tmp_path / "run2")
+        train(cfg_train(backbone="resnet34", resume=ckpt), tmp_path / "run2")
 
 
-def test_resume_with_another_length_follows_the_new_schedule(tmp_path):
+def test_resume_with_another_length_follows_the_new_schedule(tmp_path, cfg_train):
     run = tmp_path / "run"
-    train(_config(tmp_path, **{"train.iters": 4, "train.stop_at": 2}), run)
-    summary = train(_config(tmp_path, resume=run / "checkpoints" / "last.pt", **{"train.iters": 3}), run)
+    train(cfg_train(**{"train.iters": 4, "train.stop_at": 2}), run)
+    summary = train(cfg_train(resume=run / "checkpoints" / "last.pt", **{"train.iters": 3}), run)
     assert summary["iteration"] == 3
     scheduler = load_checkpoint(run / "checkpoints" / "last.pt")["scheduler"]
     # Poly reaches 0 at the new last iteration; the old length (4) would leave (1 - 3/4) ** 0.9 of the lr.
@@ -179,29 +175,29 @@ def _nan_on(calls_to_poison):
     return poisoned
 
 
-def test_nonfinite_steps_are_skipped(tmp_path, monkeypatch):
+def test_nonfinite_steps_are_skipped(tmp_path, monkeypatch, cfg_train):
     monkeypatch.setattr(losses_module, "segmentation_loss", _nan_on({2, 4}))
-    summary = train(_config(tmp_path, **{"train.iters": 5, "train.eval_every": 0}), tmp_path / "run")
+    summary = train(cfg_train(**{"train.iters": 5, "train.eval_every": 0}), tmp_path / "run")
     assert summary["nonfinite_steps"] == 2
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert state["iteration"] == 5 and state["nonfinite_steps"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
-def test_repeated_nonfinite_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
+def test_repeated_nonfinite_stops_and_keeps_checkpoint(tmp_path, monkeypatch, cfg_train):
     run = tmp_path / "run"
-    train(_config(tmp_path, **{"train.iters": 2}), run)
+    train(cfg_train(**{"train.iters": 2}), run)
     before = (run / "checkpoints" / "last.pt").read_bytes()
     monkeypatch.setattr(losses_module, "segmentation_loss", _nan_on(set(range(1, 100))))
     with pytest.raises(TrainingDiverged, match="3 consecutive training steps"):
-        train(_config(tmp_path, resume=run / "checkpoints" / "last.pt",
+        train(cfg_train(resume=run / "checkpoints" / "last.pt",
                       **{"train.iters": 8, "train.max_nonfinite": 3, "train.ckpt_every": 0}), run)
     assert (run / "checkpoints" / "last.pt").read_bytes() == before
     assert load_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == 2
 
 
-def test_batch_size_one_trains(tmp_path):
-    summary = train(_config(tmp_path, **{"train.batch_size": 1, "model.head": "deeplabv3plus"}), tmp_path / "run")
+def test_batch_size_one_trains(tmp_path, cfg_train):
+    summary = train(cfg_train(**{"train.batch_size": 1, "model.head": "deeplabv3plus"}), tmp_path / "run")
     assert summary["iteration"] == 2 and summary["last_metrics"]["num_images"] == 3
 
 
@@ -231,9 +227,9 @@ def test_ddp_two_processes(tmp_path):
 
 
 @pytest.mark.slow
-def test_compiled_training_writes_plain_checkpoints(tmp_path):
+def test_compiled_training_writes_plain_checkpoints(tmp_path, cfg_train):
     """train.compile=true (about a minute of compilation on a CPU): checkpoints hold the plain model's keys."""
-    train(_config(tmp_path, **{"train.compile": "true", "train.iters": 2}), tmp_path / "run")
+    train(cfg_train(**{"train.compile": "true", "train.iters": 2}), tmp_path / "run")
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert not any(key.startswith(("_orig_mod.", "module.")) for key in state["model"])
     assert state["model"].keys() == build_model("resnet18", state["num_classes"]).state_dict().keys()
