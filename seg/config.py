@@ -15,12 +15,16 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from seg.errors import UserError
-from seg.models import BACKBONES, HEADS, OUTPUT_STRIDES
+from seg.models import check_arguments
+from seg.models.backbone import check_output_stride as _check_output_stride
 
 AMP_MODES = ("auto", "fp16", "bf16", "off")
 DEVICES = ("auto", "cpu", "cuda")
 LOSSES = ("ce", "bootstrap")
 INFERENCE_MODES = ("whole", "slide")  # seg.engine.inference.segment's ``mode``
+# build_model's argument names -> the config keys that set them: the library's errors, reworded.
+MODEL_KEYS = {"backbone": "backbone.name", "num_classes": "dataset.num_classes", "output_stride": "os",
+              "multi_grid": "model.multi_grid", "aspp_rates": "model.aspp_rates", "head": "model.head"}
 EXPORT_FORMATS = ("torchscript", "onnx", "export")
 # dataset keys that describe the run rather than how to read the files
 DATASET_RUN_KEYS = ("val_split", "ignore_index")
@@ -65,23 +69,25 @@ def require(cfg: Mapping, key: str, usage: str) -> None:
         raise ConfigError(f"{key} is required: {usage}")
 
 
+def in_config_terms(check, *args, keys: Mapping[str, str] = MODEL_KEYS, **kwargs) -> None:
+    """Run a library check; its ``ValueError`` ("<argument> must be ...") becomes a ``ConfigError`` naming the key."""
+    try:
+        check(*args, **kwargs)
+    except ValueError as error:
+        argument, _, rest = str(error).partition(" ")
+        raise ConfigError(f"{keys.get(argument, argument)} {rest}") from None
+
+
 def check_output_stride(value, key: str = "os", optional: bool = False) -> None:
-    """One of ``OUTPUT_STRIDES``; with ``optional``, ``null`` too (evaluate/predict/export: as trained)."""
+    """One of the output strides; with ``optional``, ``null`` too (evaluate/predict/export: as trained)."""
     if not (optional and value is None):
-        choice(value, key, OUTPUT_STRIDES)
+        in_config_terms(_check_output_stride, value, keys={"output_stride": key})
 
 
 def validate_model(cfg: Mapping) -> None:
-    choice(cfg["backbone"]["name"], "backbone.name", sorted(BACKBONES))
-    check_output_stride(cfg["os"])
     model = cfg["model"]
-    choice(model["head"], "model.head", HEADS)
-    grid = model["multi_grid"]
-    if not grid or not all(isinstance(g, int) and g >= 1 for g in grid):
-        raise ConfigError(f"model.multi_grid must be a non-empty list of positive integers, got {grid!r}")
-    rates = model.get("aspp_rates")
-    if rates is not None and (len(rates) != 3 or not all(isinstance(r, int) and r >= 1 for r in rates)):
-        raise ConfigError(f"model.aspp_rates must be null or three positive integers, got {rates!r}")
+    in_config_terms(check_arguments, cfg["backbone"]["name"], output_stride=cfg["os"],
+                    multi_grid=model["multi_grid"], aspp_rates=model.get("aspp_rates"), head=model["head"])
 
 
 def validate_train(cfg: Mapping) -> None:

@@ -148,7 +148,7 @@ def test_channels_last():
 @pytest.mark.parametrize("kwargs, key", [
     ({"output_stride": 12}, "output_stride"),
     ({"head": "unet"}, "head"),
-    ({"aspp_rates": (6, 12)}, "ASPP rates"),
+    ({"aspp_rates": (6, 12)}, "aspp_rates"),
     ({"multi_grid": ()}, "multi_grid"),
 ])
 def test_bad_arguments(kwargs, key):

@@ -20,6 +20,12 @@ def default_aspp_rates(output_stride: int) -> List[int]:
     return [r * 16 // output_stride for r in RATES_AT_OS16]
 
 
+def check_aspp_rates(rates: Sequence[int]) -> None:
+    if (isinstance(rates, (str, bytes)) or len(rates) != 3
+            or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rates)):
+        raise ValueError(f"aspp_rates must be three positive integers, got {rates!r}")
+
+
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1) -> nn.Sequential:
     padding = dilation * (kernel_size - 1) // 2
     return nn.Sequential(
@@ -61,9 +67,7 @@ class ASPPPooling(nn.Sequential):
 class ASPP(nn.Module):
     def __init__(self, in_channels: int, rates: Sequence[int], out_channels: int = 256, dropout: float = 0.1):
         super().__init__()
-        rates = [int(r) for r in rates]
-        if len(rates) != 3 or any(r < 1 for r in rates):
-            raise ValueError(f"ASPP rates must be three positive integers, got {rates}")
+        check_aspp_rates(rates)
         branches = [conv_bn_relu(in_channels, out_channels)]
         branches += [conv_bn_relu(in_channels, out_channels, 3, rate) for rate in rates]
         branches.append(ASPPPooling(in_channels, out_channels))

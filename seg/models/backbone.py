@@ -41,10 +41,21 @@ BACKBONES: Dict[str, Tuple] = {
 }
 
 
+def check_backbone(name: str) -> None:
+    if name not in BACKBONES:
+        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {name!r}")
+
+
 def check_output_stride(output_stride: int) -> int:
-    if output_stride not in OUTPUT_STRIDES:
+    if isinstance(output_stride, bool) or output_stride not in OUTPUT_STRIDES:
         raise ValueError(f"output_stride must be one of {list(OUTPUT_STRIDES)}, got {output_stride!r}")
     return int(output_stride)
+
+
+def check_multi_grid(multi_grid: Sequence[int]) -> None:
+    if (isinstance(multi_grid, (str, bytes)) or not multi_grid
+            or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in multi_grid)):
+        raise ValueError(f"multi_grid must be a non-empty list of positive integers, got {multi_grid!r}")
 
 
 def stage_plan(output_stride: int, multi_grid: Sequence[int], units_per_stage: Sequence[int]):
@@ -54,8 +65,7 @@ def stage_plan(output_stride: int, multi_grid: Sequence[int], units_per_stage: S
     table of dilations and the tests use it directly.
     """
     check_output_stride(output_stride)
-    if not multi_grid or any(int(g) < 1 for g in multi_grid):
-        raise ValueError(f"multi_grid must be a non-empty list of positive integers, got {list(multi_grid)}")
+    check_multi_grid(multi_grid)
     plan = []
     feature_stride, rate = 4, 1  # after the stem and stage 1
     for stage_index, units in enumerate(units_per_stage):
@@ -115,8 +125,7 @@ class ResNetBackbone(nn.Module):
 
 def build_backbone(name: str, output_stride: int = 16, multi_grid: Sequence[int] = (1, 2, 4),
                    pretrained: str = "none") -> ResNetBackbone:
-    if name not in BACKBONES:
-        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {name!r}")
+    check_backbone(name)
     constructor, _, channels = BACKBONES[name]
     net = constructor(weights=None)
     if pretrained not in (None, "none"):

@@ -8,8 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg.models.aspp import ASPP, conv_bn_relu, default_aspp_rates
-from seg.models.backbone import ResNetBackbone, build_backbone, check_output_stride
+from seg.models.aspp import ASPP, check_aspp_rates, conv_bn_relu, default_aspp_rates
+from seg.models.backbone import (
+    ResNetBackbone,
+    build_backbone,
+    check_backbone,
+    check_multi_grid,
+    check_output_stride,
+)
 
 HEADS = ("deeplabv3", "deeplabv3plus")
 
@@ -93,6 +99,26 @@ class DeepLabV3(nn.Module):
         return result
 
 
+def check_arguments(backbone: str, num_classes: Optional[int] = None, output_stride: int = 16,
+                    multi_grid: Sequence[int] = (1, 2, 4), aspp_rates: Optional[Sequence[int]] = None,
+                    head: str = "deeplabv3") -> None:
+    """Raise a ``ValueError`` that starts with the name of the first bad argument of ``build_model``.
+
+    ``build_model`` calls this first; ``seg.config`` calls it on a configuration before any work and words the
+    error in config keys, so each rule is written once. ``num_classes=None`` skips that check.
+    """
+    check_backbone(backbone)
+    if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool)
+                                    or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    check_output_stride(output_stride)
+    check_multi_grid(multi_grid)
+    if aspp_rates is not None:
+        check_aspp_rates(aspp_rates)
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {list(HEADS)}, got {head!r}")
+
+
 def build_model(backbone: str, num_classes: int, output_stride: int = 16, multi_grid: Sequence[int] = (1, 2, 4),
                 aspp_rates: Optional[Sequence[int]] = None, head: str = "deeplabv3", aux_loss: bool = False,
                 pretrained: str = "none", dropout: float = 0.1) -> DeepLabV3:
@@ -101,11 +127,7 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16, multi_
     ``pretrained`` applies to the backbone: ``"imagenet"`` (torchvision's weights and cache), ``"none"``, or a
     path to a local ResNet state dict. Whole-model weights are loaded afterwards with ``load_weights``.
     """
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if head not in HEADS:
-        raise ValueError(f"head must be one of {list(HEADS)}, got {head!r}")
-    check_output_stride(output_stride)
+    check_arguments(backbone, num_classes, output_stride, multi_grid, aspp_rates, head)
     rates = list(aspp_rates) if aspp_rates else default_aspp_rates(output_stride)
     trunk = build_backbone(backbone, output_stride, multi_grid, pretrained)
     aspp = ASPP(trunk.out_channels, rates, dropout=dropout)
