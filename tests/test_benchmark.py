@@ -11,18 +11,23 @@ import torch
 from helpers import compose_config, run_script
 from torchvision.models.segmentation import deeplabv3_resnet50
 
-from seg.benchmark import (
-    RATIO_KEYS,
-    aspp_rates,
-    build_torchvision_deeplabv3,
-    conv3x3_dilations,
-    lookup_peak,
-    peak_tflops,
+from seg.benchmark import measure
+from seg.benchmark.measure import aspp_rates, conv3x3_dilations, lookup_peak, peak_tflops
+from seg.benchmark.reference import build_torchvision_deeplabv3
+from seg.benchmark.run import (
+    inference_phase,
+    loader_phase,
+    make_setup,
+    micro_phase,
+    ratios,
     rewrite_argv,
     run_benchmark,
+    train_phase,
     validate_benchmark,
+    write_result,
 )
-from seg.config import ConfigError
+from seg.config import ConfigError, dataset_kwargs, model_kwargs, to_plain
+from seg.data import build_dataset
 from seg.models import build_model
 
 NUM = numbers.Real
@@ -43,6 +48,12 @@ INFERENCE_KEYS = {"batch_size": int, "batch_ms": NUM, "images_per_s": NUM, "late
                   "peak_memory_mib": NUM, "tflops": NUM, "peak_fraction": type(None)}
 FLOPS_KEYS = {"forward_per_image": int, "train_per_image": int, "train_multiplier": int,
               "train_per_image_counted": int, "eval_forward_per_image": int}
+# docs/benchmarks.md's list of ratios (ours / torchvision)
+RATIO_KEYS = {"train_step_ms", "train_images_per_s", "train_wall_images_per_s", "train_peak_memory_mib",
+              "same_step_images_per_s", "inference_batch_ms", "inference_images_per_s", "latency_ms",
+              "inference_peak_memory_mib", "forward_flops_per_image", "eval_forward_flops_per_image", "params"}
+DATA_KEYS = ("dataset", "num_workers", "batches", "samples_per_s", "first_batch_s", "run_steps", "wait_share",
+             "wait_ms_per_step", "run_images_per_s")
 TOP_KEYS = {"schema", "device", "versions", "config", "settings", "model", "flops", "peak", "train", "inference",
             "data", "micro", "torchvision", "ratios", "output"}
 
@@ -121,7 +132,7 @@ def test_compare_run_writes_every_field(tmp_path):
     check_types(tv["train_same_step"], {"step_ms": NUM, "images_per_s": NUM})
 
     ratios = result["ratios"]
-    assert set(ratios) == set(RATIO_KEYS)
+    assert set(ratios) == RATIO_KEYS
     for key, value in ratios.items():
         if "memory" in key:
             assert value is None  # peak RSS cannot be reset between the two models on the CPU
@@ -161,10 +172,24 @@ def test_compare_refuses_basic_block_backbones(backbone):
 
 @pytest.mark.parametrize("override, key", [("amp=fp8", "amp"), ("channels_last=maybe", "channels_last"),
                                            ("compare=timm", "compare"), ("eval_os=12", "eval_os"),
-                                           ("steps=0", "steps"), ("os=4", "os")])
+                                           ("steps=0", "steps"), ("os=4", "os"), ("train.loss=focal", "train.loss")])
 def test_invalid_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=rf"^{key} must be"):
         validate_benchmark(compose_config("benchmark", [override]))
+
+
+def test_config_composes_train():
+    """benchmark.yaml extends train.yaml: the same model and train blocks, the benchmark's own keys mirrored into
+    train.*, and a dataset's recipe (dataset=voc: batch 16, crop 513, lr 0.007) never overrides the command line."""
+    train, bench = compose_config("train", []), compose_config("benchmark", [])
+    assert bench["model"] == train["model"] and bench["backbone"] == train["backbone"]
+    mirrored = {"batch_size", "crop_size", "amp", "compile", "num_workers"}
+    assert {k: v for k, v in bench["train"].items() if k not in mirrored} == {
+        k: v for k, v in train["train"].items() if k not in mirrored}
+    assert bench["dataset"]["name"] == "synthetic"  # the default benchmark runs on the embedded dataset
+    voc = compose_config("benchmark", ["dataset=voc", "batch_size=2", "crop_size=64"])
+    assert (voc["batch_size"], voc["train"]["batch_size"], voc["train"]["crop_size"]) == (2, 2, 64)
+    assert voc["train"]["lr"] == 0.007 and voc["dataset"]["num_classes"] == 21
 
 
 def test_argv_rewrite():
@@ -197,3 +222,73 @@ def test_script_end_to_end(tmp_path):
     assert data["settings"]["backbone"] == "resnet18" and data["settings"]["crop_size"] == [64, 64]
     assert data["model"]["dilations"]["layer4"] == [2, 2, 4, 4]  # BasicBlock: two 3x3 convs per unit
     assert data["config"]["data_steps"] == 4
+
+
+def test_phases_one_by_one(tmp_path):
+    """Each phase of the driver alone, on resnet18 at 32 px: what it fills in and what it does to the model."""
+    cfg = to_plain(compose_config("benchmark", [
+        *TINY, *tiny_data(tmp_path), "crop_size=32", "eval_size=[32,32]", "steps=1", "warmup=0", "data_steps=2"]))
+    train_set = build_dataset(**dataset_kwargs(cfg["dataset"]))
+    s = make_setup(cfg, train_set.num_classes)
+    assert (s.warmup, s.steps, s.batch, s.crop, s.num_classes) == (0, 1, 2, (32, 32), 6)
+
+    assert loader_phase({**cfg, "data_steps": 0}, s, None) == dict.fromkeys(DATA_KEYS)
+    data = loader_phase(cfg, s, train_set)
+    assert (data["dataset"], data["batches"], data["num_workers"]) == ("synthetic", 2, 0) and data["run_steps"] is None
+
+    kwargs = model_kwargs(cfg, 6, pretrained="none")
+    info, flops = measure.describe(lambda: build_model(**kwargs), lambda: build_model(**kwargs), s)
+    assert flops["train_per_image"] == 3 * flops["forward_per_image"] and info["aspp_input_shape"] == [2, 512, 2, 2]
+    model = build_model(**kwargs).train()
+    before = [p.detach().clone() for p in model.parameters()]
+    result = {"flops": flops, "data": data}
+    train = train_phase(cfg, s, model, result, train_set)
+    assert train["step_ms"] > 0 and data["run_steps"] == 1 and 0 <= data["wait_share"] <= 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # real optimizer steps ran
+
+    inference = inference_phase(cfg, s, model, flops)
+    assert inference["batch_size"] == 2 and not model.training
+    # re-strided to eval_os 8: layer4 at rate 4 x multi-grid (1, 2) for resnet18's two units of two 3x3 convs
+    assert aspp_rates(model) == [12, 24, 36] and conv3x3_dilations(model.backbone)["layer4"] == [4, 4, 8, 8]
+
+    model_info = {**info, "eval_aspp_rates": [12, 24, 36]}
+    assert micro_phase({**cfg, "micro": False}, s, model_info)["train"]["conv3x3"] is None
+    micro = micro_phase(cfg, s, model_info)
+    assert [r["dilation"] for r in micro["eval"]["conv3x3"]] == [1, 12, 24, 36]
+    assert micro["train"]["conv3x3"][0]["fwd_ratio"] == micro["train"]["conv3x3"][0]["fwd_bwd_ratio"] == 1.0
+
+    written = {"output": None, "figure": 1.5}
+    write_result(written, None, tmp_path)
+    assert written["output"] is None
+    write_result(written, "sub/b.json", tmp_path)
+    assert written["output"] == str(tmp_path / "sub" / "b.json")
+    assert json.loads((tmp_path / "sub" / "b.json").read_text()) == written
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_ratios_by_hand(device):
+    """ours / torchvision, computed by hand; memory ratios only where peak memory can be reset (CUDA)."""
+    ours = {"train": {"step_ms": 2.0, "images_per_s": 8.0, "wall_images_per_s": 6.0, "peak_memory_mib": 100.0},
+            "inference": {"batch_ms": 3.0, "images_per_s": 10.0, "latency_ms": 1.0, "peak_memory_mib": 50.0},
+            "flops": {"forward_per_image": 30, "eval_forward_per_image": 90}, "model": {"params": 7}}
+    tv = {"train": {"step_ms": 4.0, "images_per_s": 4.0, "wall_images_per_s": 3.0, "peak_memory_mib": 200.0},
+          "train_same_step": {"images_per_s": 5.0},
+          "inference": {"batch_ms": 6.0, "images_per_s": 5.0, "latency_ms": 2.0, "peak_memory_mib": 25.0},
+          "flops": {"forward_per_image": 30, "eval_forward_per_image": 45}, "params": 7}
+    got = ratios({**ours, "device": {"type": device}, "torchvision": tv})
+    memory = {"train_peak_memory_mib": 0.5, "inference_peak_memory_mib": 2.0}
+    assert got == {"train_step_ms": 0.5, "train_images_per_s": 2.0, "train_wall_images_per_s": 2.0,
+                   "same_step_images_per_s": 1.6, "inference_batch_ms": 0.5, "inference_images_per_s": 2.0,
+                   "latency_ms": 0.5, "forward_flops_per_image": 1.0, "eval_forward_flops_per_image": 2.0,
+                   "params": 1.0, **(memory if device == "cuda" else dict.fromkeys(memory))}
+
+
+def test_time_loader_counts_batches():
+    """Warm-up batches are fed to the step but not counted; the first batch is timed alone."""
+    s = make_setup(to_plain(compose_config("benchmark", ["device=cpu"])), 6)
+    fed = []
+    first, waited, wall = measure.time_loader([(i, -i) for i in range(5)], 2, 3, s, lambda a, b: fed.append((a, b)))
+    assert fed == [(i, -i) for i in range(5)]
+    assert 0 <= first and 0 <= waited <= wall
+    with pytest.raises(StopIteration):  # asks for no more batches than warm-up + timed
+        measure.time_loader([(0, 0)] * 3, 2, 2, s)
