@@ -1,13 +1,14 @@
 """Exporting a trained model for deployment: TorchScript (default), ONNX or a torch.export program.
 
 Every format holds the same module, ``ExportedModel``: input float32 RGB ``[N, 3, H, W]`` in [0, 1] (the
-normalisation is inside), output logits ``[N, C, H, W]`` at the input's size, for any N, H and W. The class
-names, palette and model settings travel with the file as ``metadata.json`` (TorchScript / torch.export extra
+normalisation is inside), output logits ``[N, C, H, W]`` at the input's size, for any N, H and W (ONNX and
+torch.export: batch, height and width are dynamic dimensions). The class names, palette, input convention, model
+settings and the project version travel with the file as ``metadata.json`` (TorchScript / torch.export extra
 files, ONNX metadata properties).
 
-The file is written under a temporary name, loaded back and compared with the eager model on random inputs of
-two sizes; only a file that passes replaces ``path``. TorchScript and torch.export files contain code: load only
-files you trust.
+The file is written under a temporary name, loaded back (ONNX: into onnxruntime) and compared with the eager model
+on random inputs of several sizes; only a file that passes replaces ``path``. TorchScript and torch.export files
+contain code: load only files you trust.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import torch
 from torch import nn
 
+from seg import __version__
 from seg.config import EXPORT_FORMATS, crop_hw, to_plain, validate_export
 from seg.data import IMAGENET_MEAN, IMAGENET_STD
 from seg.engine.checkpoint import num_classes_of, palette_of, restore
@@ -32,6 +34,11 @@ log = logging.getLogger("seg.export")
 
 FORMATS = dict(zip(EXPORT_FORMATS, (".ts", ".onnx", ".pt2")))  # format -> the usual file extension
 INPUT = "float32 RGB [N, 3, H, W] in [0, 1]"
+# ONNX operator set: 18 is the one torch.onnx's exporter implements its operators in (other versions go through
+# ONNX's version converter); onnxruntime >= 1.14 and TensorRT >= 9.2 run it. Why: docs/evaluation.md.
+ONNX_OPSET = 18
+# square, non-square and odd sizes: where padding, pooling and resizing differ between implementations
+CHECK_SIZES = ((128, 128), (160, 96), (97, 129))
 OUTPUT = "logits [N, C, H, W] at the input size"
 
 
@@ -89,7 +96,7 @@ def _save_onnx(module: ExportedModel, path: Path, metadata: str) -> None:
             logger.setLevel(logging.WARNING)
         torch.onnx.export(module, (_example((97, 129), batch=2),), str(path), input_names=["images"],
                           output_names=["logits"], dynamic_shapes=_dynamic_shapes(), dynamo=True,
-                          external_data=False, verbose=False)
+                          opset_version=ONNX_OPSET, external_data=False, verbose=False)
     finally:
         for logger, level in zip(noisy, levels):
             logger.setLevel(level)
@@ -159,7 +166,7 @@ def check_parity(reference: nn.Module, exported: Callable, sizes: Sequence[Seque
 
 
 def export_model(model: nn.Module, path: Union[str, Path], format: str = "torchscript",
-                 metadata: Optional[Mapping] = None, check_sizes: Sequence[Sequence[int]] = ((97, 129), (160, 96)),
+                 metadata: Optional[Mapping] = None, check_sizes: Sequence[Sequence[int]] = CHECK_SIZES,
                  rtol: float = 1e-4, atol: float = 1e-4) -> Dict:
     """Export ``model`` (returning ``{"out": logits}`` for normalised input) to ``path`` and verify the file.
 
@@ -168,8 +175,10 @@ def export_model(model: nn.Module, path: Union[str, Path], format: str = "torchs
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = ExportedModel(model).cpu().eval()
-    info = {"input": INPUT, "output": OUTPUT, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-            **dict(metadata or {})}
+    info = {"format": format, "input": INPUT, "output": OUTPUT, "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD), "seg_version": __version__, **dict(metadata or {})}
+    if format == "onnx":
+        info["onnx_opset"] = ONNX_OPSET
     temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
         WRITERS[format](module, temporary, json.dumps(info))

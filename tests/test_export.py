@@ -1,4 +1,6 @@
+import importlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -8,13 +10,48 @@ import pytest
 import torch
 from helpers import compose_config, run_script, tiny_checkpoint
 
+import seg
 from seg import export as export_module
 from seg.engine.checkpoint import restore
 from seg.export import ExportedModel, ExportError, export_checkpoint, export_model, load_torchscript
 from seg.models import build_model
 
-SIZES = [[64, 64], [48, 80]]
-METADATA = {"class_names": ["a", "b", "c"]}
+SIZES = [[64, 64], [48, 80], [65, 97]]  # square, non-square, odd
+OTHER_SIZES = [(1, 72, 72), (2, 40, 88), (1, 57, 83)]  # sizes the export's own check did not use
+PALETTE = [[i, 255 - i, i // 2] for i in range(256)]
+METADATA = {"class_names": ["a", "b", "c"], "palette": PALETTE}
+MEAN, STD = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def eager(model, images):
+    """The model on [0, 1] RGB, normalised here by hand (ImageNet mean / std), as a deployed caller would."""
+    with torch.inference_mode():
+        return model((images - MEAN) / STD)["out"]
+
+
+def assert_parity(run, model):
+    """``run(images) -> logits`` agrees with the eager model at atol = rtol = 1e-4 on sizes of its own."""
+    for batch, height, width in OTHER_SIZES:
+        images = torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(height))
+        expected = eager(model, images)
+        actual = torch.as_tensor(run(images))
+        assert actual.shape == (batch, 3, height, width)
+        torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
+
+
+def assert_metadata(metadata):
+    assert metadata["class_names"] == ["a", "b", "c"] and metadata["palette"] == PALETTE
+    assert metadata["input"] == "float32 RGB [N, 3, H, W] in [0, 1]"
+    assert metadata["mean"] == [0.485, 0.456, 0.406] and metadata["std"] == [0.229, 0.224, 0.225]
+    assert metadata["seg_version"] == seg.__version__
+
+
+def needed(name):
+    """Import a package the ONNX tests need: skipped where it is missing, but a failure in CI (``CI`` is set),
+    where the dev extra installs it and a skip would hide a broken export."""
+    if os.environ.get("CI"):
+        return importlib.import_module(name)
+    return pytest.importorskip(name)
 
 
 @pytest.fixture(scope="module")
@@ -32,17 +69,12 @@ def torchscript_file(model, tmp_path_factory):
 
 def test_torchscript_matches_the_model_and_carries_metadata(model, torchscript_file):
     path, report = torchscript_file
-    assert [r["input"] for r in report["parity"]] == [[1, 3, 64, 64], [2, 3, 48, 80]]
+    assert [r["input"] for r in report["parity"]] == [[1, 3, 64, 64], [2, 3, 48, 80], [1, 3, 65, 97]]
     assert all(r["max_abs_diff"] <= 1e-4 for r in report["parity"])
     loaded, metadata = load_torchscript(path)
-    assert metadata["class_names"] == ["a", "b", "c"] and metadata["input"].startswith("float32 RGB")
-    images = torch.rand(1, 3, 57, 83)
-    with torch.inference_mode():
-        out = loaded(images)
-        expected = model((images - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-                         / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))["out"]
-    assert isinstance(out, torch.Tensor) and out.shape == (1, 3, 57, 83)
-    assert torch.allclose(out, expected, atol=1e-4)
+    assert_metadata(metadata)
+    assert isinstance(loaded(torch.rand(1, 3, 57, 83)), torch.Tensor)
+    assert_parity(loaded, model)
     assert not list(path.parent.glob(".*tmp*"))
 
 
@@ -99,27 +131,38 @@ def test_export_script_at_another_output_stride(tmp_path):
         assert torch.allclose(loaded(images), ExportedModel(model)(images), atol=1e-4)
 
 
-def test_torch_export_program(model, tmp_path):
+def test_torch_export_program_has_dynamic_height_and_width(model, tmp_path):
     path = tmp_path / "model.pt2"
     report = export_model(model, path, "export", METADATA, check_sizes=SIZES)
-    assert all(r["max_abs_diff"] <= 1e-4 for r in report["parity"])
+    assert [r["input"] for r in report["parity"]] == [[1, 3, 64, 64], [2, 3, 48, 80], [1, 3, 65, 97]]
     extra = {"metadata.json": ""}
     program = torch.export.load(str(path), extra_files=extra)
-    assert json.loads(extra["metadata.json"])["class_names"] == ["a", "b", "c"]
-    assert program.module()(torch.rand(1, 3, 70, 50)).shape == (1, 3, 70, 50)
+    assert_metadata(json.loads(extra["metadata.json"]))
+    # batch, height and width are symbols of the program (torch.export.Dim), not the traced 2 x 97 x 129
+    (images,) = [node for node in program.graph.nodes if node.op == "placeholder" and node.name == "images"]
+    batch, channels, height, width = images.meta["val"].shape
+    assert channels == 3 and all(isinstance(d, torch.SymInt) for d in (batch, height, width))
+    assert_parity(program.module(), model)
 
 
-def test_onnx(model, tmp_path):
-    pytest.importorskip("onnx")
-    pytest.importorskip("onnxscript")
-    onnxruntime = pytest.importorskip("onnxruntime")
+def test_onnx_runs_in_onnxruntime_with_dynamic_batch_height_and_width(model, tmp_path):
+    onnx = needed("onnx")
+    needed("onnxscript")
+    onnxruntime = needed("onnxruntime")
     path = tmp_path / "model.onnx"
     report = export_model(model, path, "onnx", METADATA, check_sizes=SIZES)
-    assert all(r["max_abs_diff"] <= 1e-4 for r in report["parity"])
+    assert [r["input"] for r in report["parity"]] == [[1, 3, 64, 64], [2, 3, 48, 80], [1, 3, 65, 97]]
+    proto = onnx.load(str(path))
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [18]
+    for value in (*proto.graph.input, *proto.graph.output):
+        dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+        assert dims[1] == 3 and all(isinstance(d, str) for d in (dims[0], dims[2], dims[3])), dims
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert json.loads(session.get_modelmeta().custom_metadata_map["metadata.json"])["class_names"] == ["a", "b", "c"]
-    (out,) = session.run(None, {"images": torch.rand(1, 3, 70, 50).numpy()})
-    assert out.shape == (1, 3, 70, 50)
+    metadata = json.loads(session.get_modelmeta().custom_metadata_map["metadata.json"])
+    assert_metadata(metadata)
+    assert metadata["onnx_opset"] == 18
+    assert [i.name for i in session.get_inputs()] == ["images"] and session.get_outputs()[0].name == "logits"
+    assert_parity(lambda images: session.run(None, {"images": images.numpy()})[0], model)
 
 
 def test_missing_onnx_packages_say_what_to_install(model, tmp_path, monkeypatch):
