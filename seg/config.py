@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
@@ -25,6 +26,8 @@ INFERENCE_MODES = ("whole", "slide")  # seg.engine.inference.segment's ``mode``
 # build_model's argument names -> the config keys that set them: the library's errors, reworded.
 MODEL_KEYS = {"backbone": "backbone.name", "num_classes": "dataset.num_classes", "output_stride": "os",
               "multi_grid": "model.multi_grid", "aspp_rates": "model.aspp_rates", "head": "model.head"}
+# inference.accumulate -> segment's ``accumulate``: the dtype of the buffer probabilities are summed into
+ACCUMULATE = {"float32": torch.float32, "float16": torch.float16}
 EXPORT_FORMATS = ("torchscript", "onnx", "export")
 # dataset keys that describe the run rather than how to read the files
 DATASET_RUN_KEYS = ("val_split", "ignore_index")
@@ -166,6 +169,7 @@ def validate_inference(cfg: Mapping) -> None:
     if mode == "slide" and window is not None and stride is not None and any(s > w for s, w in zip(stride, window)):
         raise ConfigError(f"inference.stride {list(stride)} must not exceed inference.window {list(window)}: "
                           "pixels between windows would get no prediction")
+    choice(inference.get("accumulate", "float32"), "inference.accumulate", list(ACCUMULATE))
 
 
 def validate_loader(cfg: Mapping) -> None:
@@ -188,7 +192,8 @@ def inference_kwargs(cfg: Mapping, default_window: Optional[Sequence[int]]) -> D
         window = tuple(window if window is not None else default_window)
         stride = tuple(stride) if stride is not None else None
     return dict(scales=tuple(float(s) for s in cfg["tta"]["scales"]), flip=cfg["tta"]["flip"],
-                mode=inference["mode"], window=window, stride=stride)
+                mode=inference["mode"], window=window, stride=stride,
+                accumulate=ACCUMULATE[inference.get("accumulate", "float32")])
 
 
 def validate_export(cfg: Mapping) -> None:

@@ -2,8 +2,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from seg.config import ConfigError, inference_kwargs, validate_inference
+from seg.engine import inference as inference_module
 from seg.engine.inference import InferenceOutOfMemory, segment
 from seg.errors import UserError
 from seg.models import build_model
@@ -34,10 +37,10 @@ class Symmetric(nn.Module):
 class PerPixel(nn.Module):
     """Each output pixel depends only on the same input pixel: windows cannot change the result."""
 
-    def __init__(self):
+    def __init__(self, classes=4):
         super().__init__()
         torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 4, 1)
+        self.conv = nn.Conv2d(3, classes, 1)
         self.inputs = []
 
     def forward(self, x):
@@ -133,3 +136,54 @@ def test_bad_options_name_the_key(options, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate_inference(cfg)
         inference_kwargs(cfg, default_window=None)
+
+
+class Allocations(TorchDispatchMode):
+    """Records the storage (address, bytes) of every tensor each aten operation returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.storages = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                self.storages.append((storage.data_ptr(), storage.nbytes()))
+        return out
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("accumulate, flip", [(torch.float16, False), (torch.float16, True), (torch.float32, True)])
+def test_slide_on_a_large_image_streams_windows_into_one_buffer(monkeypatch, capsys, accumulate, flip):
+    """Memory bound of sliding windows, asserted through what is allocated, not through a timing: exactly one
+    [1, C, H, W] buffer of the requested dtype, and no other tensor as large as one float32 plane of the image (no
+    padded or mirrored copy of the input, no full-size count map, no stack of windows, no second buffer)."""
+    classes, height, width = 8, 1100, 1700
+    model = PerPixel(classes)
+    images = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(2))
+    allocated = []
+
+    def spy(shape, dtype, device):
+        buffer = real(shape, dtype, device)
+        allocated.append((tuple(shape), dtype, buffer.untyped_storage().data_ptr()))
+        return buffer
+
+    real = inference_module.allocate_accumulator
+    monkeypatch.setattr(inference_module, "allocate_accumulator", spy)
+    with Allocations() as watch:
+        slid = segment(model, images, mode="slide", window=(256, 320), flip=flip, accumulate=accumulate,
+                       progress=True)
+    assert [(shape, dtype) for shape, dtype, _ in allocated] == [((1, classes, height, width), accumulate)]
+    buffer = allocated[0][2]
+    plane = height * width * 4  # one window's probabilities (8 x 256 x 320 float32) are a third of this
+    large = [address for address, size in watch.storages if size >= plane]
+    assert large and set(large) <= {buffer, images.untyped_storage().data_ptr()}
+    assert large.index(buffer) == min(i for i, a in enumerate(large) if a != images.untyped_storage().data_ptr())
+    assert slid.dtype == accumulate and slid.untyped_storage().data_ptr() == buffer
+    # ceil((1100 - 256) / 170) + 1 = 6 rows x ceil((1700 - 320) / 213) + 1 = 8 columns per pass: a progress bar
+    assert len(model.inputs) == 48 * (2 if flip else 1) and all(x.shape[-2:] == (256, 320) for x in model.inputs)
+    assert "windows" in capsys.readouterr().err
+    whole = segment(model, images)
+    torch.testing.assert_close(slid.float(), whole, atol=2e-3 if accumulate == torch.float16 else 1e-6, rtol=0)
