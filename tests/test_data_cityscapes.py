@@ -8,7 +8,7 @@ from PIL import Image
 from torchvision.datasets import Cityscapes
 
 from seg.data import CITYSCAPES_CLASSES, DatasetError, build_dataset
-from seg.data.cityscapes import LABELS
+from seg.data.cityscapes import LABELS, train_ids_to_label_ids
 
 # id -> trainId from cityscapesScripts' labels.py, written out independently of seg.data.cityscapes.
 OFFICIAL_TRAIN_IDS = {
@@ -28,6 +28,20 @@ def test_label_table_is_the_official_one():
     # torchvision carries the same table (from cityscapesScripts): names, ids, train ids and colours agree.
     assert [(label.name, label.id, label.train_id, label.color) for label in LABELS] == \
            [(c.name, c.id, c.train_id, c.color) for c in Cityscapes.classes]
+
+
+def test_train_ids_map_back_to_the_official_label_ids():
+    """The test server scores label ids: the 19 train ids must map back exactly as cityscapesScripts' table says."""
+    from cityscapesscripts.helpers.labels import labels, trainId2label
+
+    official = {label.trainId: label.id for label in labels if 0 <= label.trainId < 255}
+    assert sorted(official) == list(range(19))
+    train_ids = np.arange(19, dtype=np.uint8).reshape(1, 19)
+    assert train_ids_to_label_ids(train_ids).tolist() == [[official[t] for t in range(19)]]
+    assert all(trainId2label[t].name == CITYSCAPES_CLASSES[t] for t in range(19))
+    # never predicted, but a void train id must become a label id the server ignores, not a class
+    void = int(train_ids_to_label_ids(np.array([[255]], dtype=np.uint8))[0, 0])
+    assert {label.id: label.ignoreInEval for label in labels}[void]
 
 
 def write_city(root, split, city, frame, label_ids, train_ids=None):

@@ -9,6 +9,7 @@ mask of different sizes raises ``DatasetError`` naming the file, never a silent 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -80,9 +81,18 @@ def resolve_classes(default_names: Sequence[str], num_classes: Optional[int], cl
     return names
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Decode an image file fully into uint8 RGB ``[H, W, 3]``; grayscale, palette and RGBA images are converted."""
-    with _open(path, "image") as img:
+class ImageTooLarge(DatasetError):
+    """An image with more pixels than the caller allows (PIL's decompression-bomb guard, or ``max_pixels``)."""
+
+
+def read_image(path: Path, max_pixels: Optional[int] = None) -> np.ndarray:
+    """Decode an image file fully into uint8 RGB ``[H, W, 3]``; grayscale, palette and RGBA images are converted.
+
+    ``max_pixels`` replaces PIL's decompression-bomb limit (a warning above about 89 million pixels, a refusal above
+    twice that) for this read: prediction on 10,000 x 10,000 images raises it deliberately, while datasets keep
+    PIL's guard. ``ImageTooLarge`` is raised, before decoding, for an image above the limit.
+    """
+    with _open(path, "image", max_pixels) as img:
         if img.mode != "RGB":
             img = img.convert("RGB")
         return np.array(img, dtype=np.uint8)
@@ -100,18 +110,41 @@ def read_mask(path: Path) -> np.ndarray:
         return np.array(img, dtype=np.uint8)
 
 
-def _open(path: Path, what: str) -> Image.Image:
+def _open(path: Path, what: str, max_pixels: Optional[int] = None) -> Image.Image:
     if not Path(path).is_file():
         raise DatasetError(f"{what} file not found: {path}")
     img = None
     try:
-        img = Image.open(path)
-        img.load()  # decode now, so that a truncated file raises here and not later
-    except (OSError, SyntaxError, ValueError) as error:  # UnidentifiedImageError and truncation are OSErrors
+        with _pil_pixel_limit(max_pixels):
+            img = Image.open(path)  # reads the header only
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise ImageTooLarge(f"{what} file {path} is {img.width}x{img.height} = {img.width * img.height:,} "
+                                    f"pixels, more than the {max_pixels:,} allowed")
+            img.load()  # decode now, so that a truncated file raises here and not later
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        # UnidentifiedImageError and truncation are OSErrors
         if img is not None:
             img.close()
+        if isinstance(error, DatasetError):
+            raise
+        if isinstance(error, Image.DecompressionBombError):
+            raise ImageTooLarge(f"cannot read {what} file {path}: {error}") from None
         raise DatasetError(f"cannot read {what} file {path}: {error}") from None
     return img
+
+
+@contextlib.contextmanager
+def _pil_pixel_limit(max_pixels: Optional[int]):
+    """With an explicit ``max_pixels`` (checked by ``_open``), PIL's own global limit is off for this read."""
+    if max_pixels is None:
+        yield
+        return
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
 
 
 def check_sample(image: np.ndarray, mask: np.ndarray, num_classes: int, image_name: str, mask_name: str) -> None:

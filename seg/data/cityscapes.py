@@ -83,11 +83,28 @@ def _id_to_train_id():
 ID_TO_TRAIN_ID, KNOWN_IDS = _id_to_train_id()
 
 
+def _train_id_to_id() -> np.ndarray:
+    """Lookup table over uint8 train ids -> label id, the values the test server scores; anything that is not one
+    of the 19 train ids (255 included) becomes 0, ``unlabeled``, which the server does not evaluate."""
+    table = np.zeros(256, dtype=np.uint8)
+    for label in TRAIN_LABELS:
+        table[label.train_id] = label.id
+    return table
+
+
+TRAIN_ID_TO_ID = _train_id_to_id()
+
+
 def cityscapes_palette() -> np.ndarray:
     palette = np.zeros((256, 3), dtype=np.uint8)
     for label in TRAIN_LABELS:
         palette[label.train_id] = label.color
     return palette
+
+
+def train_ids_to_label_ids(train_ids: np.ndarray) -> np.ndarray:
+    """A prediction in train ids ``[H, W]`` -> Cityscapes label ids (uint8), as the benchmark server expects."""
+    return TRAIN_ID_TO_ID[train_ids]
 
 
 def label_ids_to_train_ids(ids: np.ndarray, path: Path) -> np.ndarray:
