@@ -29,6 +29,7 @@ MODEL_KEYS = {"backbone": "backbone.name", "num_classes": "dataset.num_classes",
 # inference.accumulate -> segment's ``accumulate``: the dtype of the buffer probabilities are summed into
 ACCUMULATE = {"float32": torch.float32, "float16": torch.float16}
 EXPORT_FORMATS = ("torchscript", "onnx", "export")
+PREDICT_FORMATS = ("default", "cityscapes")  # predict.py's ``format``: its own files, or a Cityscapes submission
 # dataset keys that describe the run rather than how to read the files
 DATASET_RUN_KEYS = ("val_split", "ignore_index")
 
@@ -204,3 +205,19 @@ def validate_export(cfg: Mapping) -> None:
     sizes = cfg["check"]["sizes"]
     if not sizes or not all(len(s) == 2 and all(isinstance(v, int) and v >= 32 for v in s) for s in sizes):
         raise ConfigError(f"check.sizes must be a list of [height, width] pairs of at least 32 pixels, got {sizes!r}")
+
+
+def validate_predict(cfg: Mapping) -> None:
+    """predict.py's keys, ``validate_inference``'s included."""
+    for key in ("ckpt", "input", "output"):
+        require(cfg, key, "python scripts/predict.py ckpt=PATH input=IMAGE_FOLDER_OR_VIDEO output=FOLDER")
+    validate_inference(cfg)
+    choice(cfg["format"], "format", PREDICT_FORMATS)
+    for key in ("probs", "probs_npy"):
+        if not isinstance(cfg[key], bool):
+            raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
+    if cfg["probs_npy"] and not cfg["probs"]:
+        raise ConfigError("probs_npy=true needs probs=true")
+    number(cfg["batch_size"], "batch_size", integer=True)
+    if cfg["max_image_pixels"] is not None:
+        number(cfg["max_image_pixels"], "max_image_pixels", integer=True)

@@ -1,9 +1,19 @@
-"""predict.py: label maps and overlays for an image or a folder, from a checkpoint or an exported TorchScript model.
+"""predict.py: label maps, overlays, confidence maps, videos and Cityscapes submissions from a checkpoint or an
+exported TorchScript model.
 
-For every image ``<name>.<ext>`` (folders are searched recursively; sub-folders are kept) it writes
-``labels/<name>.png``, the class index per pixel as a palette PNG (mode ``P``, the dataset's colours, so viewers
-show colours and ``np.array(Image.open(...))`` gives the indices), and ``overlays/<name>.jpg``, the colour-coded
-prediction blended over the image.
+``input`` is an image, a video or a folder searched recursively (images of any sizes and videos mixed); every output
+keeps the input's path relative to ``input`` and its stem. For an image ``<name>.<ext>``:
+
+* ``labels/<name>.png``: the class index per pixel as a palette PNG (mode ``P``, the dataset's colours, so viewers
+  show colours and ``np.array(Image.open(...))`` gives the indices);
+* ``overlays/<name>.jpg``: the colour-coded prediction blended over the image;
+* with ``probs``: ``confidence/<name>.png`` and ``entropy/<name>.png``, colour-scale maps (``seg.engine.confidence``),
+  and with ``probs_npy`` ``probs/<name>.npy``, the probabilities (float16 ``[C, H, W]``);
+* with ``format="cityscapes"``, instead of labels and overlays: ``cityscapes/<city>/<city>_<seq>_<frame>_labelIds.png``
+  and ``cityscapes_submission.zip`` for the benchmark server (``seg.engine.submission``).
+
+A video ``<name>.mp4`` (any container OpenCV reads) gives ``overlays/<name>.mp4``, same size and frame rate, its
+frames segmented ``batch_size`` at a time (``seg.engine.video``).
 """
 
 from __future__ import annotations
@@ -19,12 +29,15 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from seg.config import crop_hw, inference_kwargs, require, to_plain, validate_inference
+from seg.config import crop_hw, inference_kwargs, to_plain, validate_predict
 from seg.data import DatasetError, normalize
-from seg.data.base import read_image
-from seg.engine.checkpoint import palette_of, restore
+from seg.data.base import ImageTooLarge, read_image
+from seg.engine import submission
+from seg.engine.checkpoint import num_classes_of, palette_of, restore
+from seg.engine.confidence import save_map, save_probabilities, summarise
 from seg.engine.device import autocast, place, resolve_amp, resolve_device
 from seg.engine.inference import segment
+from seg.engine.video import VIDEO_SUFFIXES, is_video, overlay_video
 from seg.errors import MissingFileError, UserError
 from seg.io import is_torchscript, load_torchscript
 from seg.visualize import overlay
@@ -38,12 +51,18 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".p
 class LoadedModel:
     model: nn.Module                   # normalised input -> {"out": logits}
     palette: np.ndarray                # [256, 3] uint8
+    num_classes: int
     crop_size: Optional[Tuple[int, int]]
     amp: str                           # the AMP mode to use when the config says null (as trained)
 
 
 def load_model(path, output_stride: Optional[int], device: torch.device) -> LoadedModel:
-    """A checkpoint (any output stride) or a TorchScript file from export.py (its stride is fixed)."""
+    """A checkpoint (any output stride) or a TorchScript file from export.py (its stride is fixed).
+
+    export.py's module normalises its [0, 1] input and calls its ``model`` submodule (normalised input ->
+    ``{"out": logits}``), the interface ``segment`` uses: that submodule is used directly, without a round trip
+    through un-normalising.
+    """
     if not Path(path).is_file():
         raise MissingFileError(f"model not found: {path}")
     if is_torchscript(path):
@@ -51,42 +70,45 @@ def load_model(path, output_stride: Optional[int], device: torch.device) -> Load
             raise UserError(f"os={output_stride} cannot change an exported model's output stride; export the "
                             f"checkpoint again with os={output_stride}")
         exported, metadata = load_torchscript(path, map_location=device)
+        inner = getattr(exported, "model", None)
+        if not isinstance(inner, torch.jit.ScriptModule) or "num_classes" not in metadata:
+            raise UserError(f"{path} is a TorchScript file but not one written by scripts/export.py")
         crop = metadata.get("crop_size")
-        # export.py's ExportedModel wraps the trained model, which takes normalised images and returns
-        # {"out": logits}: exactly what segment() calls, so TTA and sliding windows work on it unchanged.
-        return LoadedModel(exported.model, palette_of(metadata), tuple(crop) if crop else None, "off")
+        return LoadedModel(inner, palette_of(metadata), int(metadata["num_classes"]),
+                           tuple(crop) if crop else None, "off")
     model, state = restore(path, output_stride)
     trained = state["config"]
-    return LoadedModel(place(model, device), palette_of(state), crop_hw(trained["train"]["crop_size"]),
-                       trained["train"]["amp"])
+    return LoadedModel(place(model, device), palette_of(state), num_classes_of(state),
+                       crop_hw(trained["train"]["crop_size"]), trained["train"]["amp"])
 
 
-def list_images(source: Path, output: Path) -> Tuple[Path, List[Path]]:
-    """``(folder the output names are relative to, image files)``; files already under ``output`` are skipped."""
+def list_inputs(source: Path, output: Path) -> Tuple[Path, List[Path]]:
+    """``(folder the output names are relative to, image and video files)``; files under ``output`` are skipped."""
     if source.is_file():
         return source.parent, [source]
     if not source.is_dir():
         raise MissingFileError(f"input not found: {source}")
     output = output.resolve()
-    files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    suffixes = IMAGE_SUFFIXES + VIDEO_SUFFIXES
+    files = sorted(p for p in source.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
                    and output not in p.resolve().parents)
     if not files:
-        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {source}")
+        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) or videos ({', '.join(VIDEO_SUFFIXES)}) "
+                        f"found in {source}")
     names = [p.relative_to(source).with_suffix("") for p in files]
     clashes = sorted({str(n) for n in names if names.count(n) > 1})
     if clashes:
-        raise UserError(f"images that differ only in their extension would write the same outputs: {clashes[:3]}")
+        raise UserError(f"files that differ only in their extension would write the same outputs: {clashes[:3]}")
     return source, files
 
 
 @torch.inference_mode()
-def predict_labels(model: nn.Module, image: np.ndarray, device: torch.device, options: Mapping,
-                   amp_dtype: Optional[torch.dtype] = None) -> np.ndarray:
-    """Class indices ``[H, W]`` (uint8) of one RGB uint8 image ``[H, W, 3]``."""
-    images = normalize(torch.tensor(image).permute(2, 0, 1)[None].to(device))  # a copy: PIL arrays are read-only
+def probabilities(model: nn.Module, images: np.ndarray, device: torch.device, options: Mapping,
+                  amp_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """Class probabilities ``[B, C, H, W]`` of RGB uint8 images ``[B, H, W, 3]`` (one size), on ``device``."""
+    batch = normalize(torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2))
     with autocast(device.type, amp_dtype):
-        probabilities = segment(model, images, **options)
-    return probabilities.argmax(1)[0].to(torch.uint8).cpu().numpy()
+        return segment(model, batch, **options)
 
 
 def save_prediction(labels: np.ndarray, image: np.ndarray, palette: np.ndarray, label_path: Path,
@@ -99,36 +121,98 @@ def save_prediction(labels: np.ndarray, image: np.ndarray, palette: np.ndarray, 
     Image.fromarray(overlay(image, labels, palette)).save(overlay_path, quality=90)
 
 
-def predict(config: Mapping) -> Dict:
-    """Run ``configs/predict.yaml``; returns ``{"written": n, "failed": [paths], "output": folder}``.
+@dataclass
+class Writer:
+    """One run's model and settings: segments an image or a batch of frames and writes the image's files."""
 
-    An image that cannot be read is reported and skipped; if any were, a ``UserError`` follows at the end.
+    loaded: LoadedModel
+    device: torch.device
+    options: Dict                      # keyword arguments of segment
+    amp_dtype: Optional[torch.dtype]
+    output: Path
+    probs: bool
+    probs_npy: bool
+
+    def probabilities(self, images: np.ndarray) -> torch.Tensor:
+        return probabilities(self.loaded.model, images, self.device, self.options, self.amp_dtype)
+
+    def label_frames(self, frames: np.ndarray) -> np.ndarray:
+        return self.probabilities(frames).argmax(1).to(torch.uint8).cpu().numpy()
+
+    def image(self, image: np.ndarray, relative: Path, label_ids: Optional[Path] = None) -> None:
+        """The files of one image; ``label_ids``: its submission file (format=cityscapes) instead of labels and
+        overlays."""
+        probs = self.probabilities(image[None])[0]
+        summary = summarise(probs, maps=self.probs)
+        if label_ids is not None:
+            submission.save_label_ids(summary.labels, self.output / "cityscapes" / label_ids)
+        else:
+            save_prediction(summary.labels, image, self.loaded.palette, self.output / "labels" / f"{relative}.png",
+                            self.output / "overlays" / f"{relative}.jpg")
+        if self.probs:
+            save_map(summary.confidence, self.output / "confidence" / f"{relative}.png")
+            save_map(summary.entropy, self.output / "entropy" / f"{relative}.png")
+        if self.probs_npy:
+            save_probabilities(probs, self.output / "probs" / f"{relative}.npy")
+
+
+def submission_targets(files: List[Path], relatives: List[Path], num_classes: int) -> Dict[Path, Path]:
+    """format=cityscapes: each image's labelIds file, after checking names, model and inputs."""
+    videos = [path for path in files if is_video(path)]
+    if videos:
+        raise submission.SubmissionError(f"format=cityscapes takes images, not videos: {videos[0]}")
+    submission.check_classes(num_classes)
+    return dict(zip(relatives, submission.submission_paths(relatives)))
+
+
+def read_or_report(path: Path, max_pixels: Optional[int]) -> Optional[np.ndarray]:
+    try:
+        return read_image(path, max_pixels=max_pixels)
+    except DatasetError as error:
+        hint = "; raise max_image_pixels=... to read it" if isinstance(error, ImageTooLarge) else ""
+        log.error("skipped: %s%s", error, hint)
+        return None
+
+
+def predict(config: Mapping) -> Dict:
+    """Run ``configs/predict.yaml``; returns ``{"written": n, "failed": [paths], "output": folder}`` (plus
+    ``"submission"``, the zip, with ``format=cityscapes``).
+
+    A file that cannot be read is reported and skipped; if any were, a ``UserError`` follows at the end.
     """
     cfg = to_plain(config)
-    usage = "python scripts/predict.py ckpt=PATH input=IMAGE_OR_FOLDER output=FOLDER"
-    for key in ("ckpt", "input", "output"):
-        require(cfg, key, usage)
-    validate_inference(cfg)
+    validate_predict(cfg)
     device = torch.device(resolve_device(cfg["device"]))
     output = Path(cfg["output"])
     loaded = load_model(cfg["ckpt"], cfg["os"], device)
-    root, files = list_images(Path(cfg["input"]), output)
-    options = inference_kwargs(cfg, loaded.crop_size)
+    root, files = list_inputs(Path(cfg["input"]), output)
+    relatives = [path.relative_to(root).with_suffix("") for path in files]
+    cityscapes = cfg["format"] == "cityscapes"
+    targets = submission_targets(files, relatives, loaded.num_classes) if cityscapes else {}
+    if cfg["probs"] and any(is_video(path) for path in files):
+        log.info("probs=true applies to images: videos get an overlay video only")
     amp_dtype = resolve_amp(cfg["amp"] if cfg["amp"] is not None else loaded.amp, device.type, key="amp")
+    writer = Writer(loaded, device, {**inference_kwargs(cfg, loaded.crop_size), "progress": True}, amp_dtype,
+                    output, cfg["probs"], cfg["probs_npy"])
     failed: List[str] = []
-    for path in tqdm(files, desc="predict", dynamic_ncols=True, disable=len(files) == 1):
-        try:
-            image = read_image(path)
-        except DatasetError as error:
-            log.error("skipped: %s", error)
+    for path, relative in zip(tqdm(files, desc="predict", dynamic_ncols=True, disable=len(files) == 1), relatives):
+        if is_video(path):
+            overlay_video(path, output / "overlays" / f"{relative}.mp4", writer.label_frames, loaded.palette,
+                          cfg["batch_size"])
+            continue
+        image = read_or_report(path, cfg["max_image_pixels"])
+        if image is None:
             failed.append(str(path))
             continue
-        labels = predict_labels(loaded.model, image, device, options, amp_dtype)
-        relative = path.relative_to(root).with_suffix("")
-        save_prediction(labels, image, loaded.palette, output / "labels" / f"{relative}.png",
-                        output / "overlays" / f"{relative}.jpg")
-    written = len(files) - len(failed)
-    log.info("wrote label maps and overlays of %d images to %s", written, output)
+        writer.image(image, relative, targets.get(relative))
+    result = {"written": len(files) - len(failed), "failed": failed, "output": str(output)}
+    written = [targets[r] for p, r in zip(files, relatives) if cityscapes and str(p) not in failed]
+    if written:
+        result["submission"] = str(submission.pack(output / "cityscapes", written, output / submission.ZIP_NAME))
+        log.info("wrote %d labelIds PNGs to %s and packed them into %s", len(written), output / "cityscapes",
+                 result["submission"])
+    else:
+        log.info("wrote the predictions of %d files to %s", result["written"], output)
     if failed:
-        raise UserError(f"{len(failed)} of {len(files)} images could not be read (see the log): {failed[:3]}")
-    return {"written": written, "failed": failed, "output": str(output)}
+        raise UserError(f"{len(failed)} of {len(files)} files could not be read (see the log): {failed[:3]}")
+    return result
