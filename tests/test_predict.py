@@ -1,7 +1,7 @@
 """predict.py beyond labels and overlays: confidence maps, videos, large images, Cityscapes submissions."""
 
+import copy
 import zipfile
-from types import SimpleNamespace
 
 import cv2
 import matplotlib
@@ -17,6 +17,7 @@ from seg.engine import predict as predict_module
 from seg.engine.checkpoint import save_checkpoint
 from seg.engine.restore import restore
 from seg.errors import UserError
+from seg.metrics import confusion_matrix, metrics_from_confusion
 from seg.models import build_model
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -213,7 +214,7 @@ def cityscapes_ckpt(tmp_path_factory):
 
 def test_cityscapes_submission_names_values_and_zip(cityscapes_ckpt, tmp_path):
     from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as official
-    from cityscapesscripts.helpers.labels import trainId2label
+    from cityscapesscripts.helpers.labels import id2label, labels, trainId2label
 
     test = tmp_path / "leftImg8bit" / "test"
     write_images(test, CITYSCAPES_IMAGES)
@@ -223,19 +224,33 @@ def test_cityscapes_submission_names_values_and_zip(cityscapes_ckpt, tmp_path):
     assert sorted(archive.namelist()) == ["berlin/berlin_000000_000019_labelIds.png",
                                           "bonn/bonn_000001_000002_labelIds.png"]
     archive.extractall(tmp_path / "unzipped")
-    # the official evaluation finds each test image's prediction by its <city>_<seq>_<frame> prefix
-    args = SimpleNamespace(predictionPath=str(tmp_path / "unzipped"), predictionWalk=None)
-    seen = set()
+    # the official evaluation finds each test image's prediction by its <city>_<seq>_<frame> prefix ...
+    args = copy.copy(official.args)
+    args.predictionPath, args.predictionWalk = str(tmp_path / "unzipped"), None
+    args.evalInstLevelScore, args.JSONOutput, args.quiet = False, False, True
+    rng = np.random.default_rng(5)
+    ids = [label.id for label in labels if label.id >= 0]  # void ids (0-6, 9, ...) included
+    predictions, ground_truths, matrix, seen = [], [], torch.zeros(19, 19, dtype=torch.int64), set()
     for name, (height, width) in CITYSCAPES_IMAGES.items():
         city, stem = name.split("/")
-        ground_truth = f"/data/gtFine/test/{city}/{stem.replace('leftImg8bit.png', 'gtFine_labelIds.png')}"
-        found = official.getPrediction(args, ground_truth)
+        ground_truth = tmp_path / "gtFine" / "test" / city / stem.replace("leftImg8bit", "gtFine_labelIds")
+        ground_truth.parent.mkdir(parents=True, exist_ok=True)
+        gt_ids = rng.choice(ids, (height, width)).astype(np.uint8)
+        Image.fromarray(gt_ids).save(ground_truth)
+        found = official.getPrediction(args, str(ground_truth))
         label_ids = np.array(Image.open(found))
         train_ids = np.array(Image.open(tmp_path / "plain" / "labels" / name))
         assert label_ids.shape == (height, width) and Image.open(found).mode == "L"
         assert np.array_equal(label_ids, np.vectorize(lambda t: trainId2label[t].id)(train_ids))
+        gt_train_ids = np.vectorize(lambda i: 255 if id2label[i].ignoreInEval else id2label[i].trainId)(gt_ids)
+        matrix += confusion_matrix(torch.from_numpy(train_ids), torch.from_numpy(gt_train_ids), 19)
+        predictions.append(found)
+        ground_truths.append(str(ground_truth))
         seen |= set(np.unique(train_ids).tolist())
     assert len(seen) >= 3  # the mapping was exercised on several classes
+    # ... and scores it exactly as this project scores the train-id predictions against the same labels
+    scores = official.evaluateImgLists(predictions, ground_truths, args)
+    assert scores["averageScoreClasses"] == pytest.approx(metrics_from_confusion(matrix)["mIoU"], abs=1e-12)
     assert not (tmp_path / "sub" / "labels").exists()
 
 

@@ -212,7 +212,7 @@ def predict(config: Mapping) -> Dict:
         log.info("wrote %d labelIds PNGs to %s and packed them into %s", len(written), output / "cityscapes",
                  result["submission"])
     else:
-        log.info("wrote the predictions of %d files to %s", result["written"], output)
+        log.info("wrote the outputs of %d input file(s) to %s", result["written"], output)
     if failed:
         raise UserError(f"{len(failed)} of {len(files)} files could not be read (see the log): {failed[:3]}")
     return result
