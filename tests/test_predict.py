@@ -14,8 +14,7 @@ from PIL import Image
 from seg.config import ConfigError, model_kwargs
 from seg.data.base import ImageTooLarge, read_image
 from seg.engine import predict as predict_module
-from seg.engine.checkpoint import save_checkpoint
-from seg.engine.restore import restore
+from seg.engine.checkpoint import restore, save_checkpoint
 from seg.errors import UserError
 from seg.metrics import confusion_matrix, metrics_from_confusion
 from seg.models import build_model
