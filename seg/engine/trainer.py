@@ -46,6 +46,10 @@ class RunFolderError(UserError, OSError):
     pass
 
 
+class RankTimeout(UserError, RuntimeError):
+    pass
+
+
 def train(config: Mapping, run_dir) -> Dict:
     """Train from a configuration (``configs/train.yaml`` layout, a plain dict or an OmegaConf config).
 
@@ -54,7 +58,7 @@ def train(config: Mapping, run_dir) -> Dict:
     cfg = to_plain(config)
     validate_train(cfg)
     device_type = resolve_device(cfg["device"])
-    distributed.init(device_type)
+    distributed.init(device_type, cfg["dist_timeout_min"])
     try:
         trainer = Trainer(cfg, Path(run_dir), device_type)
         try:
@@ -62,6 +66,15 @@ def train(config: Mapping, run_dir) -> Dict:
         except UserError as error:
             trainer.files.record(error)
             raise
+        except RuntimeError as error:
+            if not distributed.timed_out(error):
+                raise
+            stuck = RankTimeout(
+                f"rank {distributed.rank()} waited more than dist_timeout_min={cfg['dist_timeout_min']} minutes for "
+                f"the other ranks (one is stopped, hung or dead); the checkpoints in {trainer.files.checkpoints} "
+                "are as last saved: resume from checkpoints/last.pt once every rank runs")
+            trainer.files.record(stuck)
+            raise stuck from None
         finally:
             trainer.files.close()
     finally:
