@@ -8,7 +8,6 @@ import stat
 
 import pytest
 import torch
-from helpers import compose_config, tiny_overrides
 
 from seg.engine import trainer as trainer_module
 from seg.engine.checkpoint import load_checkpoint
@@ -17,17 +16,19 @@ from seg.engine.trainer import train
 from seg.errors import UserError
 
 
-def _config(tmp_path, **extra):
-    return compose_config("train", tiny_overrides(tmp_path / "data", **{"train.eval_every": 0, **extra}))
+@pytest.fixture
+def config(cfg_train):
+    """The tiny training config, evaluating only at the end."""
+    return lambda **extra: cfg_train(**{"train.eval_every": 0, **extra})
 
 
 def _mult(group_name, backbone, head):
     return backbone if group_name.startswith("backbone") else head
 
 
-def test_resume_applies_changed_hyperparameters(tmp_path, monkeypatch):
+def test_resume_applies_changed_hyperparameters(config, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    train(_config(tmp_path, **{"train.iters": 8, "train.stop_at": 4, "train.ckpt_every": 4}), run)
+    train(config(**{"train.iters": 8, "train.stop_at": 4, "train.ckpt_every": 4}), run)
     seen = []
 
     class Recording(TrainStep):
@@ -39,7 +40,7 @@ def test_resume_applies_changed_hyperparameters(tmp_path, monkeypatch):
     new = {"train.lr": 0.05, "train.iters": 10, "train.warmup_iters": 6, "train.momentum": 0.8,
            "train.weight_decay": 0.001, "train.backbone_lr_mult": 0.1, "train.head_lr_mult": 2.0,
            "train.ckpt_every": 0}
-    train(_config(tmp_path, resume=run / "checkpoints" / "last.pt", **new), run)
+    train(config(resume=run / "checkpoints" / "last.pt", **new), run)
 
     def expected_lr(iteration):
         """Step ``iteration`` (from 1) uses 0.05 * (1 - done / 10) ** 0.9 after ``done`` steps, ramped
@@ -71,22 +72,22 @@ def test_resume_applies_changed_hyperparameters(tmp_path, monkeypatch):
     assert "resume: config changed: train.iters: 8 -> 10 (applies from iteration 5 on)" in log
 
 
-def test_torn_metrics_line_is_dropped_on_resume(tmp_path, caplog):
+def test_torn_metrics_line_is_dropped_on_resume(config, tmp_path, caplog):
     run = tmp_path / "run"
-    train(_config(tmp_path, **{"train.iters": 4, "train.stop_at": 2, "train.eval_every": 1}), run)
+    train(config(**{"train.iters": 4, "train.stop_at": 2, "train.eval_every": 1}), run)
     metrics = run / "metrics.jsonl"
     whole = metrics.read_text()
     assert [json.loads(line)["iter"] for line in whole.splitlines()] == [1, 2]
     metrics.write_text(whole + whole.splitlines()[0][:25])  # a kill or a full disk in the middle of a line
-    train(_config(tmp_path, resume=run / "checkpoints" / "last.pt", **{"train.iters": 4, "train.eval_every": 1}),
+    train(config(resume=run / "checkpoints" / "last.pt", **{"train.iters": 4, "train.eval_every": 1}),
           run)
     assert [json.loads(line)["iter"] for line in metrics.read_text().splitlines()] == [1, 2, 3, 4]
     assert "metrics.jsonl: dropping an incomplete last line" in caplog.text
 
 
-def test_leftover_temporary_checkpoints_are_removed(tmp_path, caplog):
+def test_leftover_temporary_checkpoints_are_removed(config, tmp_path, caplog):
     run = tmp_path / "run"
-    train(_config(tmp_path, **{"train.iters": 2}), run)
+    train(config(**{"train.iters": 2}), run)
     checkpoints = run / "checkpoints"
     leftovers = [checkpoints / ".last.pt.k3j_x9.tmp", checkpoints / ".best.pt.0aa1b2.tmp"]
     for path in leftovers:
@@ -94,18 +95,18 @@ def test_leftover_temporary_checkpoints_are_removed(tmp_path, caplog):
     keep = checkpoints / "notes.tmp"
     keep.write_text("not ours")
     caplog.set_level("INFO")
-    train(_config(tmp_path, resume=checkpoints / "last.pt", **{"train.iters": 3}), run)
+    train(config(resume=checkpoints / "last.pt", **{"train.iters": 3}), run)
     assert not any(path.exists() for path in leftovers) and keep.exists()
     assert "removed 2 temporary files of interrupted checkpoint saves" in caplog.text
     # and before every save: a leftover that appears during a run is gone after the next save
     (checkpoints / ".last.pt.zz.tmp").write_bytes(b"")
-    train(_config(tmp_path, resume=checkpoints / "last.pt", **{"train.iters": 4}), run)
+    train(config(resume=checkpoints / "last.pt", **{"train.iters": 4}), run)
     assert sorted(p.name for p in checkpoints.iterdir()) == ["best.pt", "last.pt", "notes.tmp"]
 
 
-def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+def test_full_disk_keeps_the_previous_checkpoint(config, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    train(_config(tmp_path, **{"train.iters": 2}), run)
+    train(config(**{"train.iters": 2}), run)
     last = run / "checkpoints" / "last.pt"
     before = last.read_bytes()
     real_fdopen = os.fdopen
@@ -133,7 +134,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr("seg.io.os.fdopen", lambda *args, **kwargs: FullDisk(real_fdopen(*args, **kwargs)))
     with pytest.raises(UserError) as raised:
-        train(_config(tmp_path, resume=last, **{"train.iters": 4}), run)
+        train(config(resume=last, **{"train.iters": 4}), run)
     message = str(raised.value)
     assert "\n" not in message
     assert message.startswith("disk full: could not write ") and str(run / "checkpoints") in message
@@ -143,9 +144,9 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]  # no temporary file
 
 
-def test_resume_into_a_read_only_run_folder_is_one_line(tmp_path):
+def test_resume_into_a_read_only_run_folder_is_one_line(config, tmp_path):
     run = tmp_path / "run"
-    train(_config(tmp_path, **{"train.iters": 2}), run)
+    train(config(**{"train.iters": 2}), run)
     paths = [run, *run.rglob("*")]
     modes = {path: path.stat().st_mode for path in paths}
     for path in sorted(paths, reverse=True):  # files before their folders
@@ -154,7 +155,7 @@ def test_resume_into_a_read_only_run_folder_is_one_line(tmp_path):
         if os.access(run, os.W_OK):
             pytest.skip("chmod does not stop this user from writing (root)")
         with pytest.raises(UserError, match=rf"^cannot write into the run folder {re.escape(str(run))}") as raised:
-            train(_config(tmp_path, resume=run / "checkpoints" / "last.pt", **{"train.iters": 4}), run)
+            train(config(resume=run / "checkpoints" / "last.pt", **{"train.iters": 4}), run)
         assert "\n" not in str(raised.value)
     finally:
         for path in paths:

@@ -22,8 +22,15 @@ from seg.config import crop_hw, dataset_kwargs, model_kwargs, to_plain, validate
 from seg.data import build_dataset
 from seg.data.loader import build_train_loader
 from seg.engine import distributed
-from seg.engine.checkpoint import (all_finite, check_resume_config, load_checkpoint, remove_partial_saves,
-                                   restore_rng, resume_changes, save_checkpoint)
+from seg.engine.checkpoint import (
+    all_finite,
+    check_resume_config,
+    load_checkpoint,
+    remove_partial_saves,
+    restore_rng,
+    resume_changes,
+    save_checkpoint,
+)
 from seg.engine.device import place, resolve_amp, resolve_device, unwrap
 from seg.engine.evaluation import evaluate
 from seg.engine.losses import make_loss
