@@ -14,8 +14,9 @@ from seg.errors import exit_on_user_error
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if cfg.resume and Path(cfg.resume).parent.name == "checkpoints":
-        run_dir = Path(cfg.resume).resolve().parent.parent  # keep writing into the resumed run
+    resume = Path(str(cfg.resume)) if cfg.resume else None  # str: resume=123 is a (missing) file, not a crash
+    if resume and resume.parent.name == "checkpoints":
+        run_dir = resume.resolve().parent.parent  # keep writing into the resumed run
     train(cfg, run_dir)
 
 

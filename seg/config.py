@@ -9,11 +9,15 @@ naming the key and the allowed values on error, and turns configurations into ke
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Sequence, Tuple
 
 import torch
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, ValidationError
 
 from seg.errors import UserError
 from seg.models import check_arguments
@@ -38,6 +42,185 @@ class ConfigError(UserError, ValueError):
     pass
 
 
+# -- the typed schema: one dataclass per section; ranges and choices are checked by the validate_* functions ------
+
+@dataclass
+class BackboneKeys:
+    name: str
+    pretrained: str  # imagenet | none | a path
+
+
+@dataclass
+class ModelKeys:
+    multi_grid: List[int]
+    aspp_rates: Optional[List[int]]
+    head: str
+    aux_loss: bool
+    dropout: float
+    weights: Optional[str]
+
+
+@dataclass
+class ModelConfig:
+    """The keys that describe the network (train.py and benchmark.py)."""
+    os: int
+    backbone: BackboneKeys
+    model: ModelKeys
+
+
+@dataclass
+class DatasetKeys:
+    """The keys every dataset has; the format's own keys are checked by ``seg.data.build_dataset``."""
+    name: str
+    root: Optional[str]
+    split: str
+    val_split: str
+    num_classes: Optional[int]
+    class_names: Optional[List[str]]
+    ignore_index: int
+
+
+@dataclass
+class TrainKeys:
+    iters: int
+    batch_size: int
+    crop_size: Any  # an int or [height, width]: checked by crop_hw
+    scale_range: List[float]
+    hflip: bool
+    color_jitter: bool
+    lr: float
+    momentum: float
+    weight_decay: float
+    poly_power: float
+    warmup_iters: int
+    backbone_lr_mult: float
+    head_lr_mult: float
+    loss: str
+    bootstrap_fraction: float
+    aux_weight: float
+    amp: str
+    compile: bool
+    num_workers: int
+    eval_every: int
+    ckpt_every: int
+    log_every: int
+    val_batch_size: int
+    tb_images: int
+    max_nonfinite: int
+    stop_at: Optional[int]
+
+
+@dataclass
+class TrainConfig(ModelConfig):
+    """configs/train.yaml."""
+    seed: int
+    device: str
+    resume: Optional[str]
+    dist_timeout_min: float
+    dataset: DatasetKeys
+    train: TrainKeys
+
+
+@dataclass
+class TTAKeys:
+    scales: List[float]
+    flip: bool
+
+
+@dataclass
+class InferenceKeys:
+    mode: str
+    window: Optional[List[int]]
+    stride: Optional[List[int]]
+
+
+@dataclass
+class InferenceConfig:
+    """evaluate.py and predict.py: configs/inference_options and the files they name."""
+    os: Optional[int]
+    device: str
+    amp: Optional[str]
+    tta: TTAKeys
+    inference: InferenceKeys
+    ckpt: Optional[str]
+    input: Optional[str]
+    output: Optional[str]
+
+
+@dataclass
+class EvaluateDatasetKeys:
+    root: Optional[str]
+    split: Optional[str]
+
+
+@dataclass
+class LoaderConfig:
+    """evaluate.py's loader and dataset overrides."""
+    batch_size: int
+    num_workers: int
+    dataset: EvaluateDatasetKeys
+
+
+@dataclass
+class CheckKeys:
+    sizes: List[List[int]]
+    rtol: float
+    atol: float
+
+
+@dataclass
+class ExportConfig:
+    """configs/export.yaml."""
+    ckpt: Optional[str]
+    output: Optional[str]
+    format: str
+    os: Optional[int]
+    check: CheckKeys
+
+
+_TYPE_NAMES = {int: ("an integer", "integers"), float: ("a number", "numbers"), bool: ("true or false", "booleans"),
+               str: ("a string", "strings")}
+
+
+def _describe(hint, plural: bool = False) -> str:
+    """``Optional[List[float]]`` -> "a list of numbers or null"."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is typing.Union:
+        return f"{_describe(args[0], plural)} or null"
+    if typing.get_origin(hint) is list:
+        return f"{'lists' if plural else 'a list'} of {_describe(args[0], plural=True)}"
+    return _TYPE_NAMES[hint][plural]
+
+
+def conform(cfg: MutableMapping, schema: type, prefix: str = "") -> None:
+    """Check the type of every key of ``cfg`` that the dataclass ``schema`` names, and store the typed value.
+
+    Each value is assigned to its field of ``OmegaConf.structured(schema)``, so OmegaConf's conversions decide
+    what fits (``"0.5"`` is a float, ``"maybe"`` is no bool, ``1.5`` is no integer); the converted value is
+    written back, so that ``train.hflip=off`` means ``False`` downstream and not a truthy string. Keys the
+    schema does not name are left to the code that reads them (a dataset format's own keys). One assignment per
+    key, rather than one merge, so the error names the full key whatever OmegaConf's message says.
+    """
+    typed = OmegaConf.structured(schema)
+    hints = typing.get_type_hints(schema)
+    for name in (item.name for item in dataclasses.fields(schema)):
+        if name not in cfg or cfg[name] == "???":  # unset mandatory values are to_plain's to report
+            continue
+        key, value, hint = prefix + name, cfg[name], hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, MutableMapping):
+                raise ConfigError(f"{key} must be a group of keys ({key}.<name>=...), got {value!r}")
+            conform(value, hint, key + ".")
+            continue
+        try:
+            typed[name] = value
+        except ValidationError:
+            raise ConfigError(f"{key} must be {_describe(hint)}, got {value!r}") from None
+        converted = typed[name]
+        cfg[name] = OmegaConf.to_container(converted) if isinstance(converted, (DictConfig, ListConfig)) \
+            else converted
+
+
 def to_plain(cfg: Any, throw_on_missing: bool = True) -> Dict:
     """A resolved plain ``dict`` from an OmegaConf config or a mapping (what checkpoints store).
 
@@ -60,12 +243,16 @@ def choice(value, key: str, allowed) -> None:
         raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
 
 
-def number(value, key: str, minimum: float = 0.0, strict: bool = True, integer: bool = False) -> None:
+def number(value, key: str, minimum: float = 0, strict: bool = True, integer: bool = False,
+           below: Optional[float] = None) -> None:
+    """A finite int/float above ``minimum`` (``strict``: not equal to it) and, with ``below``, under that."""
     kind = int if integer else (int, float)
-    bad_type = not isinstance(value, kind) or isinstance(value, bool)
-    if bad_type or (value <= minimum if strict else value < minimum):
+    bad_type = not isinstance(value, kind) or isinstance(value, bool) or not math.isfinite(value)
+    if (bad_type or (value <= minimum if strict else value < minimum)
+            or (below is not None and value >= below)):
         bound = f"> {minimum}" if strict else f">= {minimum}"
-        raise ConfigError(f"{key} must be {'an integer' if integer else 'a number'} {bound}, got {value!r}")
+        bound += f" and < {below}" if below is not None else ""
+        raise ConfigError(f"{key} must be {'an integer' if integer else 'a finite number'} {bound}, got {value!r}")
 
 
 def require(cfg: Mapping, key: str, usage: str) -> None:
@@ -88,16 +275,26 @@ def check_output_stride(value, key: str = "os", optional: bool = False) -> None:
         in_config_terms(_check_output_stride, value, keys={"output_stride": key})
 
 
-def validate_model(cfg: Mapping) -> None:
+def validate_model(cfg: MutableMapping) -> None:
+    conform(cfg, ModelConfig)
+    _check_model(cfg)
+
+
+def _check_model(cfg: Mapping) -> None:
     model = cfg["model"]
     in_config_terms(check_arguments, cfg["backbone"]["name"], output_stride=cfg["os"],
                     multi_grid=model["multi_grid"], aspp_rates=model.get("aspp_rates"), head=model["head"])
+    if "dropout" in model:
+        number(model["dropout"], "model.dropout", strict=False, below=1)
 
 
-def validate_train(cfg: Mapping) -> None:
-    """Check every training key before any work starts."""
-    validate_model(cfg)
+def validate_train(cfg: MutableMapping) -> None:
+    """Check the type and range of every training key before any work starts (typed values are stored back)."""
+    conform(cfg, TrainConfig)
+    _check_model(cfg)
     choice(cfg["device"], "device", DEVICES)
+    number(cfg["seed"], "seed", strict=False, integer=True, below=2 ** 31)
+    number(cfg["dist_timeout_min"], "dist_timeout_min")
     train = cfg["train"]
     choice(train["amp"], "train.amp", AMP_MODES)
     choice(train["loss"], "train.loss", LOSSES)
@@ -106,11 +303,19 @@ def validate_train(cfg: Mapping) -> None:
         number(train[key], f"train.{key}", integer=True)
     for key in ("eval_every", "ckpt_every", "num_workers", "warmup_iters"):
         number(train[key], f"train.{key}", strict=False, integer=True)
-    number(train["log_every"], "train.log_every", integer=True)
-    number(train["weight_decay"], "train.weight_decay", strict=False)
-    number(train["aux_weight"], "train.aux_weight", strict=False)
-    number(train["max_nonfinite"], "train.max_nonfinite", integer=True)
+    for key in ("log_every", "max_nonfinite", "val_batch_size"):
+        number(train[key], f"train.{key}", integer=True)
+    number(train["tb_images"], "train.tb_images", strict=False, integer=True)
+    for key in ("weight_decay", "aux_weight", "poly_power", "backbone_lr_mult", "head_lr_mult"):
+        number(train[key], f"train.{key}", strict=False)
+    number(train["momentum"], "train.momentum", strict=False, below=1)
+    if train.get("stop_at") is not None:
+        number(train["stop_at"], "train.stop_at", integer=True)
     crop_hw(train["crop_size"])
+    scale_range = train["scale_range"]
+    if len(scale_range) != 2 or not (0 < scale_range[0] <= scale_range[1] < math.inf):
+        raise ConfigError(f"train.scale_range must be two numbers [low, high] with 0 < low <= high, "
+                          f"got {scale_range!r}")
     if not 0 < train["bootstrap_fraction"] <= 1:
         raise ConfigError(f"train.bootstrap_fraction must be in (0, 1], got {train['bootstrap_fraction']!r}")
 
@@ -149,8 +354,9 @@ def dataset_kwargs(dataset_cfg: Mapping, split: Optional[str] = None) -> Dict:
 
 # -- evaluate.py, predict.py, export.py --------------------------------------------------------------------------
 
-def validate_inference(cfg: Mapping) -> None:
+def validate_inference(cfg: MutableMapping) -> None:
     """``os``, ``device``, ``amp``, ``tta`` and ``inference`` (a ``null`` os / amp means: as trained)."""
+    conform(cfg, InferenceConfig)
     check_output_stride(cfg["os"], optional=True)
     choice(cfg["device"], "device", DEVICES)
     if cfg["amp"] is not None:
@@ -173,7 +379,8 @@ def validate_inference(cfg: Mapping) -> None:
     choice(inference.get("accumulate", "float32"), "inference.accumulate", list(ACCUMULATE))
 
 
-def validate_loader(cfg: Mapping) -> None:
+def validate_loader(cfg: MutableMapping) -> None:
+    conform(cfg, LoaderConfig)
     number(cfg["batch_size"], "batch_size", integer=True)
     number(cfg["num_workers"], "num_workers", strict=False, integer=True)
 
@@ -197,7 +404,8 @@ def inference_kwargs(cfg: Mapping, default_window: Optional[Sequence[int]]) -> D
                 accumulate=ACCUMULATE[inference.get("accumulate", "float32")])
 
 
-def validate_export(cfg: Mapping) -> None:
+def validate_export(cfg: MutableMapping) -> None:
+    conform(cfg, ExportConfig)
     require(cfg, "ckpt", "python scripts/export.py ckpt=outputs/<run>/checkpoints/best.pt output=model.ts")
     require(cfg, "output", "python scripts/export.py ckpt=PATH output=model.ts [format=torchscript|onnx|export]")
     choice(cfg["format"], "format", EXPORT_FORMATS)
@@ -205,9 +413,12 @@ def validate_export(cfg: Mapping) -> None:
     sizes = cfg["check"]["sizes"]
     if not sizes or not all(len(s) == 2 and all(isinstance(v, int) and v >= 32 for v in s) for s in sizes):
         raise ConfigError(f"check.sizes must be a list of [height, width] pairs of at least 32 pixels, got {sizes!r}")
+    for key in ("rtol", "atol"):
+        if key in cfg["check"]:
+            number(cfg["check"][key], f"check.{key}", strict=False)
 
 
-def validate_predict(cfg: Mapping) -> None:
+def validate_predict(cfg: MutableMapping) -> None:
     """predict.py's keys, ``validate_inference``'s included."""
     for key in ("ckpt", "input", "output"):
         require(cfg, key, "python scripts/predict.py ckpt=PATH input=IMAGE_FOLDER_OR_VIDEO output=FOLDER")

@@ -24,15 +24,18 @@ def exit_on_user_error(main):
             return main(*args, **kwargs)
         except UserError as error:
             print(f"error: {error}", file=sys.stderr)
-            _record_in_log_files(error)
+            record_in_log_files(error)
             sys.exit(1)
 
     return wrapper
 
 
-def _record_in_log_files(error: UserError) -> None:
-    """Add the error to the run's log files (e.g. train.log) without printing it a second time on the console."""
+def record_in_log_files(error: UserError, handlers=None) -> None:
+    """Add the error to the run's log files (e.g. train.log) without printing it a second time on the console.
+
+    ``handlers``: the handlers to write to (default: every file handler of the root logger).
+    """
     record = logging.getLogger("seg").makeRecord("seg", logging.ERROR, __file__, 0, "%s", (error,), None)
-    for handler in logging.getLogger().handlers:
+    for handler in logging.getLogger().handlers if handlers is None else handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)

@@ -5,6 +5,7 @@ A checkpoint holds plain tensors and Python data only (``weights_only=True`` loa
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
 from pathlib import Path
@@ -25,9 +26,15 @@ log = logging.getLogger(__name__)
 REQUIRED_KEYS = ("model", "config", "class_names", "iteration")
 # Config entries that change the model's parameters: resuming with another value cannot work.
 SHAPE_KEYS = (("backbone", "name"), ("model", "head"), ("model", "aux_loss"), ("dataset", "num_classes"))
+# Config entries that only choose a new run's initial weights: a resume loads the checkpoint's instead.
+INITIAL_WEIGHT_KEYS = ("backbone.pretrained", "model.weights")
 
 
 class CheckpointError(UserError, ValueError):
+    pass
+
+
+class DiskFullError(UserError, OSError):
     pass
 
 
@@ -81,7 +88,41 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, config: Mapping, clas
         "versions": versions(),
         **dict(extra or {}),
     }
-    atomic_save(state, path)
+    path = Path(path)
+    remove_partial_saves(path.parent)
+    try:
+        atomic_save(state, path)
+    except (OSError, RuntimeError) as error:
+        if not _is_disk_full(error):
+            raise
+        previous = f"the previous {path.name} there is intact" if path.exists() else f"no earlier {path.name} exists"
+        last = path.parent / "last.pt"
+        hint = f", then resume={last}" if last.exists() else ""
+        raise DiskFullError(f"disk full: could not write {path.name} of iteration {iteration} into {path.parent}; "
+                            f"{previous} (free some space{hint})") from None
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """ENOSPC / EDQUOT anywhere in the chain, or what torch's zip writer says when a write came up short."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(error, RuntimeError) and ("unexpected pos" in str(error)
+                                                or "PytorchStreamWriter failed" in str(error)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def remove_partial_saves(folder: Path) -> None:
+    """Delete the temporary files of checkpoint saves that were killed midway (``.last.pt.<random>.tmp``, named by
+    ``seg.io.atomic_save``): never a complete checkpoint, up to a checkpoint's size each."""
+    leftovers = sorted(Path(folder).glob(".*.pt.*.tmp"))
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
+    if leftovers:
+        log.info("removed %d temporary files of interrupted checkpoint saves from %s: %s", len(leftovers), folder,
+                 ", ".join(p.name for p in leftovers))
 
 
 def load_checkpoint(path) -> Dict:
@@ -135,18 +176,32 @@ def restore(path: Union[str, Path], output_stride: Optional[int] = None) -> Tupl
 
 
 def check_resume_config(saved: Mapping, current: Mapping, path) -> None:
-    """Refuse a resume whose config changes the model's shape; log every other change."""
+    """Refuse a resume whose config changes the model's shape."""
     for section, key in SHAPE_KEYS:
         old, new = saved.get(section, {}).get(key), current.get(section, {}).get(key)
         if new is not None and old != new:
             raise CheckpointError(
                 f"cannot resume {path}: {section}.{key} was {old!r} in that run and is {new!r} now; "
                 f"resume with the original value, or start a new run with model.weights={path}")
-    for change in _differences(saved, current):
-        log.info("resume: config changed: %s", change)
 
 
-def _differences(old: Mapping, new: Mapping, prefix: str = "") -> List[str]:
+def resume_changes(saved: Mapping, current: Mapping, iteration: int) -> List[str]:
+    """Every config change of a resume at ``iteration`` and when it applies, one line each.
+
+    The trainer builds everything but the weights from the current config, so a change applies from the first
+    iteration after the checkpoint's (the optimizer's lr, momentum and weight decay and the LR schedule
+    included: ``seg.engine.optim.resume_optimizer``); only the keys that choose initial weights are moot.
+    """
+    lines = []
+    for name, change in _differences(saved, current):
+        effect = ("ignored: the weights come from the checkpoint" if name in INITIAL_WEIGHT_KEYS
+                  else f"applies from iteration {iteration + 1} on")
+        lines.append(f"resume: config changed: {change} ({effect})")
+    return lines
+
+
+def _differences(old: Mapping, new: Mapping, prefix: str = "") -> List[Tuple[str, str]]:
+    """``(key, "key: old -> new")`` for every value that differs (``resume`` aside)."""
     changes = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
@@ -154,5 +209,5 @@ def _differences(old: Mapping, new: Mapping, prefix: str = "") -> List[str]:
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             changes += _differences(a, b, name + ".")
         elif a != b and key != "resume":
-            changes.append(f"{name}: {a!r} -> {b!r}")
+            changes.append((name, f"{name}: {a!r} -> {b!r}"))
     return changes

@@ -15,16 +15,30 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def init(device_type: str) -> None:
-    """Start the process group from torchrun's environment (NCCL on GPU, gloo on CPU)."""
+def init(device_type: str, timeout_min: float = 10) -> None:
+    """Start the process group from torchrun's environment (NCCL on GPU, gloo on CPU).
+
+    ``timeout_min``: how long a collective (all-reduce, barrier) waits for the other ranks before this rank fails
+    with a timeout error, e.g. when one rank is stopped or hung; torchrun then stops the remaining ranks. Every
+    rank-0-only step between two collectives (ImageNet weights download, dataset generation, a checkpoint
+    save) must fit in it.
+    """
     if not launched_by_torchrun() or dist.is_initialized():
         return
     if device_type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     backend = "nccl" if device_type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_min))
     if dist.get_rank() != 0:  # one log: the other ranks report only warnings and errors
         logging.getLogger().setLevel(logging.WARNING)
+
+
+def timed_out(error: BaseException) -> bool:
+    """Whether ``error`` is a collective that gave up waiting for the other ranks (gloo: "Timed out waiting ...").
+
+    NCCL does not raise: its watchdog ends the process after the timeout.
+    """
+    return dist.is_initialized() and world_size() > 1 and "timed out" in str(error).lower()
 
 
 def shutdown() -> None:

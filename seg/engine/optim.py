@@ -1,4 +1,8 @@
-"""The optimizer and its learning-rate schedule: SGD with backbone/head groups, poly decay with warm-up."""
+"""The optimizer and its learning-rate schedule: SGD with backbone/head groups, poly decay with warm-up.
+
+The schedule is a pure function of the iteration and the ``train.*`` keys, so a resumed run rebuilds it from the
+current configuration: a changed ``train.lr`` or ``train.iters`` applies from the resume iteration on.
+"""
 
 from __future__ import annotations
 
@@ -21,11 +25,18 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_m
         decay = param.ndim > 1
         key = (part, decay)
         if key not in groups:
-            mult = backbone_lr_mult if part == "backbone" else head_lr_mult
-            groups[key] = {"params": [], "lr": lr * mult, "weight_decay": weight_decay if decay else 0.0,
-                           "name": f"{part}{'' if decay else '_no_decay'}"}
+            name = f"{part}{'' if decay else '_no_decay'}"
+            groups[key] = {"params": [], "name": name,
+                           **_group_settings(name, lr, weight_decay, backbone_lr_mult, head_lr_mult)}
         groups[key]["params"].append(param)
     return list(groups.values())
+
+
+def _group_settings(name: str, lr: float, weight_decay: float, backbone_lr_mult: float,
+                    head_lr_mult: float) -> Dict:
+    """The base LR and weight decay of the group called ``name`` (``backbone``, ``head_no_decay``, ...)."""
+    mult = backbone_lr_mult if name.startswith("backbone") else head_lr_mult
+    return {"lr": lr * mult, "weight_decay": 0.0 if name.endswith("_no_decay") else weight_decay}
 
 
 def poly_schedule(iters: int, power: float, warmup_iters: int) -> Callable[[int], float]:
@@ -58,7 +69,30 @@ def build_optimizer(model: nn.Module, train_cfg: Mapping, amp_dtype: Optional[to
                      train_cfg["head_lr_mult"]),
         lr=train_cfg["lr"], momentum=train_cfg["momentum"], fused=True)
     _fresh_momentum(optimizer)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, poly_schedule(train_cfg["iters"], train_cfg["poly_power"], train_cfg["warmup_iters"]))
     scaler = torch.amp.GradScaler(device_type, enabled=amp_dtype == torch.float16)
-    return optimizer, scheduler, scaler
+    return optimizer, _poly_scheduler(optimizer, train_cfg, iteration=0), scaler
+
+
+def resume_optimizer(optimizer: torch.optim.SGD, state: Mapping, train_cfg: Mapping,
+                     iteration: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Load a checkpoint's optimizer ``state`` (its momentum buffers) under the *current* hyper-parameters.
+
+    Every group gets the current ``train.lr`` times its multiplier, ``train.momentum`` and ``train.weight_decay``
+    (0 for the no-decay groups), and the returned schedule is rebuilt from the current ``train.iters``,
+    ``train.warmup_iters`` and ``train.poly_power`` at ``iteration`` (steps done): the lr of every later step is
+    what a run started with these values would use there.
+    """
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        settings = _group_settings(group["name"], train_cfg["lr"], train_cfg["weight_decay"],
+                                   train_cfg["backbone_lr_mult"], train_cfg["head_lr_mult"])
+        group.update(settings, initial_lr=settings["lr"], momentum=train_cfg["momentum"])
+    return _poly_scheduler(optimizer, train_cfg, iteration)
+
+
+def _poly_scheduler(optimizer: torch.optim.Optimizer, train_cfg: Mapping,
+                    iteration: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR at ``iteration``: each group's lr is its ``initial_lr`` times ``poly_schedule(...)(iteration)``."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, poly_schedule(train_cfg["iters"], train_cfg["poly_power"], train_cfg["warmup_iters"]),
+        last_epoch=iteration - 1)

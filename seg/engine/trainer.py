@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
@@ -20,14 +22,22 @@ from seg.config import crop_hw, dataset_kwargs, model_kwargs, to_plain, validate
 from seg.data import build_dataset
 from seg.data.loader import build_train_loader
 from seg.engine import distributed
-from seg.engine.checkpoint import all_finite, check_resume_config, load_checkpoint, restore_rng, save_checkpoint
+from seg.engine.checkpoint import (
+    all_finite,
+    check_resume_config,
+    load_checkpoint,
+    remove_partial_saves,
+    restore_rng,
+    resume_changes,
+    save_checkpoint,
+)
 from seg.engine.device import place, resolve_amp, resolve_device, unwrap
 from seg.engine.evaluation import evaluate
 from seg.engine.losses import make_loss
-from seg.engine.optim import build_optimizer
+from seg.engine.optim import build_optimizer, resume_optimizer
 from seg.engine.sampler import ResumableSampler
 from seg.engine.step import TrainStep
-from seg.errors import UserError
+from seg.errors import UserError, record_in_log_files
 from seg.models import build_model, load_weights
 from seg.models.backbone import fetch_imagenet_weights
 from seg.visualize import overlay
@@ -39,6 +49,14 @@ class TrainingDiverged(UserError, RuntimeError):
     pass
 
 
+class RunFolderError(UserError, OSError):
+    pass
+
+
+class RankTimeout(UserError, RuntimeError):
+    pass
+
+
 def train(config: Mapping, run_dir) -> Dict:
     """Train from a configuration (``configs/train.yaml`` layout, a plain dict or an OmegaConf config).
 
@@ -47,11 +65,23 @@ def train(config: Mapping, run_dir) -> Dict:
     cfg = to_plain(config)
     validate_train(cfg)
     device_type = resolve_device(cfg["device"])
-    distributed.init(device_type)
+    distributed.init(device_type, cfg["dist_timeout_min"])
     try:
         trainer = Trainer(cfg, Path(run_dir), device_type)
         try:
             return trainer.run()
+        except UserError as error:
+            trainer.files.record(error)
+            raise
+        except RuntimeError as error:
+            if not distributed.timed_out(error):
+                raise
+            stuck = RankTimeout(
+                f"rank {distributed.rank()} waited more than dist_timeout_min={cfg['dist_timeout_min']} minutes for "
+                f"the other ranks (one is stopped, hung or dead); the checkpoints in {trainer.files.checkpoints} "
+                "are as last saved: resume from checkpoints/last.pt once every rank runs")
+            trainer.files.record(stuck)
+            raise stuck from None
         finally:
             trainer.files.close()
     finally:
@@ -89,6 +119,8 @@ class Trainer:
         self.files = RunFiles(run_dir, distributed.is_main(), self.start_iter)
         if resume_state:
             log.info("resuming %s at iteration %d", cfg["resume"], self.start_iter)
+            for line in resume_changes(resume_state["config"], cfg, self.start_iter):
+                log.info(line)
         self.model = self._model(resume_state)
         self.optimizer, self.scheduler, self.scaler = build_optimizer(self.model, self.t, self.amp_dtype,
                                                                       device_type)
@@ -135,9 +167,8 @@ class Trainer:
         return model
 
     def _restore(self, state: Mapping) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        # LambdaLR keeps its schedule function (built from the current train.iters) and restores the position.
-        self.scheduler.load_state_dict(state["scheduler"])
+        # The momentum buffers come from the checkpoint; lr, momentum, weight decay and the schedule from train.*
+        self.scheduler = resume_optimizer(self.optimizer, state["optimizer"], self.t, self.start_iter)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.best_miou = state["best_miou"]
@@ -260,19 +291,35 @@ class RunFiles:
         self.run_dir, self.enabled = run_dir, enabled
         self.metrics_path = run_dir / "metrics.jsonl"
         self.checkpoints = run_dir / "checkpoints"
-        self.writer = None
+        self.writer = self.log_handler = None
         if enabled:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            self._attach_log_file(run_dir / "train.log")
-            self._truncate_metrics_after(resumed_iteration)
-            from torch.utils.tensorboard import SummaryWriter
+            try:
+                self._open(resumed_iteration)
+            except OSError as error:
+                if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise
+                self._refuse(error.filename or run_dir)
 
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resumed_iteration + 1)
+    def _open(self, resumed_iteration: int) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (self.run_dir, self.checkpoints):  # fail now, not at the first checkpoint
+            if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+                self._refuse(folder)
+        self._attach_log_file(self.run_dir / "train.log")
+        self._truncate_metrics_after(resumed_iteration)
+        remove_partial_saves(self.checkpoints)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resumed_iteration + 1)
+
+    def _refuse(self, path) -> None:
+        raise RunFolderError(f"cannot write into the run folder {self.run_dir} ({path} is read-only): make it writable "
+                             f"(chmod -R u+w {self.run_dir}), or copy the run and resume from the copy's "
+                             "checkpoints/last.pt")
 
     def _attach_log_file(self, path: Path) -> None:
         """Log to ``train.log`` unless a handler (Hydra's job log) already writes there."""
         root = logging.getLogger()
-        self.log_handler = None
         if not any(getattr(h, "baseFilename", None) == str(path.resolve()) for h in root.handlers):
             self.log_handler = logging.FileHandler(path)
             self.log_handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
@@ -281,12 +328,37 @@ class RunFiles:
             root.setLevel(logging.INFO)
 
     def _truncate_metrics_after(self, iteration: int) -> None:
-        """On resume, drop evaluations logged after the checkpoint: they will be recomputed."""
+        """On resume, drop evaluations logged after the checkpoint: they will be recomputed.
+
+        A last line cut short (a kill or a full disk while appending) is dropped with a warning; a broken line
+        before it is not something this program wrote, and is an error naming it.
+        """
         if not self.metrics_path.exists():
             return
-        lines = [line for line in self.metrics_path.read_text().splitlines()
-                 if line.strip() and json.loads(line)["iter"] <= iteration]
-        self.metrics_path.write_text("".join(line + "\n" for line in lines))
+        lines = self.metrics_path.read_text(errors="replace").splitlines()
+        kept = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                logged_at = record["iter"]
+            except (ValueError, TypeError, KeyError):
+                if number == len(lines):
+                    log.warning("%s: dropping an incomplete last line (a write cut short): %r", self.metrics_path,
+                                line[:60])
+                    continue
+                raise RunFolderError(f"{self.metrics_path} line {number} is not a JSON object with an \"iter\" "
+                                     f"key: {line[:60]!r}; delete that line and resume again") from None
+            if logged_at <= iteration:
+                kept.append(line)
+        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    def record(self, error: UserError) -> None:
+        """Write an error that ends the run into this run's own train.log (the script prints it on the console
+        and records it in Hydra's log)."""
+        if self.log_handler is not None:
+            record_in_log_files(error, [self.log_handler])
 
     def scalars(self, values: Mapping[str, float], iteration: int) -> None:
         if self.writer:
@@ -306,6 +378,6 @@ class RunFiles:
     def close(self) -> None:
         if self.writer:
             self.writer.close()
-        if self.enabled and self.log_handler is not None:
+        if self.log_handler is not None:
             logging.getLogger().removeHandler(self.log_handler)
             self.log_handler.close()
