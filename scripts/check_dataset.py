@@ -1,7 +1,8 @@
 """Scan a dataset split: python scripts/check_dataset.py dataset=voc dataset.root=/data/VOC [dataset.split=val]
 
-Reads every sample, prints every problem found (missing, truncated or unreadable files, bad mask values or
-modes, size mismatches), the class pixel frequencies and the image sizes. Exit code 1 if anything is wrong.
+Reads every sample, prints every problem found (files that cannot be paired, missing, truncated or unreadable
+files, bad mask values, colours or modes, size mismatches), the class pixel frequencies with suggested class
+weights, and the image sizes. Exit code 1 if anything is wrong.
 """
 
 import sys
@@ -17,7 +18,7 @@ from seg.errors import exit_on_user_error
 @hydra.main(version_base="1.3", config_path="../configs", config_name="check_dataset")
 @exit_on_user_error  # a split that cannot even be listed is the one problem to report
 def main(cfg: DictConfig) -> None:
-    dataset = build_dataset(**dataset_kwargs(to_plain(cfg)["dataset"]))
+    dataset = build_dataset(**dataset_kwargs(to_plain(cfg)["dataset"]), strict=False)
     print(f"{dataset.root}: split {dataset.split!r}, {dataset.num_classes} classes")
     report = check_dataset(dataset)
     print(report.format())

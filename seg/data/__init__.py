@@ -2,6 +2,7 @@
 
 ``build_dataset(name, root, split, num_classes=None, class_names=None, **options)`` builds any dataset from the
 keys of a ``configs/dataset/*.yaml`` file (less ``val_split`` and ``ignore_index``); ``DATASETS`` is the registry.
+Class weights against imbalance (``seg.data.class_weights``) are computed from a dataset's masks.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from seg.data.base import IGNORE_INDEX, DatasetError, Sample, SegmentationDatase
 from seg.data.check import CheckReport, check_dataset
 from seg.data.cityscapes import CITYSCAPES_CLASSES, CityscapesSegmentation
 from seg.data.coco import COCOSegmentation
+from seg.data.folder import FolderSegmentation
 from seg.data.synthetic import SYNTHETIC_CLASSES, synthetic_dataset
 from seg.data.transforms import (
     IMAGENET_MEAN,
@@ -36,6 +38,7 @@ DATASETS = {
     "voc_aug": VOCSegmentation,
     "cityscapes": CityscapesSegmentation,
     "coco": COCOSegmentation,
+    "folder": FolderSegmentation,
 }
 
 
@@ -48,19 +51,29 @@ def dataset_options(name: str) -> list:
 
 
 def build_dataset(name: str, root: Union[str, Path, None], split: str, num_classes: Optional[int] = None,
-                  class_names: Optional[Sequence[str]] = None, **options) -> SegmentationDataset:
-    """Build a dataset split; unknown option keys are an error naming the allowed ones."""
+                  class_names: Optional[Sequence[str]] = None, strict: bool = True, **options) -> SegmentationDataset:
+    """Build a dataset split; unknown option keys are an error naming the allowed ones.
+
+    ``strict``: a dataset whose listing found problems (``dataset.problems``, e.g. an image without a mask) is an
+    error naming the first one; ``check_dataset`` builds with ``strict=False`` to report them all.
+    """
     allowed = dataset_options(name)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise DatasetError(f"unknown option(s) {', '.join('dataset.' + k for k in unknown)} for dataset {name!r}; "
                            f"it takes dataset.root, dataset.split, dataset.num_classes, dataset.class_names"
                            f"{''.join(', dataset.' + k for k in allowed)}")
-    return DATASETS[name](root=root, split=split, num_classes=num_classes, class_names=class_names, **options)
+    dataset = DATASETS[name](root=root, split=split, num_classes=num_classes, class_names=class_names, **options)
+    if strict and dataset.problems:
+        more = f" (and {len(dataset.problems) - 1} more problems)" if len(dataset.problems) > 1 else ""
+        raise DatasetError(f"{dataset.problems[0]}{more}; python scripts/check_dataset.py dataset={name} "
+                           f"dataset.root={root} ... lists them all")
+    return dataset
 
 
 __all__ = [
-    "CITYSCAPES_CLASSES", "DATASETS", "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD", "MEAN_PIXEL",
+    "CITYSCAPES_CLASSES", "DATASETS", "FolderSegmentation", "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD",
+    "MEAN_PIXEL",
     "SYNTHETIC_CLASSES", "VOC_CLASSES", "CheckReport", "CityscapesSegmentation", "COCOSegmentation", "DatasetError",
     "Sample", "SegmentationDataset", "TransformedDataset", "VOCSegmentation", "build_dataset", "check_dataset",
     "dataset_options", "eval_transform", "normalize", "pad_collate", "synthetic_dataset", "train_transform",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -85,14 +85,15 @@ class ImageTooLarge(DatasetError):
     """An image with more pixels than the caller allows (PIL's decompression-bomb guard, or ``max_pixels``)."""
 
 
-def read_image(path: Path, max_pixels: Optional[int] = None) -> np.ndarray:
+def read_image(path: Path, max_pixels: Optional[int] = None, what: str = "image") -> np.ndarray:
     """Decode an image file fully into uint8 RGB ``[H, W, 3]``; grayscale, palette and RGBA images are converted.
 
     ``max_pixels`` replaces PIL's decompression-bomb limit (a warning above about 89 million pixels, a refusal above
     twice that) for this read: prediction on 10,000 x 10,000 images raises it deliberately, while datasets keep
-    PIL's guard. ``ImageTooLarge`` is raised, before decoding, for an image above the limit.
+    PIL's guard. ``ImageTooLarge`` is raised, before decoding, for an image above the limit. ``what`` names the
+    file in errors (colour-coded masks are read with this too).
     """
-    with _open(path, "image", max_pixels) as img:
+    with open_image(path, what, max_pixels) as img:
         if img.mode != "RGB":
             img = img.convert("RGB")
         return np.array(img, dtype=np.uint8)
@@ -100,7 +101,7 @@ def read_image(path: Path, max_pixels: Optional[int] = None) -> np.ndarray:
 
 def read_mask(path: Path) -> np.ndarray:
     """Decode a single-channel 8-bit mask (``L`` or palette ``P`` PNG) into its raw values ``[H, W]``."""
-    with _open(path, "mask") as img:
+    with open_image(path, "mask") as img:
         if img.mode not in MASK_MODES:
             detail = {"RGB": "3 channels (a colour image)", "RGBA": "4 channels", "I;16": "16 bits per pixel",
                       "I": "32-bit integers", "1": "1 bit per pixel"}.get(img.mode, f"mode {img.mode}")
@@ -110,7 +111,9 @@ def read_mask(path: Path) -> np.ndarray:
         return np.array(img, dtype=np.uint8)
 
 
-def _open(path: Path, what: str, max_pixels: Optional[int] = None) -> Image.Image:
+def open_image(path: Path, what: str, max_pixels: Optional[int] = None) -> Image.Image:
+    """The decoded PIL image at ``path`` (the caller closes it); a missing, truncated or unreadable file is a
+    ``DatasetError`` naming it as ``what``."""
     if not Path(path).is_file():
         raise DatasetError(f"{what} file not found: {path}")
     img = None
@@ -135,7 +138,7 @@ def _open(path: Path, what: str, max_pixels: Optional[int] = None) -> Image.Imag
 
 @contextlib.contextmanager
 def _pil_pixel_limit(max_pixels: Optional[int]):
-    """With an explicit ``max_pixels`` (checked by ``_open``), PIL's own global limit is off for this read."""
+    """With an explicit ``max_pixels`` (checked by ``open_image``), PIL's own global limit is off for this read."""
     if max_pixels is None:
         yield
         return
@@ -147,8 +150,12 @@ def _pil_pixel_limit(max_pixels: Optional[int]):
         Image.MAX_IMAGE_PIXELS = previous
 
 
-def check_sample(image: np.ndarray, mask: np.ndarray, num_classes: int, image_name: str, mask_name: str) -> None:
-    """Raise ``DatasetError`` if the mask does not match the image or holds a value that is not a class or 255."""
+def check_sample(image: np.ndarray, mask: np.ndarray, num_classes: int, image_name: str, mask_name: str,
+                 hint: str = "") -> None:
+    """Raise ``DatasetError`` if the mask does not match the image or holds a value that is not a class or 255.
+
+    ``hint`` ends the out-of-range message (how this dataset's options remap values).
+    """
     if image.shape[:2] != mask.shape:
         raise DatasetError(f"image {image_name} is {image.shape[1]}x{image.shape[0]} (WxH) but the mask from "
                            f"{mask_name} is {mask.shape[1]}x{mask.shape[0]}")
@@ -156,7 +163,7 @@ def check_sample(image: np.ndarray, mask: np.ndarray, num_classes: int, image_na
     bad = np.flatnonzero(counts[num_classes:IGNORE_INDEX]) + num_classes
     if bad.size:
         raise DatasetError(f"mask {mask_name} holds values {bad.tolist()} outside the {num_classes} classes "
-                           f"[0, {num_classes - 1}] and the ignore value {IGNORE_INDEX}")
+                           f"[0, {num_classes - 1}] and the ignore value {IGNORE_INDEX}{hint}")
 
 
 class SegmentationDataset:
@@ -164,13 +171,22 @@ class SegmentationDataset:
     masks need decoding.
 
     Attributes: ``class_names``, ``num_classes``, ``palette`` (uint8 ``[256, 3]``: the colour of each mask value),
-    ``ignore_index`` (255), ``root`` and ``split``.
+    ``ignore_index`` (255), ``root`` and ``split``, and:
+
+    - ``problems``: what listing the files found wrong (an image without a mask, two files with one stem); the
+      samples concerned are left out. ``build_dataset`` refuses a dataset with problems unless asked not to, so
+      that ``check_dataset`` can list them all.
+    - ``derived_splits``: ``{split: [sample ids]}`` when the dataset made its split up (a folder without split
+      lists); training records it so that resume and evaluation read exactly the same samples. None otherwise.
+    - ``label_decoding``: the options that turn mask files into labels (part of the class-weight cache key).
     """
 
     ignore_index = IGNORE_INDEX
+    derived_splits: Optional[Dict[str, List[str]]] = None
+    value_hint = ""  # appended to the "values outside the classes" error
 
     def __init__(self, root: Path, split: str, samples: Sequence[Sample], class_names: Sequence[str],
-                 palette: np.ndarray):
+                 palette: np.ndarray, problems: Sequence[str] = (), label_decoding: Optional[Dict] = None):
         if not samples:
             raise DatasetError(f"split {split!r} of {root} is empty: it lists no images")
         self.root = Path(root)
@@ -178,6 +194,8 @@ class SegmentationDataset:
         self.samples = list(samples)
         self.class_names = list(class_names)
         self.palette = np.asarray(palette, dtype=np.uint8).reshape(256, 3)
+        self.problems = list(problems)
+        self.label_decoding = dict(label_decoding or {})
 
     @property
     def num_classes(self) -> int:
@@ -200,7 +218,7 @@ class SegmentationDataset:
         sample = self.samples[index]
         image = read_image(sample.image)
         mask = self.load_mask(index)
-        check_sample(image, mask, self.num_classes, str(sample.image), self.mask_source(index))
+        check_sample(image, mask, self.num_classes, str(sample.image), self.mask_source(index), self.value_hint)
         return image, mask
 
     def __repr__(self) -> str:

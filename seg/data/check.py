@@ -1,15 +1,17 @@
-"""Scan a whole dataset split: every problem (not only the first), class pixel frequencies and image sizes."""
+"""Scan a whole dataset split: every problem (not only the first), class pixel frequencies, suggested class weights
+and image sizes."""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 from tqdm import tqdm
 
 from seg.data.base import IGNORE_INDEX, DatasetError
+from seg.data.class_weights import METHODS, PixelStatistics
 
 
 @dataclass
@@ -21,22 +23,33 @@ class CheckReport:
     pixel_counts: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=np.int64))
     image_counts: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=np.int64))
     image_sizes: Counter = field(default_factory=Counter)  # (height, width) -> number of images
+    statistics: Optional[PixelStatistics] = None  # of the samples without problems: what class weights come from
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def suggested_weights(self) -> dict:
+        """``{method: [weight per class]}`` for ``train.class_weights``, from the samples read."""
+        stats = self.statistics or PixelStatistics(len(self.class_names))
+        return {method: stats.weights(method) for method in METHODS}
 
     def format(self, max_sizes: int = 10) -> str:
         lines = [f"{self.num_samples} samples, {len(self.problems)} with problems"]
         lines += [f"  problem: {p}" for p in self.problems]
         total = int(self.pixel_counts.sum())
         labelled = total - int(self.pixel_counts[IGNORE_INDEX])
-        lines.append(f"class pixel frequencies ({labelled} labelled pixels, "
+        weights = self.suggested_weights()
+        lines.append(f"class pixel frequencies and suggested train.class_weights ({labelled} labelled pixels, "
                      f"{self.pixel_counts[IGNORE_INDEX] / max(total, 1):.2%} of all pixels ignored):")
         name_width = max([len(n) for n in self.class_names] + [5])
+        lines.append(f"  {'#':>3} {'class':<{name_width}} {'pixels':>8} {'images':>7} "
+                     + " ".join(f"{m:>16}" for m in METHODS))
         for index, name in enumerate(self.class_names):
             lines.append(f"  {index:3d} {name:<{name_width}} {self.pixel_counts[index] / max(labelled, 1):8.3%} "
-                         f"of labelled pixels, in {self.image_counts[index]} images")
+                         f"{self.image_counts[index]:7d} " + " ".join(f"{weights[m][index]:16.4f}" for m in METHODS))
+        lines.append("  as lists: " + "; ".join(
+            f"train.class_weights=[{','.join(f'{w:.4g}' for w in weights[m])}]" for m in METHODS))
         lines.append(f"image sizes (height x width), {len(self.image_sizes)} distinct:")
         for (height, width), count in self.image_sizes.most_common(max_sizes):
             lines.append(f"  {height} x {width}: {count} images")
@@ -46,8 +59,12 @@ class CheckReport:
 
 
 def check_dataset(dataset, progress: bool = True) -> CheckReport:
-    """Read every sample of ``dataset`` and collect the problems (``DatasetError``s) and statistics."""
-    report = CheckReport(num_samples=len(dataset), class_names=list(dataset.class_names))
+    """Read every sample of ``dataset`` and collect the problems (``DatasetError``s) and statistics.
+
+    The problems found while listing the files (``dataset.problems``: build it with ``strict=False``) come first.
+    """
+    report = CheckReport(num_samples=len(dataset), class_names=list(dataset.class_names),
+                         problems=list(dataset.problems), statistics=PixelStatistics(dataset.num_classes))
     for index in tqdm(range(len(dataset)), desc="checking", unit="image", disable=not progress):
         try:
             image, mask = dataset[index]
@@ -57,6 +74,6 @@ def check_dataset(dataset, progress: bool = True) -> CheckReport:
         counts = np.bincount(mask.ravel(), minlength=256)
         report.pixel_counts += counts
         report.image_counts += counts > 0
+        report.statistics.add_counts(counts)
         report.image_sizes[image.shape[:2]] += 1
     return report
-
