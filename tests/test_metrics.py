@@ -84,3 +84,40 @@ def test_bad_labels_are_refused():
         confusion_matrix(torch.tensor([0, 1]), torch.tensor([0, 3]), 3)
     with pytest.raises(ValueError, match="differ in shape"):
         confusion_matrix(torch.tensor([0, 1]), torch.tensor([0, 1, 1]), 3)
+
+
+def test_precision_recall_dice_and_excluded_classes_by_hand():
+    # The confusion matrix of test_hand_computed_example: rows label a, b, c, d; columns prediction.
+    matrix = torch.tensor([[1, 1, 0, 0],
+                           [0, 2, 0, 0],
+                           [1, 0, 2, 0],
+                           [0, 0, 0, 0]])
+    m = metrics_from_confusion(matrix, ["a", "b", "c", "d"])
+    # label counts (rows) 2, 2, 3, 0; prediction counts (columns) 2, 3, 2, 0; TP 1, 2, 2, 0
+    assert m["per_class_precision"] == pytest.approx({"a": 1 / 2, "b": 2 / 3, "c": 2 / 2, "d": None})
+    assert m["per_class_recall"] == pytest.approx({"a": 1 / 2, "b": 2 / 2, "c": 2 / 3, "d": None})
+    assert m["per_class_dice"] == pytest.approx({"a": 2 / 4, "b": 4 / 5, "c": 4 / 5, "d": None})
+    assert m["mDice"] == pytest.approx((1 / 2 + 4 / 5 + 4 / 5) / 3)
+    assert m["excluded_classes"] == []
+    # Dice = 2 IoU / (1 + IoU) for every class
+    for name in "abc":
+        iou = m["per_class_iou"][name]
+        assert m["per_class_dice"][name] == pytest.approx(2 * iou / (1 + iou))
+
+    excluded = metrics_from_confusion(matrix, ["a", "b", "c", "d"], exclude=["a"])
+    assert excluded["mIoU"] == pytest.approx((2 / 3 + 2 / 3) / 2)
+    assert excluded["mDice"] == pytest.approx((4 / 5 + 4 / 5) / 2)
+    assert excluded["mean_acc"] == pytest.approx((2 / 2 + 2 / 3) / 2)
+    for key in ("pixel_acc", "fwIoU", "per_class_iou", "per_class_dice", "per_class_precision", "per_class_recall"):
+        assert excluded[key] == m[key], key  # per-class values and pixel-weighted figures keep every class
+    assert excluded["excluded_classes"] == ["a"]
+    with pytest.raises(ValueError, match=r"cannot exclude \['e'\]"):
+        metrics_from_confusion(matrix, ["a", "b", "c", "d"], exclude=["e"])
+
+
+def test_empty_denominators_inside_the_union_are_zero():
+    # class 1 is only predicted (no label pixel): recall 0/0 -> 0, precision 0/1 = 0; class 0 never mispredicted
+    m = metrics_from_confusion(confusion_matrix(torch.tensor([0, 0, 0, 1]), torch.tensor([0, 0, 0, 0]), 3))
+    assert m["per_class_precision"] == {"0": 1.0, "1": 0.0, "2": None}
+    assert m["per_class_recall"] == {"0": pytest.approx(3 / 4), "1": 0.0, "2": None}
+    assert m["per_class_dice"] == {"0": pytest.approx(6 / 7), "1": 0.0, "2": None}

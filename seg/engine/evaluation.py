@@ -53,12 +53,13 @@ class Evaluation(NamedTuple):
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, dataset, device: torch.device, predictor: Predictor = segment,
              batch_size: int = 1, num_workers: int = 0, amp_dtype: Optional[torch.dtype] = None,
-             progress: bool = False, keep_samples: int = 0) -> Evaluation:
+             progress: bool = False, keep_samples: int = 0, exclude: Sequence[str] = ()) -> Evaluation:
     """Metrics (``metrics.json`` format) and the confusion matrix of ``model`` on ``dataset``.
 
     Labels stay at their original resolution. Under DDP each rank evaluates its own share of the images
     (no padded duplicates) and the confusion matrices are summed, so the result equals one process's.
     The first ``keep_samples`` images this process evaluates come back with their predictions (for overlays).
+    ``exclude``: class names left out of the means (``metrics.exclude_classes``).
     """
     was_training = model.training
     model.eval()
@@ -84,7 +85,7 @@ def evaluate(model: torch.nn.Module, dataset, device: torch.device, predictor: P
     distributed.all_reduce_sum(matrix)
     distributed.all_reduce_sum(images_seen)
     model.train(was_training)
-    metrics = metrics_from_confusion(matrix, dataset.class_names)
+    metrics = metrics_from_confusion(matrix, dataset.class_names, exclude)
     metrics["num_images"] = int(images_seen)
     return Evaluation(metrics, matrix.cpu(), samples)
 
@@ -189,18 +190,28 @@ def write_evaluation(run_dir: Path, metrics: Mapping, matrix: torch.Tensor, clas
 
 
 def metrics_table(metrics: Mapping, matrix: torch.Tensor) -> str:
-    """Per-class IoU (percent) with each class's labelled pixel count, then the summary line."""
+    """Per-class IoU, Dice, precision and recall (percent) with each class's labelled pixel count, then the
+    summary line; classes left out of the means are marked ``*``."""
     names = list(metrics["per_class_iou"])
-    width = max(12, *(len(n) for n in names))
+    excluded = set(metrics.get("excluded_classes", ()))
+    width = max(12, *(len(n) + 2 for n in names))
+    columns = (("IoU %", "per_class_iou"), ("Dice %", "per_class_dice"), ("prec. %", "per_class_precision"),
+               ("recall %", "per_class_recall"))
     label_pixels = matrix.sum(1).tolist()
-    lines = [f"{'class':<{width}}  {'IoU %':>7}  {'label pixels':>12}"]
+    lines = [f"{'class':<{width}}" + "".join(f"  {title:>8}" for title, _ in columns) + f"  {'label pixels':>12}"]
     for name, pixels in zip(names, label_pixels):
-        iou = metrics["per_class_iou"][name]
-        lines.append(f"{name:<{width}}  {'-' if iou is None else f'{100 * iou:.2f}':>7}  {pixels:>12}")
-    lines.append(f"mIoU {100 * metrics['mIoU']:.2f}  pixel acc {100 * metrics['pixel_acc']:.2f}  mean acc "
-                 f"{100 * metrics['mean_acc']:.2f}  fwIoU {100 * metrics['fwIoU']:.2f}  "
-                 f"({metrics['num_images']} images)")
+        cells = "".join(f"  {_percent(metrics.get(key, {}).get(name)):>8}" for _, key in columns)
+        lines.append(f"{name + (' *' if name in excluded else ''):<{width}}{cells}  {pixels:>12}")
+    lines.append(f"mIoU {100 * metrics['mIoU']:.2f}  mDice {100 * metrics.get('mDice', 0.0):.2f}  pixel acc "
+                 f"{100 * metrics['pixel_acc']:.2f}  mean acc {100 * metrics['mean_acc']:.2f}  fwIoU "
+                 f"{100 * metrics['fwIoU']:.2f}  ({metrics['num_images']} images)")
+    if excluded:
+        lines.append(f"* left out of mIoU, mDice and mean acc (metrics.exclude_classes): {', '.join(sorted(excluded))}")
     return "\n".join(lines)
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
 
 
 def confusion_heatmap(matrix: torch.Tensor, class_names: Sequence[str]) -> Image.Image:
