@@ -60,3 +60,72 @@ def tiny_checkpoint(path, data_root, num_classes=6, **overrides):
     save_checkpoint(path, model=model, config=cfg, class_names=list(SYNTHETIC_CLASSES[:num_classes]),
                     palette=voc_palette().tolist(), iteration=0)
     return path
+
+
+# --- dataset=folder -----------------------------------------------------------------------------------------------
+
+FOLDER_CLASSES = ["background", "crack", "rust"]
+FOLDER_COLOURS = [[0, 0, 0], [250, 50, 50], [40, 200, 90]]
+MASK_FORMATS = ("palette", "gray", "rgb_list", "csv", "labelmap", "binary")
+
+
+def write_folder(root: Path, fmt: str = "palette", count: int = 8, size: int = 64, seed: int = 0, start: int = 0):
+    """``root/images`` + ``root/masks`` in mask format ``fmt`` (nested sub-folders, mixed image suffixes).
+
+    Returns ``({stem: expected class-index mask}, dataset options that read it)``. Labels come from the synthetic
+    renderer (3 classes; index formats keep its 255 ignore band, colour formats have none).
+    """
+    import numpy as np
+    from PIL import Image
+
+    from seg.data.synthetic import render
+
+    colour = fmt in ("rgb_list", "csv", "labelmap")
+    expected = {}
+    for index in range(start, start + count):
+        image, label = render(np.random.default_rng([seed, index]), size, 3, 3, (0.3, 0.6), border=0 if colour else 1)
+        if fmt == "binary":  # foreground (any shape) 255, background (and the ignore band) 0
+            label = np.where((label > 0) & (label < 255), 255, 0).astype(np.uint8)
+        stem = f"{'ab'[index % 2]}/img_{index:03d}"
+        for sub in ("images", "masks"):
+            (root / sub / stem).parent.mkdir(parents=True, exist_ok=True)
+        suffix = (".jpg", ".PNG", ".jpeg")[index % 3]
+        Image.fromarray(image).save(root / "images" / f"{stem}{suffix}", format="PNG" if suffix == ".PNG" else "JPEG")
+        if colour:
+            Image.fromarray(np.array(FOLDER_COLOURS, dtype=np.uint8)[label]).save(root / "masks" / f"{stem}.png")
+        else:
+            mask = Image.fromarray(label)
+            if fmt == "palette":
+                palette = FOLDER_COLOURS + [[i, i, i] for i in range(3, 256)]
+                mask.putpalette([v for rgb in palette for v in rgb])
+            mask.save(root / "masks" / f"{stem}.png")
+        expected[stem] = np.where(label == 255, 1, label).astype(np.uint8) if fmt == "binary" else label
+    options = {"palette": {"num_classes": 3}, "gray": {"class_names": FOLDER_CLASSES},
+               "rgb_list": {"colors": FOLDER_COLOURS, "class_names": FOLDER_CLASSES},
+               "csv": {"colors": "classes.csv"}, "labelmap": {"colors": str(root / "labelmap.txt")},
+               "binary": {"num_classes": 2, "label_map": {255: 1}}}[fmt]
+    if fmt == "csv":
+        (root / "classes.csv").write_text("name,r,g,b\n" + "".join(
+            f"{n},{r},{g},{b}\n" for n, (r, g, b) in zip(FOLDER_CLASSES, FOLDER_COLOURS)))
+    if fmt == "labelmap":
+        (root / "labelmap.txt").write_text("# label:color_rgb:parts:actions\n" + "".join(
+            f"{n}:{r},{g},{b}::\n" for n, (r, g, b) in zip(FOLDER_CLASSES, FOLDER_COLOURS)))
+    return expected, options
+
+
+def folder_overrides(root: Path, options: dict, **extra) -> List[str]:
+    """A tiny training run (resnet18, 64 px, 2 iterations) on a folder written by ``write_folder``."""
+    values = {"backbone": "resnet18", "device": "cpu", "dataset": "folder", "dataset.root": str(root),
+              "train.crop_size": 64, "train.batch_size": 2, "train.iters": 2, "train.eval_every": 2,
+              "train.ckpt_every": 2, "train.log_every": 1, "train.num_workers": 0, "train.tb_images": 0}
+    values.update({f"dataset.{k}": v for k, v in options.items()})
+    values.update(extra)
+    return [f"{k}={_hydra_value(v)}" for k, v in values.items()]
+
+
+def _hydra_value(value) -> str:
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_hydra_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_hydra_value(v) for v in value) + "]"
+    return str(value)

@@ -33,7 +33,8 @@ def test_evaluate_script_reproduces_the_logged_validation(trained, cfg_eval):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     logged = {k: v for k, v in records[10].items() if k != "iter"}
     assert metrics == logged  # exact: the same evaluation code on the same weights
-    assert set(metrics) == {"mIoU", "pixel_acc", "mean_acc", "fwIoU", "per_class_iou", "num_images"}
+    assert set(metrics) == {"mIoU", "pixel_acc", "mean_acc", "fwIoU", "per_class_iou", "num_images",  # design.md
+                            "mDice", "per_class_dice", "per_class_precision", "per_class_recall", "excluded_classes"}
     with (run_dir / "confusion_matrix.csv").open() as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == ["label \\ prediction", *SYNTHETIC_CLASSES]

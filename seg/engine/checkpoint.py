@@ -185,6 +185,20 @@ def check_resume_config(saved: Mapping, current: Mapping, path) -> None:
                 f"resume with the original value, or start a new run with model.weights={path}")
 
 
+def reuse_recorded(saved: Mapping, current: Dict) -> None:
+    """Put into ``current`` what the resumed run worked out once and recorded in its config, so that the resume
+    trains on the same thing: the split it derived (``dataset.splits``) and the class weights a method name
+    computed (``train.class_weights``, stored as the list). Values given explicitly now are kept."""
+    splits = saved.get("dataset", {}).get("splits")
+    if splits and "splits" in current["dataset"] and not current["dataset"]["splits"]:
+        current["dataset"]["splits"] = splits
+    weights = saved.get("train", {}).get("class_weights")
+    spec = current["train"].get("class_weights")
+    if isinstance(weights, list) and isinstance(spec, str) and spec != "none":
+        log.info("resume: train.class_weights=%s reuses the run's weights %s", spec, weights)
+        current["train"]["class_weights"] = weights
+
+
 def resume_changes(saved: Mapping, current: Mapping, iteration: int) -> List[str]:
     """Every config change of a resume at ``iteration`` and when it applies, one line each.
 

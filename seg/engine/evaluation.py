@@ -24,6 +24,7 @@ from seg.config import (
     ConfigError,
     crop_hw,
     dataset_kwargs,
+    excluded_classes,
     inference_kwargs,
     require,
     to_plain,
@@ -147,6 +148,9 @@ def _evaluate(cfg: Dict, run_dir: Path, device) -> Dict:
     dataset = build_dataset(**dataset_kwargs(dataset_cfg, split=split))
     where = f"dataset {dataset_cfg['name']} split {split!r}"
     check_classes(state, dataset.class_names, where)
+    exclude_cfg = cfg.get("metrics", {}).get("exclude_classes")
+    exclude = excluded_classes(trained.get("metrics", {}).get("exclude_classes") if exclude_cfg is None
+                               else exclude_cfg, dataset.class_names)
     model = place(model_from_checkpoint(state, cfg["os"], cfg["ckpt"]), device)
     options = inference_kwargs(cfg, default_window=crop_hw(trained["train"]["crop_size"]))
     amp = cfg["amp"] if cfg["amp"] is not None else trained["train"]["amp"]
@@ -156,7 +160,7 @@ def _evaluate(cfg: Dict, run_dir: Path, device) -> Dict:
              _describe(options), amp)
     metrics, matrix, _ = evaluate(model, dataset, device, predictor=functools.partial(segment, **options),
                                batch_size=cfg["batch_size"], num_workers=cfg["num_workers"], amp_dtype=amp_dtype,
-                               progress=True)
+                               progress=True, exclude=exclude)
     if distributed.is_main():
         paths = write_evaluation(run_dir, metrics, matrix, dataset.class_names)
         log.info("\n%s", metrics_table(metrics, matrix))

@@ -18,8 +18,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from seg.config import crop_hw, dataset_kwargs, model_kwargs, to_plain, validate_train
+from seg.config import crop_hw, dataset_kwargs, excluded_classes, model_kwargs, to_plain, validate_train
 from seg.data import build_dataset
+from seg.data.class_weights import resolve_class_weights
+from seg.data.folder import write_split_lists
 from seg.data.loader import build_train_loader
 from seg.engine import distributed
 from seg.engine.checkpoint import (
@@ -29,6 +31,7 @@ from seg.engine.checkpoint import (
     remove_partial_saves,
     restore_rng,
     resume_changes,
+    reuse_recorded,
     save_checkpoint,
 )
 from seg.engine.device import place, resolve_amp, resolve_device, unwrap
@@ -109,10 +112,14 @@ class Trainer:
         if cfg["backbone"]["pretrained"] == "imagenet" and not resume_state and distributed.is_main():
             fetch_imagenet_weights(cfg["backbone"]["name"])  # fail before any work when they cannot be had
         distributed.barrier()
+        if resume_state is not None:
+            reuse_recorded(resume_state["config"], cfg)
         self.train_set, self.val_set = self._datasets()
         self.class_names = list(self.train_set.class_names)
         self.palette = np.asarray(self.train_set.palette, dtype=np.uint8)
         self.cfg["dataset"]["num_classes"] = self.train_set.num_classes
+        self.exclude = excluded_classes(cfg.get("metrics", {}).get("exclude_classes"), self.class_names)
+        self.class_weights = self._class_weights()
         if resume_state is not None:
             check_resume_config(resume_state["config"], cfg, cfg["resume"])
         self.start_iter = resume_state["iteration"] if resume_state else 0
@@ -121,6 +128,11 @@ class Trainer:
             log.info("resuming %s at iteration %d", cfg["resume"], self.start_iter)
             for line in resume_changes(resume_state["config"], cfg, self.start_iter):
                 log.info(line)
+        if cfg["dataset"].get("splits") and distributed.is_main():
+            paths = write_split_lists(run_dir / "splits", cfg["dataset"]["splits"])
+            log.info("split (recorded in the checkpoints' dataset.splits): %s", ", ".join(
+                f"{split} {len(stems)} images" for split, stems in cfg["dataset"]["splits"].items()))
+            log.info("wrote %s", ", ".join(str(path) for path in paths))
         self.model = self._model(resume_state)
         self.optimizer, self.scheduler, self.scaler = build_optimizer(self.model, self.t, self.amp_dtype,
                                                                       device_type)
@@ -140,10 +152,27 @@ class Trainer:
         distributed.barrier()
         if not distributed.is_main():
             train_set = build_dataset(**dataset_kwargs(dataset_cfg))
+        if train_set.derived_splits:  # no split lists: record the split made up from val_fraction and seed
+            dataset_cfg["splits"] = train_set.derived_splits
         val_set = build_dataset(**dataset_kwargs(dataset_cfg, split=dataset_cfg["val_split"]))
         log.info("data: %s train %d images (%s), val %d images (%s), %d classes", dataset_cfg["name"],
                  len(train_set), dataset_cfg["split"], len(val_set), dataset_cfg["val_split"], train_set.num_classes)
         return train_set, val_set
+
+    def _class_weights(self) -> Optional[List[float]]:
+        """``train.class_weights`` resolved (rank 0 first: it reads the masks once and caches the statistics) and
+        recorded as the list in the config the checkpoints store."""
+        spec = self.t.get("class_weights")
+        if distributed.is_main():
+            weights = resolve_class_weights(spec, self.train_set, progress=True)
+        distributed.barrier()
+        if not distributed.is_main():
+            weights = resolve_class_weights(spec, self.train_set)
+        if weights is not None:
+            self.t["class_weights"] = weights
+            log.info("class weights (%s): %s", spec if isinstance(spec, str) else "given", ", ".join(
+                f"{name} {weight:.4g}" for name, weight in zip(self.train_set.class_names, weights)))
+        return weights
 
     def _model(self, resume_state: Optional[Mapping]) -> nn.Module:
         # Backbone weights are irrelevant when a resume overwrites everything: never download them then.
@@ -190,7 +219,8 @@ class Trainer:
             seed=int(self.cfg["seed"])))
         device = self.device
         self.model.train()
-        loss_fn = make_loss(t, self.val_set.ignore_index)
+        weights = None if self.class_weights is None else torch.tensor(self.class_weights, device=device)
+        loss_fn = make_loss(t, self.val_set.ignore_index, weights)
         step = TrainStep(self.model, self.optimizer, loss_fn, device, self.amp_dtype, self.channels_last,
                          self.scaler)
         loss_sum = torch.zeros((), device=device)
@@ -252,15 +282,17 @@ class Trainer:
         distributed.broadcast_buffers(model)
         metrics, _, samples = evaluate(model, self.val_set, self.device, batch_size=self.t["val_batch_size"],
                                        num_workers=min(self.t["num_workers"], 2), amp_dtype=self.amp_dtype,
-                                       keep_samples=self.t["tb_images"] if distributed.is_main() else 0)
+                                       keep_samples=self.t["tb_images"] if distributed.is_main() else 0,
+                                       exclude=self.exclude)
         record = {"iter": iteration, **metrics}
         self.files.metrics(record)
-        self.files.scalars({"val/mIoU": metrics["mIoU"], "val/pixel_acc": metrics["pixel_acc"],
-                            "val/mean_acc": metrics["mean_acc"]}, iteration)
-        self.files.scalars({f"val/IoU/{name}": value for name, value in metrics["per_class_iou"].items()},
-                           iteration)
-        log.info("val iter %d: mIoU %.4f pixel_acc %.4f mean_acc %.4f (%d images)", iteration, metrics["mIoU"],
-                 metrics["pixel_acc"], metrics["mean_acc"], metrics["num_images"])
+        self.files.scalars({"val/mIoU": metrics["mIoU"], "val/mDice": metrics["mDice"],
+                            "val/pixel_acc": metrics["pixel_acc"], "val/mean_acc": metrics["mean_acc"]}, iteration)
+        for tag, key in (("IoU", "per_class_iou"), ("Dice", "per_class_dice"), ("precision", "per_class_precision"),
+                         ("recall", "per_class_recall")):
+            self.files.scalars({f"val/{tag}/{name}": value for name, value in metrics[key].items()}, iteration)
+        log.info("val iter %d: mIoU %.4f mDice %.4f pixel_acc %.4f mean_acc %.4f (%d images)", iteration,
+                 metrics["mIoU"], metrics["mDice"], metrics["pixel_acc"], metrics["mean_acc"], metrics["num_images"])
         for i, (image, label, prediction) in enumerate(samples):
             panel = np.concatenate([image, overlay(image, label, self.palette),
                                     overlay(image, prediction, self.palette)], axis=1)
