@@ -10,6 +10,7 @@ from helpers import FOLDER_CLASSES, FOLDER_COLOURS, MASK_FORMATS, run_script, wr
 from seg.data import DatasetError, FolderSegmentation, build_dataset, check_dataset
 from seg.data.colors import read_colour_table
 from seg.data.folder import derive_split
+from seg.data.synthetic import write_folder_example
 from seg.errors import UserError
 
 
@@ -262,3 +263,17 @@ def test_check_dataset_script_prints_frequencies_and_weights(tmp_path):
     for name in FOLDER_CLASSES:
         assert re.search(rf"\d+ {name}\s+\d+\.\d+%\s+\d+\s+\d+\.\d+\s+\d+\.\d+", out), name
     assert "train.class_weights=[" in out
+
+
+def test_make_example_folder_script(tmp_path):
+    out = tmp_path / "example"
+    result = run_script("make_example_folder.py", [f"out={out}", "num_images=4", "image_size=32"])
+    assert f"wrote 4 images to {out / 'images'}" in result.stdout
+    dataset = folder(out, "all", colors="classes.csv")
+    assert len(dataset) == 4 and dataset.class_names == ["background", "disc", "square", "triangle", "ring", "cross"]
+    assert {dataset.sample_id(i).split("/")[0] for i in range(4)} == {"site_a", "site_b"}
+    assert all(dataset[i][1].max() < 6 for i in range(4))
+    with pytest.raises(DatasetError, match=re.escape(f"{out / 'images'} exists already")):
+        write_folder_example(out)
+    write_folder_example(tmp_path / "index", num_images=2, image_size=32, masks="index")
+    assert len(folder(tmp_path / "index", "all", num_classes=6)) == 2

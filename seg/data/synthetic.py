@@ -220,6 +220,43 @@ def write_synthetic(folder: Path, image_size: int, num_train: int, num_val: int,
         (folder / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
 
 
+def write_folder_example(out: Union[str, Path], num_images: int = 32, image_size: int = 96, num_classes: int = 6,
+                         masks: str = "rgb", seed: int = 0) -> Path:
+    """The synthetic images as "your own data" (``dataset=folder``): ``images/`` and ``masks/``, in two sub-folders.
+
+    ``masks="rgb"``: colour-coded RGB masks and their colour table ``classes.csv`` (``name,r,g,b``, as annotation
+    tools export them); ``masks="index"``: palette PNGs of class indices. No ignore band (colour masks have no
+    colour for it). ``out`` must not hold an ``images/`` or ``masks/`` folder yet.
+    """
+    if masks not in ("rgb", "index"):
+        raise DatasetError(f"masks must be rgb or index, got {masks!r}")
+    if not _is_int(num_images, 2) or not _is_int(image_size, 16) or not _is_int(num_classes, 2, len(SYNTHETIC_CLASSES)):
+        raise DatasetError(f"num_images >= 2, image_size >= 16 and num_classes 2-{len(SYNTHETIC_CLASSES)} are needed, "
+                           f"got {num_images}, {image_size}, {num_classes}")
+    out = Path(out).expanduser()
+    for sub in ("images", "masks"):
+        if (out / sub).exists():
+            raise DatasetError(f"{out / sub} exists already: choose another out folder or remove it")
+    colours = voc_palette()[:num_classes]
+    for index in range(num_images):
+        rng = np.random.default_rng([seed, 2, index])
+        image, label = render(rng, image_size, num_classes, int(rng.integers(2, 5)), (0.2, 0.5), border=0)
+        stem = f"site_{'ab'[index % 2]}/img_{index:04d}"
+        for sub in ("images", "masks"):
+            (out / sub / stem).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(out / "images" / f"{stem}.jpg", quality=92)
+        if masks == "rgb":
+            Image.fromarray(colours[label]).save(out / "masks" / f"{stem}.png")
+        else:
+            mask = Image.fromarray(label)
+            mask.putpalette(voc_palette().tobytes())
+            mask.save(out / "masks" / f"{stem}.png")
+    if masks == "rgb":
+        (out / "classes.csv").write_text("name,r,g,b\n" + "".join(
+            f"{name},{r},{g},{b}\n" for name, (r, g, b) in zip(SYNTHETIC_CLASSES, colours.tolist())))
+    return out
+
+
 def ensure_synthetic(root: Union[str, Path, None], **params) -> Path:
     """The dataset folder for ``params`` under ``root`` (default ``$SEG_CACHE`` or ``~/.cache/seg``), generated on
     first use.

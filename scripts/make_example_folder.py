@@ -1,0 +1,27 @@
+"""Write a small "own data" folder to try dataset=folder on: python scripts/make_example_folder.py out=DIR
+
+``DIR/images/`` and ``DIR/masks/`` (two sub-folders each) with the synthetic shapes, colour-coded RGB masks and their
+colour table ``DIR/classes.csv`` (``masks=index``: palette PNGs of class indices instead). README.md, "Train on your
+own data", goes from this folder to a checked, trained, evaluated and exported model.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from seg.config import to_plain
+from seg.data.synthetic import write_folder_example
+from seg.errors import exit_on_user_error
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="make_example_folder")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    cfg = to_plain(cfg)
+    out = write_folder_example(cfg["out"], num_images=cfg["num_images"], image_size=cfg["image_size"],
+                               num_classes=cfg["num_classes"], masks=cfg["masks"], seed=cfg["seed"])
+    extra = f" and the colour table {out / 'classes.csv'}" if cfg["masks"] == "rgb" else ""
+    print(f"wrote {cfg['num_images']} images to {out / 'images'}, their masks to {out / 'masks'}{extra}")
+
+
+if __name__ == "__main__":
+    main()
