@@ -8,8 +8,13 @@ from PIL import Image
 
 from seg.data import DatasetError, build_dataset
 from seg.data import class_weights as cw
-from seg.data.class_weights import (PixelStatistics, inverse_log_weights, median_frequency_weights,
-                                    resolve_class_weights, split_fingerprint)
+from seg.data.class_weights import (
+    PixelStatistics,
+    inverse_log_weights,
+    median_frequency_weights,
+    resolve_class_weights,
+    split_fingerprint,
+)
 
 # Three masks of 4 classes (class 3 never occurs; 255 is ignored):
 MASKS = {

@@ -4,8 +4,8 @@ import re
 
 import numpy as np
 import pytest
-from PIL import Image
 from helpers import FOLDER_CLASSES, FOLDER_COLOURS, MASK_FORMATS, run_script, write_folder
+from PIL import Image
 
 from seg.data import DatasetError, FolderSegmentation, build_dataset, check_dataset
 from seg.data.colors import read_colour_table

@@ -6,9 +6,16 @@ import re
 
 import numpy as np
 import pytest
+from helpers import (
+    FOLDER_CLASSES,
+    FOLDER_COLOURS,
+    MASK_FORMATS,
+    compose_config,
+    folder_overrides,
+    run_script,
+    write_folder,
+)
 from PIL import Image
-from helpers import (FOLDER_CLASSES, FOLDER_COLOURS, MASK_FORMATS, compose_config, folder_overrides, run_script,
-                     write_folder)
 
 from seg.config import ConfigError, validate_train
 from seg.data import build_dataset

@@ -27,8 +27,18 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from seg.data.base import (IGNORE_INDEX, MASK_MODES, DatasetError, Sample, SegmentationDataset, not_found,
-                           open_image, read_image, read_mask, resolve_classes)
+from seg.data.base import (
+    IGNORE_INDEX,
+    MASK_MODES,
+    DatasetError,
+    Sample,
+    SegmentationDataset,
+    not_found,
+    open_image,
+    read_image,
+    read_mask,
+    resolve_classes,
+)
 from seg.data.colors import ColourTable, colour_list, palette_with, read_colour_table
 from seg.data.voc import read_split_file, voc_palette
 
