@@ -19,14 +19,15 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, ValidationError
 
+from seg.data.class_weights import check_class_weights
 from seg.errors import UserError
+from seg.metrics import check_exclude
 from seg.models import check_arguments
 from seg.models.backbone import check_output_stride as _check_output_stride
 
 AMP_MODES = ("auto", "fp16", "bf16", "off")
 DEVICES = ("auto", "cpu", "cuda")
 LOSSES = ("ce", "bootstrap", "dice", "ce+dice", "focal")  # seg.engine.losses.segmentation_loss's ``kind``
-CLASS_WEIGHT_METHODS = ("median_frequency", "inverse_log")  # seg.data.class_weights.METHODS
 INFERENCE_MODES = ("whole", "slide")  # seg.engine.inference.segment's ``mode``
 # build_model's argument names -> the config keys that set them: the library's errors, reworded.
 MODEL_KEYS = {"backbone": "backbone.name", "num_classes": "dataset.num_classes", "output_stride": "os",
@@ -321,37 +322,20 @@ def validate_train(cfg: MutableMapping) -> None:
         raise ConfigError(f"train.bootstrap_fraction must be in (0, 1], got {train['bootstrap_fraction']!r}")
     number(train.get("focal_gamma", 2.0), "train.focal_gamma", strict=False)
     validate_class_weights(train.get("class_weights"))
-    names_list(cfg.get("metrics", {}).get("exclude_classes"), "metrics.exclude_classes")
+    excluded_classes(cfg.get("metrics", {}).get("exclude_classes"))
 
 
-def validate_class_weights(value, key: str = "train.class_weights") -> None:
-    """``none`` (or null), a method name, or a list of non-negative numbers (checked against the classes later)."""
-    if value is None or isinstance(value, str):
-        choice("none" if value is None else value, key, ("none", *CLASS_WEIGHT_METHODS))
-        return
-    numbers = isinstance(value, (list, tuple)) and len(value) > 0 and all(
-        isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in value)
-    if not numbers or not any(w > 0 for w in value):
-        raise ConfigError(f"{key} must be none, {', '.join(CLASS_WEIGHT_METHODS)} or a list of non-negative "
-                          f"numbers (one per class), got {value!r}")
+def validate_class_weights(value, num_classes: Optional[int] = None) -> None:
+    """``train.class_weights`` (the library's ``check_class_weights``); with ``num_classes``, its length too."""
+    in_config_terms(check_class_weights, value, num_classes, keys={"class_weights": "train.class_weights"})
 
 
-def names_list(value, key: str) -> List[str]:
-    """A list of strings (null: empty)."""
-    if value is None:
-        return []
-    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{key} must be a list of class names, e.g. {key}=[background], got {value!r}")
-    return list(value)
-
-
-def excluded_classes(value, class_names: Sequence[str], key: str = "metrics.exclude_classes") -> List[str]:
-    """``metrics.exclude_classes`` checked against the dataset's class names."""
-    names = names_list(value, key)
-    unknown = [n for n in names if n not in class_names]
-    if unknown:
-        raise ConfigError(f"{key} names {unknown} that are not classes of the dataset: {list(class_names)}")
-    return names
+def excluded_classes(value, class_names: Optional[Sequence[str]] = None) -> List[str]:
+    """``metrics.exclude_classes`` (null: none), checked by the library's ``check_exclude`` against
+    ``class_names`` when given."""
+    names = [] if value is None else value
+    in_config_terms(check_exclude, names, class_names, keys={"exclude": "metrics.exclude_classes"})
+    return list(names)
 
 
 def crop_hw(value, key: str = "train.crop_size") -> Tuple[int, int]:

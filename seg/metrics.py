@@ -32,6 +32,16 @@ def confusion_matrix(prediction: torch.Tensor, label: torch.Tensor, num_classes:
     return torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
+def check_exclude(exclude, class_names: Optional[Sequence[str]] = None) -> None:
+    """Raise a ``ValueError`` starting with ``exclude`` unless it is a list of names (of ``class_names``, if given)."""
+    if isinstance(exclude, str) or not isinstance(exclude, (list, tuple)) or not all(
+            isinstance(name, str) for name in exclude):
+        raise ValueError(f"exclude must be a list of class names, e.g. [background], got {exclude!r}")
+    unknown = [name for name in exclude if class_names is not None and name not in class_names]
+    if unknown:
+        raise ValueError(f"exclude names {unknown} that are not classes of the dataset: {list(class_names)}")
+
+
 def metrics_from_confusion(matrix: torch.Tensor, class_names: Optional[Sequence[str]] = None,
                            exclude: Sequence[str] = ()) -> Dict:
     """mIoU, pixel accuracy, mean class accuracy, frequency-weighted IoU, per-class IoU, and per-class precision,
@@ -48,9 +58,7 @@ def metrics_from_confusion(matrix: torch.Tensor, class_names: Optional[Sequence[
     names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
     if len(names) != num_classes:
         raise ValueError(f"{len(names)} class names for a {num_classes}-class confusion matrix")
-    unknown = [name for name in exclude if name not in names]
-    if unknown:
-        raise ValueError(f"cannot exclude {unknown}: not among the classes {names}")
+    check_exclude(exclude, names)
     kept = torch.tensor([name not in exclude for name in names], dtype=torch.bool)
     true_positive = m.diag()
     label_count = m.sum(1)

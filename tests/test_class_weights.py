@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from seg.data import DatasetError, build_dataset
+from seg.data import build_dataset
 from seg.data import class_weights as cw
 from seg.data.class_weights import (
     PixelStatistics,
@@ -60,8 +60,11 @@ def test_resolved_from_the_dataset_and_cached(tmp_path, monkeypatch):
     assert resolve_class_weights("inverse_log", dataset, cache) == pytest.approx(INVERSE_LOG)
     assert resolve_class_weights("none", dataset, cache) is None and resolve_class_weights(None, dataset) is None
     assert resolve_class_weights([1, 2, 3, 4], dataset) == [1.0, 2.0, 3.0, 4.0]
-    with pytest.raises(DatasetError, match=r"train\.class_weights has 2 values but the dataset has 4 classes"):
+    with pytest.raises(ValueError, match=r"^class_weights has 2 values but the dataset has 4 classes"):
         resolve_class_weights([1, 2], dataset)
+    with pytest.raises(ValueError, match=r"^class_weights must be one of \['none', 'median_frequency', "
+                                         r"'inverse_log'\]"):
+        resolve_class_weights("median", dataset)
 
 
 def test_fingerprint_follows_the_files_and_decoding(tmp_path):

@@ -111,7 +111,7 @@ def test_precision_recall_dice_and_excluded_classes_by_hand():
     for key in ("pixel_acc", "fwIoU", "per_class_iou", "per_class_dice", "per_class_precision", "per_class_recall"):
         assert excluded[key] == m[key], key  # per-class values and pixel-weighted figures keep every class
     assert excluded["excluded_classes"] == ["a"]
-    with pytest.raises(ValueError, match=r"cannot exclude \['e'\]"):
+    with pytest.raises(ValueError, match=r"exclude names \['e'\] that are not classes"):
         metrics_from_confusion(matrix, ["a", "b", "c", "d"], exclude=["e"])
 
 

@@ -29,7 +29,7 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 from tqdm import tqdm
 
-from seg.data.base import DatasetError, SegmentationDataset
+from seg.data.base import SegmentationDataset
 from seg.data.synthetic import default_cache
 
 log = logging.getLogger(__name__)
@@ -154,22 +154,33 @@ def cached_statistics(dataset: SegmentationDataset, cache: Union[str, Path, None
     return stats
 
 
+def check_class_weights(class_weights, num_classes: Optional[int] = None) -> None:
+    """Raise a ``ValueError`` starting with ``class_weights`` unless it is None, ``"none"``, a method of ``METHODS``
+    or a list of non-negative numbers, not all zero (``num_classes`` of them, when given)."""
+    if class_weights is None or isinstance(class_weights, str):
+        if class_weights not in (None, "none", *METHODS):
+            raise ValueError(f"class_weights must be one of {['none', *METHODS]} or a list, got {class_weights!r}")
+        return
+    numbers = isinstance(class_weights, (list, tuple)) and len(class_weights) > 0 and all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in class_weights)
+    if not numbers or not any(w > 0 for w in class_weights):
+        raise ValueError(f"class_weights must be none, {', '.join(METHODS)} or a list of non-negative numbers "
+                         f"(one per class), got {class_weights!r}")
+    if num_classes is not None and len(class_weights) != num_classes:
+        raise ValueError(f"class_weights has {len(class_weights)} values but the dataset has {num_classes} classes")
+
+
 def resolve_class_weights(spec, dataset: SegmentationDataset, cache: Union[str, Path, None] = None,
                           progress: bool = False) -> Optional[List[float]]:
-    """``train.class_weights`` -> one weight per class, or None.
+    """``class_weights`` (``check_class_weights``) -> one weight per class, or None.
 
     ``spec``: None / ``"none"``, a method of ``METHODS`` (computed from ``dataset``'s masks, cached), or a list of
-    ``dataset.num_classes`` positive numbers (used as given).
+    ``dataset.num_classes`` non-negative numbers (used as given).
     """
+    check_class_weights(spec, dataset.num_classes if isinstance(spec, (list, tuple)) else None)
     if spec is None or spec == "none":
         return None
     if isinstance(spec, str):
-        if spec not in METHODS:
-            raise DatasetError(f"train.class_weights must be none, {', '.join(METHODS)} or a list, got {spec!r}")
         return cached_statistics(dataset, cache, progress).weights(spec)
-    weights = [float(w) for w in spec]
-    if len(weights) != dataset.num_classes:
-        raise DatasetError(f"train.class_weights has {len(weights)} values but the dataset has "
-                           f"{dataset.num_classes} classes ({', '.join(dataset.class_names)})")
-    return weights
+    return [float(w) for w in spec]
 

@@ -11,8 +11,6 @@ from typing import Callable, Mapping, Optional
 import torch
 import torch.nn.functional as F
 
-KINDS = ("ce", "bootstrap", "dice", "ce+dice", "focal")
-
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str = "ce", ignore_index: int = 255,
                       bootstrap_fraction: float = 0.25, class_weights: Optional[torch.Tensor] = None,
@@ -36,7 +34,7 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str = "c
                 + dice_loss(logits, labels, ignore_index, class_weights))
     if kind == "focal":
         return focal_loss(logits, labels, ignore_index, class_weights, focal_gamma)
-    raise ValueError(f"loss kind must be one of {list(KINDS)}, got {kind!r}")
+    raise ValueError(f"kind must be ce, bootstrap, dice, ce+dice or focal, got {kind!r}")
 
 
 def bootstrapped_ce(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255, fraction: float = 0.25,

@@ -18,7 +18,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from seg.config import crop_hw, dataset_kwargs, excluded_classes, model_kwargs, to_plain, validate_train
+from seg.config import (
+    crop_hw,
+    dataset_kwargs,
+    excluded_classes,
+    model_kwargs,
+    to_plain,
+    validate_class_weights,
+    validate_train,
+)
 from seg.data import build_dataset
 from seg.data.class_weights import resolve_class_weights
 from seg.data.folder import write_split_lists
@@ -163,6 +171,7 @@ class Trainer:
         """``train.class_weights`` resolved (rank 0 first: it reads the masks once and caches the statistics) and
         recorded as the list in the config the checkpoints store."""
         spec = self.t.get("class_weights")
+        validate_class_weights(spec, self.train_set.num_classes)
         if distributed.is_main():
             weights = resolve_class_weights(spec, self.train_set, progress=True)
         distributed.barrier()
