@@ -172,7 +172,7 @@ def test_compare_refuses_basic_block_backbones(backbone):
 
 @pytest.mark.parametrize("override, key", [("amp=fp8", "amp"), ("channels_last=maybe", "channels_last"),
                                            ("compare=timm", "compare"), ("eval_os=12", "eval_os"),
-                                           ("steps=0", "steps"), ("os=4", "os"), ("train.loss=focal", "train.loss")])
+                                           ("steps=0", "steps"), ("os=4", "os"), ("train.loss=lovasz", "train.loss")])
 def test_invalid_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=rf"^{key} must be"):
         validate_benchmark(compose_config("benchmark", [override]))
