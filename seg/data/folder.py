@@ -164,6 +164,7 @@ class FolderSegmentation(SegmentationDataset):
                          decoding)
         if self.num_classes == 2 and self.lookup is None and self.colour_table is None:
             self.load_mask(0)  # 0/255 binary masks: say so now rather than at the first training batch
+
     # -- construction -----------------------------------------------------------------------------------------
     def _classes(self, num_classes, class_names, remapped: bool) -> List[str]:
         table = self.colour_table
