@@ -99,6 +99,8 @@ class TrainKeys:
     head_lr_mult: float
     loss: str
     bootstrap_fraction: float
+    focal_gamma: float
+    class_weights: Any  # none | a method | a list of numbers: checked by check_class_weights
     aux_weight: float
     amp: str
     compile: bool
@@ -113,6 +115,11 @@ class TrainKeys:
 
 
 @dataclass
+class MetricsKeys:
+    exclude_classes: Optional[List[str]]  # null in evaluate.yaml: as trained
+
+
+@dataclass
 class TrainConfig(ModelConfig):
     """configs/train.yaml."""
     seed: int
@@ -121,6 +128,7 @@ class TrainConfig(ModelConfig):
     dist_timeout_min: float
     dataset: DatasetKeys
     train: TrainKeys
+    metrics: MetricsKeys
 
 
 @dataclass
@@ -157,10 +165,11 @@ class EvaluateDatasetKeys:
 
 @dataclass
 class LoaderConfig:
-    """evaluate.py's loader and dataset overrides."""
+    """evaluate.py's loader, dataset overrides and metrics."""
     batch_size: int
     num_workers: int
     dataset: EvaluateDatasetKeys
+    metrics: MetricsKeys
 
 
 @dataclass
@@ -401,6 +410,7 @@ def validate_loader(cfg: MutableMapping) -> None:
     conform(cfg, LoaderConfig)
     number(cfg["batch_size"], "batch_size", integer=True)
     number(cfg["num_workers"], "num_workers", strict=False, integer=True)
+    excluded_classes(cfg.get("metrics", {}).get("exclude_classes"))
 
 
 def inference_kwargs(cfg: Mapping, default_window: Optional[Sequence[int]]) -> Dict:
