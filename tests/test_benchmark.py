@@ -5,27 +5,16 @@ No timing is asserted: figures from a shared CPU say nothing; these tests check 
 
 import json
 import numbers
+import runpy
 
 import pytest
 import torch
-from helpers import compose_config, run_script
+from helpers import REPO, compose_config, run_script
 from torchvision.models.segmentation import deeplabv3_resnet50
 
 from seg.benchmark import measure
-from seg.benchmark.measure import aspp_rates, conv3x3_dilations, lookup_peak, peak_tflops
-from seg.benchmark.reference import build_torchvision_deeplabv3
-from seg.benchmark.run import (
-    inference_phase,
-    loader_phase,
-    make_setup,
-    micro_phase,
-    ratios,
-    rewrite_argv,
-    run_benchmark,
-    train_phase,
-    validate_benchmark,
-    write_result,
-)
+from seg.benchmark.measure import build_torchvision_deeplabv3, peak_tflops, structure
+from seg.benchmark.run import _restrided, data_phase, make_setup, ratios, run_benchmark, train_phase, validate_benchmark
 from seg.config import ConfigError, dataset_kwargs, model_kwargs, to_plain
 from seg.data import build_dataset
 from seg.models import build_model
@@ -112,12 +101,12 @@ def test_compare_run_writes_every_field(tmp_path):
     cfg = compose_config("benchmark", [
         "backbone=resnet50", "batch_size=2", "crop_size=32", "eval_size=[32,48]", "steps=1", "warmup=0",
         "data_steps=0", "micro=false", "device=cpu", "cpu_threads=1", "compare=torchvision", "model.aux_loss=true",
-        "dataset=voc"])  # no dataset.root needed without data figures; num_classes from the config
+        "dataset=voc", "output=null"])  # no dataset.root needed without data figures; num_classes from the config
     result = run_benchmark(cfg, tmp_path / "run", echo=False)
     check_common(result, data=False, micro=False)
+    assert result["output"] is None and not (tmp_path / "run").exists()  # output=null: no file
     assert result["settings"]["num_classes"] == 21
     assert result["model"]["aspp_input_shape"] == [2, 2048, 2, 2]
-    assert json.loads((tmp_path / "run" / "benchmark.json").read_text())["settings"] == result["settings"]
 
     tv = result["torchvision"]
     assert set(tv) == {"model", "builder", "recipe", "params", "aspp_rates", "eval_aspp_rates", "dilations", "flops",
@@ -150,9 +139,10 @@ def test_torchvision_model_matches_ours(output_stride, tv_layer4, ours_layer4):
         tv = build_torchvision_deeplabv3("resnet50", 21, output_stride, aux_loss=True)
         ours = build_model("resnet50", 21, output_stride=output_stride, aux_loss=True)
         reference = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True)
-    assert aspp_rates(tv) == aspp_rates(ours) == [r * 16 // output_stride for r in (6, 12, 18)]
-    assert conv3x3_dilations(tv.backbone)["layer4"] == tv_layer4
-    assert conv3x3_dilations(ours.backbone)["layer4"] == ours_layer4
+    rates = [r * 16 // output_stride for r in (6, 12, 18)]
+    assert structure(tv)["aspp_rates"] == structure(ours)["aspp_rates"] == rates
+    assert structure(tv)["dilations"]["layer4"] == tv_layer4
+    assert structure(ours)["dilations"]["layer4"] == ours_layer4
     x = torch.zeros(1, 3, 65, 97, device="meta")
     tv_features, ours_features = tv.backbone(x), ours.backbone(x)
     assert tv_features["out"].shape == ours_features[2].shape  # the same output stride
@@ -160,7 +150,7 @@ def test_torchvision_model_matches_ours(output_stride, tv_layer4, ours_layer4):
     assert {k: v.shape for k, v in tv.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
     assert sum(p.numel() for p in tv.parameters()) == sum(p.numel() for p in ours.parameters())
     if output_stride == 8:  # torchvision's own builder, unchanged
-        assert conv3x3_dilations(tv.backbone) == conv3x3_dilations(reference.backbone)
+        assert structure(tv) == structure(reference)
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet34"])
@@ -193,6 +183,7 @@ def test_config_composes_train():
 
 
 def test_argv_rewrite():
+    rewrite_argv = runpy.run_path(str(REPO / "scripts" / "benchmark.py"))["rewrite_argv"]
     assert rewrite_argv(["b.py", "--compare", "torchvision", "os=8"]) == ["b.py", "compare=torchvision", "os=8"]
     assert rewrite_argv(["b.py", "--compare=torchvision"]) == ["b.py", "compare=torchvision"]
     assert rewrite_argv(["b.py", "os=8", "--compare"]) == ["b.py", "os=8", "compare=torchvision"]
@@ -200,13 +191,17 @@ def test_argv_rewrite():
 
 
 def test_peak_table():
-    assert lookup_peak("NVIDIA H100 80GB HBM3")[0] == "H100 SXM"
-    assert lookup_peak("NVIDIA H100 80GB HBM3")[1]["bf16"] == 989.4
-    assert lookup_peak("NVIDIA H100 PCIe")[0] == "H100 PCIe"
-    assert lookup_peak("NVIDIA H200")[1]["bf16"] == 989.4
-    assert lookup_peak("NVIDIA A100-SXM4-80GB")[1] == {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}
-    assert lookup_peak("Tesla T4") is None
-    cpu = torch.device("cpu")
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")  # no GPU needed: the name is given
+    h100 = peak_tflops(gpu, torch.bfloat16, device_name="NVIDIA H100 80GB HBM3")
+    assert (h100["name"], h100["precision"], h100["tflops"]) == ("H100 SXM", "bf16", 989.4)
+    assert peak_tflops(gpu, torch.bfloat16, device_name="NVIDIA H100 PCIe")["name"] == "H100 PCIe"
+    assert peak_tflops(gpu, torch.bfloat16, device_name="NVIDIA H200")["tflops"] == 989.4
+    a100 = [peak_tflops(gpu, dtype, device_name="NVIDIA A100-SXM4-80GB") for dtype in (torch.bfloat16, torch.float16)]
+    assert [p["tflops"] for p in a100] == [312.0, 312.0]
+    if torch.backends.cudnn.allow_tf32:  # full precision on CUDA: TF32 convolutions (PyTorch's default)
+        assert peak_tflops(gpu, None, device_name="NVIDIA A100-SXM4-80GB")["tflops"] == 156.0
+    unknown = peak_tflops(gpu, None, device_name="Tesla T4")
+    assert (unknown["name"], unknown["tflops"], unknown["source"]) == (None, None, None)
     assert peak_tflops(cpu, None)["tflops"] is None
     assert peak_tflops(cpu, torch.bfloat16, override=100.0) == {
         "name": "config", "precision": "bf16", "tflops": 100.0, "source": "config peak_tflops"}
@@ -214,9 +209,10 @@ def test_peak_table():
 
 def test_script_end_to_end(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_script("benchmark.py", [*TINY, *tiny_data(tmp_path), f"hydra.run.dir={run_dir}"])
+    result = run_script("benchmark.py", [*TINY, *tiny_data(tmp_path), f"hydra.run.dir={run_dir}", "output=sub/b.json"])
     assert "train images/s" in result.stdout and "inference latency ms (batch 1)" in result.stdout
-    data = json.loads((run_dir / "benchmark.json").read_text())
+    data = json.loads((run_dir / "sub" / "b.json").read_text())  # relative to the run directory
+    assert data["output"] == str(run_dir / "sub" / "b.json")
     check_common(data)
     assert data["torchvision"] is None and data["ratios"] is None
     assert data["settings"]["backbone"] == "resnet18" and data["settings"]["crop_size"] == [64, 64]
@@ -229,11 +225,12 @@ def test_phases_one_by_one(tmp_path):
     cfg = to_plain(compose_config("benchmark", [
         *TINY, *tiny_data(tmp_path), "crop_size=32", "eval_size=[32,32]", "steps=1", "warmup=0", "data_steps=2"]))
     train_set = build_dataset(**dataset_kwargs(cfg["dataset"]))
-    s = make_setup(cfg, train_set.num_classes)
+    s, settings = make_setup(cfg, train_set.num_classes)
     assert (s.warmup, s.steps, s.batch, s.crop, s.num_classes) == (0, 1, 2, (32, 32), 6)
+    assert (settings["crop_size"], settings["eval_batch_size"], settings["amp_dtype"]) == ([32, 32], 2, None)
 
-    assert loader_phase({**cfg, "data_steps": 0}, s, None) == dict.fromkeys(DATA_KEYS)
-    data = loader_phase(cfg, s, train_set)
+    assert data_phase({**cfg, "data_steps": 0}, s, None) == {}
+    data = {**dict.fromkeys(DATA_KEYS), **data_phase(cfg, s, train_set)}
     assert (data["dataset"], data["batches"], data["num_workers"]) == ("synthetic", 2, 0) and data["run_steps"] is None
 
     kwargs = model_kwargs(cfg, 6, pretrained="none")
@@ -246,23 +243,14 @@ def test_phases_one_by_one(tmp_path):
     assert train["step_ms"] > 0 and data["run_steps"] == 1 and 0 <= data["wait_share"] <= 1
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # real optimizer steps ran
 
-    inference = inference_phase(cfg, s, model, flops)
+    inference = measure.time_inference(_restrided(model, cfg["eval_os"]).eval(), s, flops["eval_forward_per_image"])
     assert inference["batch_size"] == 2 and not model.training
     # re-strided to eval_os 8: layer4 at rate 4 x multi-grid (1, 2) for resnet18's two units of two 3x3 convs
-    assert aspp_rates(model) == [12, 24, 36] and conv3x3_dilations(model.backbone)["layer4"] == [4, 4, 8, 8]
+    assert structure(model)["aspp_rates"] == [12, 24, 36] and structure(model)["dilations"]["layer4"] == [4, 4, 8, 8]
 
-    model_info = {**info, "eval_aspp_rates": [12, 24, 36]}
-    assert micro_phase({**cfg, "micro": False}, s, model_info)["train"]["conv3x3"] is None
-    micro = micro_phase(cfg, s, model_info)
+    micro = measure.time_micro({**info, "eval_aspp_rates": [12, 24, 36]}, s)
     assert [r["dilation"] for r in micro["eval"]["conv3x3"]] == [1, 12, 24, 36]
     assert micro["train"]["conv3x3"][0]["fwd_ratio"] == micro["train"]["conv3x3"][0]["fwd_bwd_ratio"] == 1.0
-
-    written = {"output": None, "figure": 1.5}
-    write_result(written, None, tmp_path)
-    assert written["output"] is None
-    write_result(written, "sub/b.json", tmp_path)
-    assert written["output"] == str(tmp_path / "sub" / "b.json")
-    assert json.loads((tmp_path / "sub" / "b.json").read_text()) == written
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
@@ -285,7 +273,7 @@ def test_ratios_by_hand(device):
 
 def test_time_loader_counts_batches():
     """Warm-up batches are fed to the step but not counted; the first batch is timed alone."""
-    s = make_setup(to_plain(compose_config("benchmark", ["device=cpu"])), 6)
+    s, _ = make_setup(to_plain(compose_config("benchmark", ["device=cpu"])), 6)
     fed = []
     first, waited, wall = measure.time_loader([(i, -i) for i in range(5)], 2, 3, s, lambda a, b: fed.append((a, b)))
     assert fed == [(i, -i) for i in range(5)]

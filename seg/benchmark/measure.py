@@ -1,11 +1,10 @@
-"""The measurements, each of the code the project runs (docs/benchmarks.md says what every figure means).
+"""The code under measurement and how it is measured (docs/benchmarks.md says what every figure means): ours (the
+trainer's ``TrainStep``, ``segment``, the data loader) and torchvision's DeepLabV3 with its reference training loop.
 
 Times: CUDA events around each call on a GPU (the host keeps queueing work, as in training), ``perf_counter`` on
 the CPU; medians. Memory: CUDA ``max_memory_allocated`` since the phase began, or the process's peak RSS on the
 CPU (which cannot be reset). FLOPs are counted on the meta device, so nothing is computed.
 """
-
-from __future__ import annotations
 
 import gc
 import os
@@ -13,15 +12,16 @@ import platform
 import resource
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+from torchvision.models import resnet
+from torchvision.models.segmentation.deeplabv3 import DeepLabHead, _deeplabv3_resnet
 
 from seg.data.transforms import normalize
 from seg.engine.device import autocast
@@ -29,76 +29,51 @@ from seg.engine.inference import segment
 from seg.engine.losses import make_loss
 from seg.engine.optim import build_optimizer
 from seg.engine.step import TrainStep
+from seg.models.aspp import default_aspp_rates
 
+BACKBONES = ("resnet50", "resnet101")  # torchvision has no DeepLabV3 for resnet18/34 (BasicBlock refuses dilation)
+RECIPE = ("references/segmentation/train.py: float32 batch .to(device), fp16 autocast + GradScaler (--amp), "
+          "SGD momentum 0.9 wd 1e-4, PolynomialLR, loss.item() per step, contiguous (NCHW) memory")
 TRAIN_FLOPS_MULTIPLIER = 3  # training FLOPs per image are quoted as 3x the forward FLOPs (backward ~ 2x forward)
-# Dense (no sparsity) datasheet peaks in TFLOP/s; the first entry whose tokens are all in the device name wins.
-PEAK_TFLOPS = [
-    ("H100 NVL", ("h100", "nvl"), {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0}),
-    ("H100 PCIe", ("h100", "pcie"), {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.0}),
-    ("H100 SXM", ("h100",), {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 67.0}),
-    ("H200 NVL", ("h200", "nvl"), {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0}),
-    ("H200 SXM", ("h200",), {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 67.0}),
-    ("A100", ("a100",), {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),
-    ("L40S", ("l40s",), {"bf16": 362.05, "fp16": 362.05, "tf32": 183.0, "fp32": 91.6}),
-    ("V100", ("v100",), {"bf16": None, "fp16": 125.0, "tf32": None, "fp32": 15.7}),
+PEAK_TFLOPS = [  # dense (no sparsity) datasheet TFLOP/s; the first row whose words are all in the GPU's name
+    ("H100 NVL", "h100 nvl", {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0}),
+    ("H100 PCIe", "h100 pcie", {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.0}),
+    ("H100 SXM", "h100", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 67.0}),
+    ("H200 NVL", "h200 nvl", {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0}),
+    ("H200 SXM", "h200", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 67.0}),
+    ("A100", "a100", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+    ("L40S", "l40s", {"bf16": 362.05, "fp16": 362.05, "tf32": 183.0, "fp32": 91.6}),
+    ("V100", "v100", {"bf16": None, "fp16": 125.0, "tf32": None, "fp32": 15.7}),
 ]
-
-
-@dataclass(frozen=True)
-class Setup:
-    """What every timed phase shares: device, precision, memory layout, shapes and call counts."""
-    device: torch.device
-    amp_dtype: Optional[torch.dtype]
-    channels_last: bool
-    warmup: int
-    steps: int
-    batch: int
-    crop: Tuple[int, int]
-    eval_batch: int
-    eval_hw: Tuple[int, int]
-    num_classes: int
-    ignore_index: int
-    peak: Dict  # ``peak_tflops``: the device's TFLOP/s for the fraction-of-peak figures
-
-    @property
-    def layout(self) -> torch.memory_format:
-        return torch.channels_last if self.channels_last else torch.contiguous_format
+# What every timed phase shares (AMP dtype None: full precision; ``peak``: the JSON's ``peak`` section).
+Setup = NamedTuple("Setup", [
+    ("device", torch.device), ("amp_dtype", Optional[torch.dtype]), ("channels_last", bool), ("warmup", int),
+    ("steps", int), ("batch", int), ("crop", Tuple[int, int]), ("eval_batch", int), ("eval_hw", Tuple[int, int]),
+    ("num_classes", int), ("ignore_index", int), ("peak", Dict)])
 
 
 def device_info(device: torch.device) -> Dict:
-    info = {"type": device.type, "name": None, "capability": None, "memory_gib": None,
-            "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), None)
+    info = {"type": device.type, "name": cpu or platform.processor() or platform.machine(), "capability": None,
+            "memory_gib": None, "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        return {**info, "name": props.name, "capability": f"{props.major}.{props.minor}",
-                "memory_gib": props.total_memory / 2 ** 30}
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
-    return {**info, "name": models[0] if models else platform.processor() or platform.machine()}
+        info.update(name=props.name, capability=f"{props.major}.{props.minor}", memory_gib=props.total_memory / 2 ** 30)
+    return info
 
 
-def lookup_peak(device_name: str) -> Optional[Tuple[str, Dict[str, Optional[float]]]]:
-    name = device_name.lower()
-    return next(((label, peaks) for label, tokens, peaks in PEAK_TFLOPS if all(t in name for t in tokens)), None)
-
-
-def peak_tflops(device: torch.device, amp_dtype: Optional[torch.dtype], override: Optional[float] = None) -> Dict:
-    """The peak for the precision convolutions run in (full precision on CUDA is TF32 when cuDNN may use it, as
-    PyTorch lets it by default); nulls on the CPU and unknown GPUs unless ``override`` gives it."""
-    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype) or (
-        "tf32" if device.type == "cuda" and torch.backends.cudnn.allow_tf32 else "fp32")
-    result = {"name": None, "precision": precision, "tflops": None, "source": None}
-    entry = lookup_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+def peak_tflops(device: torch.device, amp_dtype: Optional[torch.dtype], override: Optional[float] = None,
+                device_name: Optional[str] = None) -> Dict:
+    cuda = device.type == "cuda"
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype) or (  # cuDNN may use TF32 by default
+        "tf32" if cuda and torch.backends.cudnn.allow_tf32 else "fp32")
     if override is not None:
-        result.update(name="config", tflops=float(override), source="config peak_tflops")
-    elif entry is not None:
-        result.update(name=entry[0], tflops=entry[1][precision], source="NVIDIA datasheet, dense (no sparsity)")
-    return result
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        return {"name": "config", "precision": precision, "tflops": float(override), "source": "config peak_tflops"}
+    name = (device_name or torch.cuda.get_device_name(device) if cuda else "").lower()
+    label, _, peaks = next((row for row in PEAK_TFLOPS if all(word in name for word in row[1].split())), (None,) * 3)
+    return {"name": label, "precision": precision, "tflops": peaks and peaks[precision],
+            "source": label and "NVIDIA datasheet, dense (no sparsity)"}
 
 
 def fresh(device: torch.device) -> None:
@@ -109,47 +84,37 @@ def fresh(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def peak_memory_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10  # bytes on macOS, KiB on Linux
-
-
-def time_calls(fn: Callable[[], Any], device: torch.device, warmup: int, steps: int,
+def time_calls(fn: Callable[[], Any], s: Setup, warmup: Optional[int] = None, steps: Optional[int] = None,
                latency: bool = False) -> Tuple[List[float], float]:
-    """Times (ms) of ``steps`` calls after ``warmup`` calls, and the synchronised wall time (s) of all. CUDA events
-    are read after one final synchronisation; ``latency``: a synchronised wall clock per call instead."""
-    for _ in range(warmup):
+    """Times (ms) of ``steps`` calls after ``warmup`` (default: ``s``'s counts), and the synchronised wall time (s) of
+    all: CUDA events read after one final synchronisation, or (``latency``, the CPU) a synchronised clock per call."""
+    sync = (lambda: torch.cuda.synchronize(s.device)) if s.device.type == "cuda" else (lambda: None)
+    for _ in range(s.warmup if warmup is None else warmup):
         fn()
-    sync(device)
-    begin, times = time.perf_counter(), []
-    if device.type == "cuda" and not latency:
+    sync()
+    steps, begin, times = s.steps if steps is None else steps, time.perf_counter(), []
+    if s.device.type == "cuda" and not latency:
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
         for start, end in events:
             start.record()
             fn()
             end.record()
-        sync(device)
+        sync()
         return [start.elapsed_time(end) for start, end in events], time.perf_counter() - begin
     for _ in range(steps):
         tick = time.perf_counter()
         fn()
-        if latency:
-            sync(device)
+        sync()
         times.append((time.perf_counter() - tick) * 1e3)
     return times, time.perf_counter() - begin
 
 
-def _median_ms(fn: Callable[[], Any], s: Setup, grad: bool = True) -> float:
-    with torch.inference_mode(not grad):
-        return float(np.median(time_calls(fn, s.device, s.warmup, s.steps)[0]))
-
-
-def _throughput(batch: int, median_ms: float, flops_per_image: Optional[int], s: Setup) -> Dict:
-    images_per_s = batch / (median_ms / 1e3)
+def _throughput(times: List[float], batch: int, flops_per_image: Optional[int], s: Setup) -> Dict:
+    images_per_s = batch / (float(np.median(times)) / 1e3)
     tflops = flops_per_image * images_per_s / 1e12 if flops_per_image else None
-    return {"images_per_s": images_per_s, "tflops": tflops,
+    memory = (torch.cuda.max_memory_allocated(s.device) / 2 ** 20 if s.device.type == "cuda" else  # RSS: KiB, B (mac)
+              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** (20 if sys.platform == "darwin" else 10))
+    return {"images_per_s": images_per_s, "tflops": tflops, "peak_memory_mib": memory,
             "peak_fraction": tflops / s.peak["tflops"] if tflops and s.peak["tflops"] else None}
 
 
@@ -166,8 +131,8 @@ def train_step(model: nn.Module, train_cfg: Mapping, s: Setup) -> Callable[[torc
     """One iteration of the trainer's loop: ``TrainStep`` set up as ``Trainer`` sets it up, then the LR schedule
     (poly over a billion iterations, so the learning rate never reaches zero while timing)."""
     optimizer, scheduler, scaler = build_optimizer(model, {**train_cfg, "iters": 10 ** 9}, s.amp_dtype, s.device.type)
-    step = TrainStep(model, optimizer, make_loss(train_cfg, s.ignore_index), s.device, s.amp_dtype, s.channels_last,
-                     scaler)
+    loss = make_loss(train_cfg, s.ignore_index)
+    step = TrainStep(model, optimizer, loss, s.device, s.amp_dtype, s.channels_last, scaler)
     return lambda images, labels: (step(images, labels), scheduler.step())
 
 
@@ -175,32 +140,26 @@ def time_train(call: Callable[[], Any], s: Setup, flops_per_image: Optional[int]
     """The ``train`` figures of ``call``, a training step on ``s.batch`` images; its first call is timed alone
     (torch.compile, cuDNN autotuning, lazy initialisation)."""
     fresh(s.device)
-    first = time_calls(call, s.device, 0, 1, latency=True)[0][0] / 1e3
-    times, wall = time_calls(call, s.device, max(s.warmup - 1, 0), s.steps)
-    median = float(np.median(times))
-    return {"step_ms": median, "step_ms_p10": float(np.percentile(times, 10)),
-            "step_ms_p90": float(np.percentile(times, 90)), "wall_images_per_s": s.batch * s.steps / wall,
-            "first_step_s": first, "peak_memory_mib": peak_memory_mib(s.device),
-            **_throughput(s.batch, median, flops_per_image, s)}
+    first = time_calls(call, s, 0, 1, latency=True)[0][0] / 1e3
+    times, wall = time_calls(call, s, max(s.warmup - 1, 0))
+    p10, median, p90 = map(float, np.percentile(times, (10, 50, 90)))
+    return {"step_ms": median, "step_ms_p10": p10, "step_ms_p90": p90, "wall_images_per_s": s.batch * s.steps / wall,
+            "first_step_s": first, **_throughput(times, s.batch, flops_per_image, s)}
 
 
 def time_inference(model: nn.Module, s: Setup, flops_per_image: Optional[int]) -> Dict:
-    """``segment`` (one whole-image pass: logits, upsampling, softmax) as ``evaluate`` calls it, on a uint8 batch of
-    ``s.eval_batch`` images of ``s.eval_hw`` (throughput) and on one image (latency)."""
+    """``segment`` as ``evaluate`` calls it, on a uint8 batch of ``s.eval_batch`` images (throughput) and on one."""
     def run(images: torch.Tensor) -> torch.Tensor:
-        x = normalize(images.to(s.device, non_blocking=True))
         with autocast(s.device.type, s.amp_dtype):
-            return segment(model, x)
+            return segment(model, normalize(images.to(s.device, non_blocking=True)))
 
     batch, single = fake_batch(s.eval_batch, s.eval_hw, s)[0], fake_batch(1, s.eval_hw, s)[0]
     fresh(s.device)
     with torch.inference_mode():
-        times, _ = time_calls(lambda: run(batch), s.device, s.warmup, s.steps)
-        latency, _ = time_calls(lambda: run(single), s.device, s.warmup, s.steps, latency=True)
-    median = float(np.median(times))
-    return {"batch_size": s.eval_batch, "batch_ms": median, "latency_ms": float(np.median(latency)),
-            "latency_ms_p90": float(np.percentile(latency, 90)), "peak_memory_mib": peak_memory_mib(s.device),
-            **_throughput(s.eval_batch, median, flops_per_image, s)}
+        times = time_calls(lambda: run(batch), s)[0]
+        latency, latency_p90 = map(float, np.percentile(time_calls(lambda: run(single), s, latency=True)[0], (50, 90)))
+    return {"batch_size": s.eval_batch, "batch_ms": float(np.median(times)), "latency_ms": latency,
+            "latency_ms_p90": latency_p90, **_throughput(times, s.eval_batch, flops_per_image, s)}
 
 
 def time_loader(loader, warmup: int, batches: int, s: Setup, step: Callable = lambda *batch: None) -> Tuple:
@@ -214,7 +173,7 @@ def time_loader(loader, warmup: int, batches: int, s: Setup, step: Callable = la
         waits.append(time.perf_counter() - tick)
         step(*batch)
 
-    wall = time_calls(call, s.device, warmup, batches)[1]
+    wall = time_calls(call, s, warmup, batches)[1]
     return waits[0], sum(waits[warmup:]), wall
 
 
@@ -222,19 +181,15 @@ def _aspp(model: nn.Module) -> nn.Module:
     return model.aspp if hasattr(model, "aspp") else model.classifier[0]  # ours / torchvision's DeepLabHead
 
 
-def aspp_rates(model: nn.Module) -> List[int]:
-    return [_aspp(model).convs[i][0].dilation[0] for i in (1, 2, 3)]
-
-
-def conv3x3_dilations(backbone: nn.Module) -> Dict[str, List[int]]:
-    """Dilation of every 3x3 convolution of stages 2-4, in order (a BasicBlock unit has two)."""
-    return {stage: [m.dilation[0] for m in getattr(backbone, stage).modules() if
-                    isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)] for stage in ("layer2", "layer3", "layer4")}
+def structure(model: nn.Module) -> Dict:
+    """The ASPP rates and the dilation of every 3x3 convolution of stages 2-4, in order (a BasicBlock unit has two)."""
+    return {"aspp_rates": [_aspp(model).convs[i][0].dilation[0] for i in (1, 2, 3)],
+            "dilations": {stage: [m.dilation[0] for m in getattr(model.backbone, stage).modules()
+                                  if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+                          for stage in ("layer2", "layer3", "layer4")}}
 
 
 def _flops(model: nn.Module, batch: int, hw: Tuple[int, int], backward: bool = False) -> int:
-    """FLOPs of ``model`` (on the meta device) on ``batch`` images: 2 per multiply-add of convolutions and matrix
-    products (``FlopCounterMode``); BatchNorm, activations, interpolation and the loss are not counted."""
     counter = FlopCounterMode(display=False)
     with counter, torch.set_grad_enabled(backward):
         outputs = model(torch.zeros(batch, 3, *hw, device="meta"))
@@ -244,17 +199,16 @@ def _flops(model: nn.Module, batch: int, hw: Tuple[int, int], backward: bool = F
 
 
 def describe(train_model: Callable[[], nn.Module], eval_model: Callable[[], nn.Module], s: Setup) -> Tuple[Dict, Dict]:
-    """The ``model`` and ``flops`` sections of the models these build for training and inference, counted on the
-    meta device: per image, forward at batch 1 in eval mode, forward + backward at batch 2 in train mode
-    (torchvision's image pooling cannot train on one image)."""
+    """The ``model`` and ``flops`` sections of the models these build (on the meta device) for training and inference.
+    FLOPs per image: forward at batch 1, forward + backward at batch 2 (torchvision's pooling cannot train on one)."""
     with torch.device("meta"):
         train, evaluation = train_model(), eval_model()
     shapes = []
     for model in (train, evaluation):
         _aspp(model).register_forward_pre_hook(lambda _m, args: shapes.append(list(args[0].shape[1:])))
     forward, eval_forward = _flops(train.eval(), 1, s.crop), _flops(evaluation.eval(), 1, s.eval_hw)
-    info = {"params": sum(p.numel() for p in train.parameters()), "aspp_rates": aspp_rates(train),
-            "eval_aspp_rates": aspp_rates(evaluation), "dilations": conv3x3_dilations(train.backbone),
+    info = {"params": sum(p.numel() for p in train.parameters()), **structure(train),
+            "eval_aspp_rates": structure(evaluation)["aspp_rates"],
             "aspp_input_shape": [s.batch, *shapes[0]], "eval_aspp_input_shape": [s.eval_batch, *shapes[1]]}
     flops = {"forward_per_image": forward, "train_per_image": TRAIN_FLOPS_MULTIPLIER * forward,
              "train_multiplier": TRAIN_FLOPS_MULTIPLIER, "eval_forward_per_image": eval_forward,
@@ -262,42 +216,75 @@ def describe(train_model: Callable[[], nn.Module], eval_model: Callable[[], nn.M
     return info, flops
 
 
-def _randn(s: Setup, dtype: torch.dtype, *shape: int) -> torch.Tensor:
-    return torch.randn(*shape, device=s.device, dtype=dtype).contiguous(memory_format=s.layout)
+def time_micro(model: Mapping, s: Setup) -> Dict:
+    """The ``micro`` section on the ASPP input shapes of ``model`` (the ``model`` section), in the AMP dtype and
+    memory format. The pooling branch is brought to the feature size by ``expand`` (a broadcast view, as
+    ``seg/models/aspp.py`` does) or by ``F.interpolate`` (torchvision's ``ASPPPooling``)."""
+    dtype, layout = s.amp_dtype or torch.float32, torch.channels_last if s.channels_last else torch.contiguous_format
 
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=s.device, dtype=dtype).contiguous(memory_format=layout)
 
-def _fwd_bwd_ms(fn: Callable, inputs: Sequence[torch.Tensor], grad: torch.Tensor, s: Setup, backward: bool = True,
-                params: Sequence[torch.Tensor] = ()) -> Tuple[float, Optional[float]]:
-    """Median ms of ``fn(*inputs)`` forward only (inference mode) and, with ``backward``, forward + backward."""
-    forward, leaves = _median_ms(lambda: fn(*inputs), s, grad=False), [x.detach().requires_grad_() for x in inputs]
-    if not backward:
-        return forward, None
-    return forward, _median_ms(lambda: torch.autograd.grad(fn(*leaves), (*leaves, *params), grad), s)
+    def ms(fn: Callable, inputs: Sequence[torch.Tensor], grad: Optional[torch.Tensor] = None, params=()) -> float:
+        if grad is None:
+            with torch.inference_mode():
+                return float(np.median(time_calls(lambda: fn(*inputs), s)[0]))
+        leaves = [x.detach().requires_grad_() for x in inputs]
+        return float(np.median(time_calls(lambda: torch.autograd.grad(fn(*leaves), (*leaves, *params), grad), s)[0]))
 
-
-def time_conv3x3(shape: Sequence[int], rates: Sequence[int], s: Setup, dtype: torch.dtype, backward: bool) -> List:
-    """A 3x3 conv (C -> 256) at dilation 1 and at each ASPP rate on the ASPP input shape; ratios to dilation 1."""
-    x, grad, rows = _randn(s, dtype, *shape), _randn(s, dtype, shape[0], 256, *shape[2:]), []
-    for dilation in [1, *rates]:
-        conv = nn.Conv2d(shape[1], 256, 3, padding=dilation, dilation=dilation, bias=False)
-        conv.to(device=s.device, dtype=dtype, memory_format=s.layout)
-        fwd, both = _fwd_bwd_ms(conv, [x], grad, s, backward, [conv.weight])
-        dense = rows[0] if rows else {"fwd_ms": fwd, "fwd_bwd_ms": both}
-        rows.append({"dilation": dilation, "fwd_ms": fwd, "fwd_bwd_ms": both, "fwd_ratio": fwd / dense["fwd_ms"],
-                     "fwd_bwd_ratio": both / dense["fwd_bwd_ms"] if backward else None})
-    return rows
-
-
-def time_image_pool(shape: Sequence[int], s: Setup, dtype: torch.dtype) -> Dict:
-    """The pooling branch brought to the feature size and concatenated with the four others: ``expand`` (a
-    broadcast view, as ``seg/models/aspp.py`` does) vs bilinear ``F.interpolate`` (torchvision's ``ASPPPooling``)."""
-    n, _, h, w = shape
-    inputs = [_randn(s, dtype, n, 4 * 256, h, w), _randn(s, dtype, n, 256, 1, 1)]  # four branches, pooled
-    grad = _randn(s, dtype, n, 5 * 256, h, w)
-    upsample = {"expand": lambda p: p.expand(-1, -1, h, w),
-                "interpolate": lambda p: F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)}
-    result = {"shape": [n, 256, h, w]}
-    for name, up in upsample.items():
-        times = _fwd_bwd_ms(lambda others, pooled: torch.cat([others, up(pooled)], 1), inputs, grad, s)
-        result[f"{name}_fwd_ms"], result[f"{name}_fwd_bwd_ms"] = times
+    result = {}
+    for part, prefix in (("train", ""), ("eval", "eval_")):  # a 3x3 conv C -> 256; backward at the training shape
+        (n, c, h, w), rows = model[f"{prefix}aspp_input_shape"], []
+        x, grad = randn(n, c, h, w), randn(n, 256, h, w) if part == "train" else None
+        for dilation in [1, *model[f"{prefix}aspp_rates"]]:
+            conv = nn.Conv2d(c, 256, 3, padding=dilation, dilation=dilation, bias=False)
+            conv.to(s.device, dtype, memory_format=layout)
+            fwd, both = ms(conv, [x]), ms(conv, [x], grad, [conv.weight]) if grad is not None else None
+            dense = rows[0] if rows else {"fwd_ms": fwd, "fwd_bwd_ms": both}
+            rows.append({"dilation": dilation, "fwd_ms": fwd, "fwd_bwd_ms": both, "fwd_ratio": fwd / dense["fwd_ms"],
+                         "fwd_bwd_ratio": both / dense["fwd_bwd_ms"] if grad is not None else None})
+        result[part] = {"shape": [n, c, h, w], "dtype": str(dtype).removeprefix("torch."), "conv3x3": rows}
+    n, _, h, w = model["aspp_input_shape"]
+    inputs, grad = [randn(n, 4 * 256, h, w), randn(n, 256, 1, 1)], randn(n, 5 * 256, h, w)  # four branches, pooled
+    pool = result["image_pool"] = {"shape": [n, 256, h, w]}
+    for name, concat in (("expand", lambda others, pooled: torch.cat([others, pooled.expand(-1, -1, h, w)], 1)),
+                         ("interpolate", lambda others, pooled: torch.cat([others, F.interpolate(
+                             pooled, size=(h, w), mode="bilinear", align_corners=False)], 1))):
+        pool[f"{name}_fwd_ms"], pool[f"{name}_fwd_bwd_ms"] = ms(concat, inputs), ms(concat, inputs, grad)
     return result
+
+
+def build_torchvision_deeplabv3(backbone: str, num_classes: int, output_stride: int, aux_loss: bool,
+                                rates: Optional[Sequence[int]] = None) -> nn.Module:
+    """No weights: torchvision's own assembly (what ``deeplabv3_resnet50/101`` run) of its ResNet at
+    ``output_stride`` (``replace_stride_with_dilation``), with the ASPP at ``rates`` (default: ours for the stride)."""
+    replace = {8: [False, True, True], 16: [False, False, True], 32: [False, False, False]}[output_stride]
+    model = _deeplabv3_resnet(getattr(resnet, backbone)(weights=None, replace_stride_with_dilation=replace),
+                              num_classes, aux_loss)
+    model.classifier = DeepLabHead(2048, num_classes, atrous_rates=list(rates or default_aspp_rates(output_stride)))
+    return model
+
+
+def torchvision_reference_step(model: nn.Module, device: torch.device, amp_dtype: Optional[torch.dtype],
+                               aux_loss: bool = False, lr: float = 0.01) -> Callable[..., float]:
+    """``train_one_epoch`` of torchvision's ``references/segmentation/train.py`` (``RECIPE``), the aux head at 10x LR;
+    under bf16 autocast (not a reference option) without a GradScaler."""
+    parts = [(model.backbone, lr), (model.classifier, lr)] + ([(model.aux_classifier, lr * 10)] if aux_loss else [])
+    optimizer = torch.optim.SGD([{"params": [p for p in part.parameters() if p.requires_grad], "lr": part_lr}
+                                 for part, part_lr in parts], lr=lr, momentum=0.9, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=10 ** 9, power=0.9)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # disabled: plain backward/step
+
+    def step(image: torch.Tensor, target: torch.Tensor) -> float:
+        image, target = image.to(device), target.to(device)
+        with autocast(device.type, amp_dtype):
+            losses = {name: F.cross_entropy(x, target, ignore_index=255) for name, x in model(image).items()}
+            loss = losses["out"] + 0.5 * losses["aux"] if "aux" in losses else losses["out"]
+        optimizer.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        return loss.item()
+
+    return step
