@@ -57,9 +57,10 @@ def validate_benchmark(cfg: Mapping) -> None:
                          ("compile", (True, False)), ("micro", (True, False)), ("compare", (None, "torchvision"))):
         config.choice(cfg[key], key, allowed)
     config.check_output_stride(cfg["eval_os"], "eval_os")
-    config.validate_loader(cfg)
-    for key, minimum in (("data_steps", 0), ("warmup", 0), ("steps", 1), ("eval_batch_size", 1), ("cpu_threads", 1)):
-        if cfg[key] is not None or key == "data_steps":  # null: a default
+    for key, minimum in (("batch_size", 1), ("num_workers", 0), ("data_steps", 0)):
+        config.number(cfg[key], key, minimum, strict=False, integer=True)
+    for key, minimum in (("warmup", 0), ("steps", 1), ("eval_batch_size", 1), ("cpu_threads", 1)):  # null: a default
+        if cfg[key] is not None:
             config.number(cfg[key], key, minimum, strict=False, integer=True)
     if cfg["peak_tflops"] is not None:
         config.number(cfg["peak_tflops"], "peak_tflops")
