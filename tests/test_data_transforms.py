@@ -7,17 +7,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from seg.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    MEAN_PIXEL,
-    TransformedDataset,
-    eval_transform,
-    normalize,
-    pad_collate,
-    train_transform,
-    worker_init_fn,
-)
+from seg.data import IMAGENET_MEAN, IMAGENET_STD, MEAN_PIXEL, normalize, pad_collate
+from seg.data.transforms import TransformedDataset, eval_transform, train_transform, worker_init_fn
 
 
 class ArrayDataset:
