@@ -6,11 +6,12 @@ import contextlib
 import json
 import os
 import pickle
+import re
 import tempfile
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, Mapping, Tuple, Union
 
 import torch
 
@@ -21,29 +22,110 @@ METADATA_FILE = "metadata.json"
 
 
 class UnsafeFileError(UserError, ValueError):
-    """A file that is not a plain tensor archive (it needs code to load, or is corrupt)."""
+    """A file that is not a plain tensor archive (it needs code to load, is corrupt, or is another kind of file)."""
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6 (and TorchScript archives)
+PICKLE_PROTOCOL = 0x80       # the first byte of a protocol >= 2 pickle: torch.save's legacy format
+LFS_POINTER = b"version https://git-lfs"
+# Other kinds of file people pass as weights, by their first bytes: what to call them.
+SIGNATURES = ((b"\x93NUMPY", "a NumPy .npy array"), (b"\x89HDF", "an HDF5 file (e.g. Keras .h5 weights)"),
+              (b"\x1f\x8b", "a gzip archive"), (b"PK\x05\x06", "an empty zip archive"))
+
+
+def file_kind(path: Union[str, Path]) -> str:
+    """``"torch"`` for a file in one of torch.save's formats (zip or pickle), else what the file plainly is.
+
+    Decided from the first bytes, so that a web page, a Git LFS pointer, a JSON or text file is named as such
+    instead of reaching the unpickler (which answers junk with KeyError, IndexError, UnicodeDecodeError ...).
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    if not head:
+        return "an empty file (0 bytes)"
+    if head.startswith(ZIP_MAGIC) or head[0] == PICKLE_PROTOCOL:
+        return "torch"
+    if head.startswith(LFS_POINTER):
+        return ("a Git LFS pointer (a small text file standing in for the real one): run `git lfs pull` in its "
+                "repository to download the file itself")
+    for magic, name in SIGNATURES:
+        if head.startswith(magic):
+            return name
+    if len(head) > 9 and head[8:10] == b'{"':
+        return "a safetensors file (convert it: torch.save(safetensors.torch.load_file(path), new_path))"
+    text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    if text.startswith("<"):
+        return "an HTML or XML page (a download that saved a web page instead of the file?)"
+    if text[:1] in ("{", "["):
+        return "a JSON file"
+    if "\ufffd" not in text and all(c.isprintable() or c in "\t\r\n" for c in text):
+        first = text.splitlines()[0][:40] if text.strip() else ""
+        return f"a text file (it starts with {first!r})"
+    return "binary data of an unknown format"
+
+
+def describe(obj: Any) -> str:
+    """A few words on what a loaded object is, for errors that say what a file holds versus what was expected."""
+    if isinstance(obj, torch.Tensor):
+        return f"a single tensor of shape {list(obj.shape)}"
+    if isinstance(obj, Mapping):
+        keys = [str(k) for k in list(obj)[:4]]
+        more = ", ..." if len(obj) > 4 else ""
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return f"a state dict of {len(obj)} tensors ({', '.join(keys)}{more})"
+        return f"a dict with keys {', '.join(keys)}{more}" if obj else "an empty dict"
+    if isinstance(obj, (list, tuple)):
+        return f"a {type(obj).__name__} of {len(obj)} items"
+    return f"a {type(obj).__name__}"
 
 
 def safe_load(path: Union[str, Path], what: str = "checkpoint") -> Any:
-    """``torch.load(path, weights_only=True)`` with one-line errors naming the file.
+    """``torch.load(path, weights_only=True)`` with one-line errors naming the file and what it is instead.
 
     ``weights_only=True`` never runs code stored in the file: a pickle that carries a ``__reduce__`` payload is
-    refused here instead of executed.
+    refused here instead of executed. Whatever else the file holds (junk, a truncated archive, a web page), the
+    result is the loaded object or an ``UnsafeFileError``: no other exception escapes.
     """
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"{what} not found: {path}")
+    expected = f"the {what} must be a file written by torch.save"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        kind = file_kind(path)
+    except OSError as error:
+        raise UnsafeFileError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    if kind != "torch":
+        raise UnsafeFileError(f"{path} is {kind}; {expected}")
+    if is_torchscript(path):
+        raise UnsafeFileError(f"{path} is an exported TorchScript model (a program); {expected}")
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 200": the error below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UnsafeFileError(
-            f"refusing to load {what} {path}: it is not a plain tensor file and would need to run code "
-            f"({first_line}); only load files from sources you trust, re-saved as plain state dicts") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise UnsafeFileError(
-            f"cannot read {what} {path}: the file is truncated or corrupt ({type(error).__name__}: "
-            f"{str(error).strip().splitlines()[0] if str(error).strip() else ''})") from None
+        needs = re.search(r"GLOBAL (\S+) was not an allowed global", str(error))
+        if needs:
+            raise UnsafeFileError(
+                f"refusing to load {what} {path}: it is not a plain tensor file and would need to run code "
+                f"({needs.group(1)}) to load; only load files from sources you trust, re-saved as plain state "
+                "dicts") from None
+        raise UnsafeFileError(_corrupt(what, path, error)) from None
+    except Exception as error:  # junk reaches torch's unpickler and zip reader in many ways; none may escape
+        raise UnsafeFileError(_corrupt(what, path, error)) from None
+
+
+def _corrupt(what: str, path: Path, error: Exception) -> str:
+    """The one line for a file in torch's formats that does not load: torch's own reason, without its advice to
+    retry with ``weights_only=False`` (which would run any code in the file)."""
+    text = str(error)
+    reason = re.search(r"WeightsUnpickler error: (.*)", text)
+    reason = (reason.group(1) if reason else text.strip().split("\n")[0]).strip()
+    if "weights_only" in reason or "Weights only" in reason:
+        reason = ""
+    if reason.startswith("PytorchStreamReader failed locating file data.pkl"):
+        return f"{path} is a zip archive without data.pkl; the {what} must be a file written by torch.save"
+    detail = f"{type(error).__name__}: {reason[:150]}" if reason else type(error).__name__
+    return f"cannot read {what} {path}: the file is truncated or corrupt ({detail})"
 
 
 def atomic_save(obj: Any, path: Union[str, Path]) -> None:
@@ -70,6 +152,19 @@ def atomic_save(obj: Any, path: Union[str, Path]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def check_writable(folder: Union[str, Path]) -> None:
+    """Create ``folder`` if needed and prove that a file can be written in it (``OSError`` otherwise).
+
+    Checked by writing rather than with ``os.access``, which says yes to root on a read-only mount and cannot
+    see a full disk.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder) as handle:
+        handle.write(b"0")
+        handle.flush()
 
 
 def is_torchscript(path: Union[str, Path]) -> bool:

@@ -18,7 +18,7 @@ from seg.config import model_kwargs
 from seg.data.voc import voc_palette
 from seg.engine.device import unwrap, versions
 from seg.errors import UserError
-from seg.io import atomic_save, is_torchscript, safe_load
+from seg.io import atomic_save, describe, is_torchscript, safe_load
 from seg.models import DeepLabV3, build_model
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,14 @@ def _as_tuple(value):
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
+def nonfinite_tensors(state: Mapping[str, torch.Tensor]) -> List[str]:
+    """Names of the floating-point tensors that hold a NaN or an infinity."""
+    return [name for name, t in state.items()
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
 def all_finite(model: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+    return not nonfinite_tensors(model.state_dict())
 
 
 def save_checkpoint(path: Path, *, model: torch.nn.Module, config: Mapping, class_names: List[str],
@@ -126,11 +132,21 @@ def remove_partial_saves(folder: Path) -> None:
 
 
 def load_checkpoint(path) -> Dict:
-    """Load and sanity-check one of our checkpoints (never executes code from the file)."""
+    """Load and sanity-check one of our checkpoints (never executes code from the file).
+
+    Every command that starts from a checkpoint (resume, evaluate, predict, export) comes through here, so a
+    checkpoint whose weights hold NaN or infinity is refused once for all of them.
+    """
     state = safe_load(path, what="checkpoint")
-    if not isinstance(state, Mapping) or any(k not in state for k in REQUIRED_KEYS):
-        raise CheckpointError(f"{path} is not a checkpoint of this project (expected keys {list(REQUIRED_KEYS)}); "
-                              "to start from plain weights use model.weights=PATH")
+    if (not isinstance(state, Mapping) or any(k not in state for k in REQUIRED_KEYS)
+            or not isinstance(state["model"], Mapping)):
+        raise CheckpointError(f"{path} is {describe(state)}, not a checkpoint of this project (a dict with "
+                              f"{', '.join(REQUIRED_KEYS)}, as train.py writes); to start from plain weights use "
+                              "model.weights=PATH")
+    bad = nonfinite_tensors(state["model"])
+    if bad:
+        raise CheckpointError(f"{path} holds non-finite weights (NaN or infinity in {len(bad)} tensors, e.g. "
+                              f"{bad[0]}): the model it saved had diverged; use an earlier checkpoint")
     return dict(state)
 
 

@@ -28,7 +28,8 @@ from torch import nn
 from torchvision.models import resnet
 
 from seg.errors import UserError
-from seg.io import safe_load
+from seg.io import describe, safe_load
+from seg.models.weights import WeightsError
 
 OUTPUT_STRIDES = (8, 16, 32)
 
@@ -138,19 +139,38 @@ class WeightsUnavailableError(UserError, RuntimeError):
 
 
 def load_backbone_weights(net: nn.Module, name: str, pretrained: str) -> None:
-    """Load ImageNet weights (``"imagenet"``) or a local ResNet state dict (a path) into a torchvision ResNet."""
-    if pretrained == "imagenet":
-        state = safe_load(fetch_imagenet_weights(name), what=f"ImageNet weights for {name}")
-    else:
-        state = safe_load(pretrained, what=f"backbone weights (backbone.pretrained) for {name}")
-        if isinstance(state, Mapping) and "state_dict" in state:
-            state = state["state_dict"]
+    """Load ImageNet weights (``"imagenet"``) or a local ResNet state dict (a path) into a torchvision ResNet.
+
+    Every tensor but the classifier (``fc.``) must be there with its shape: a file that does not fit is a
+    ``WeightsError`` saying what the file holds, never a partly initialised backbone.
+    """
+    source = fetch_imagenet_weights(name) if pretrained == "imagenet" else pretrained
+    what = (f"ImageNet weights for {name}" if pretrained == "imagenet"
+            else f"backbone weights for {name} (backbone.pretrained)")
+    state = safe_load(source, what=what)
+    expected = (f"a torchvision {name} state dict (ImageNet classification weights, e.g. "
+                f"{os.path.basename(BACKBONES[name][1].url)})")
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping) and "config" in state:
+        raise WeightsError(f"{source} is a checkpoint of this project (a whole segmentation model), not {expected}: "
+                           f"to start from it use model.weights={source}")
+    if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{source} is {describe(state)}, not {expected}")
+    own = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing or unexpected:
-        raise ValueError(f"backbone weights {pretrained} do not fit {name}: missing {missing[:5]}, "
-                         f"unexpected {list(unexpected)[:5]}")
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [f"{k} {list(state[k].shape)} instead of {list(own[k].shape)}" for k in own
+                if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or reshaped:
+        problems = [f"{len(keys)} {label} (e.g. {', '.join(keys[:2])})" for label, keys in
+                    (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped)) if keys]
+        hint = ("; it holds a whole segmentation model (backbone.* keys): use model.weights=PATH for that"
+                if any(k.startswith("backbone.") for k in unexpected) else "")
+        raise WeightsError(f"{what} {source} do not fit {name}: {'; '.join(problems)} of its {len(own)} tensors: "
+                           f"expected {expected}{hint}")
+    net.load_state_dict(state, strict=False)  # strict but for the classifier, which DeepLab drops
 
 
 def fetch_imagenet_weights(name: str) -> Path:

@@ -10,7 +10,8 @@ from typing import Dict, List, Mapping, Tuple, Union
 import torch
 from torch import nn
 
-from seg.io import safe_load
+from seg.errors import UserError
+from seg.io import describe, safe_load
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,14 @@ TORCHVISION_PREFIXES: Tuple[Tuple[str, str], ...] = (
     ("classifier.4.", "classifier."),
     ("aux_classifier.", "aux_head."),
 )
+
+
+EXPECTED = "a checkpoint of this project or a DeepLabV3 state dict (torchvision's deeplabv3_resnet50/101 layout)"
+
+
+class WeightsError(UserError, ValueError):
+    """Weights that cannot initialise the model: not a state dict, none of its tensors fit, or (backbone weights)
+    not the configured ResNet."""
 
 
 @dataclass
@@ -40,12 +49,12 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def extract_state_dict(obj) -> Dict[str, torch.Tensor]:
+def extract_state_dict(obj, source: str = "the weights") -> Dict[str, torch.Tensor]:
     """The model state dict inside one of our checkpoints, a torchvision state dict, or a DDP-saved dict."""
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         obj = obj["model"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError("weights must be a state dict of tensors or a checkpoint of this project with a 'model' entry")
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{source} is {describe(obj)}, not {EXPECTED}")
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
     if any(k.startswith("classifier.0.convs.") for k in state):  # torchvision's DeepLabV3 layout
         state = {_rename_torchvision_key(k): v for k, v in state.items()}
@@ -60,11 +69,16 @@ def _rename_torchvision_key(key: str) -> str:
 
 
 def load_weights(model: nn.Module, path_or_state_dict: Union[str, Path, Mapping]) -> LoadReport:
-    """Load whatever fits: tensors with the same name and shape are copied, the rest reported, never a crash."""
+    """Load whatever fits: tensors with the same name and shape are copied, the rest reported.
+
+    Weights of which nothing fits (another architecture, a backbone-only file) are a ``WeightsError`` naming the
+    file rather than a model left as it was initialised.
+    """
     source = path_or_state_dict
+    name = f"model weights {source}" if isinstance(source, (str, Path)) else "the given state dict"
     if isinstance(source, (str, Path)):
         source = safe_load(source, what="model weights")
-    state = extract_state_dict(source)
+    state = extract_state_dict(source, name)
     own = model.state_dict()
     report = LoadReport()
     fitting = {}
@@ -77,6 +91,9 @@ def load_weights(model: nn.Module, path_or_state_dict: Union[str, Path, Mapping]
             fitting[key] = value
             report.loaded.append(key)
     report.missing = [k for k in own if k not in fitting]
+    if not fitting:
+        raise WeightsError(f"none of the {len(state)} tensors in {name} fit this model ({report.summary()}): "
+                           f"expected {EXPECTED} with the same backbone")
     model.load_state_dict(fitting, strict=False)
     log.info("load_weights: %s", report.summary())
     return report
