@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import sys
 
 
@@ -23,11 +24,26 @@ def exit_on_user_error(main):
         try:
             return main(*args, **kwargs)
         except UserError as error:
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {user_message(error)}", file=sys.stderr)
             record_in_log_files(error)
             sys.exit(1)
 
     return wrapper
+
+
+def user_message(error: UserError) -> str:
+    """The error's own message, also when a data-loader worker raised it.
+
+    torch re-raises an exception from a worker process as the same type with the worker's whole traceback as
+    its message ("Caught DatasetError in DataLoader worker process 0. Original Traceback ... DatasetError: <the
+    message>"); the part after the last ``<type name>:`` line is the message the worker raised.
+    """
+    text = str(error)
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return text
+    name = re.escape(type(error).__name__)
+    parts = re.split(rf"^(?:[\w.]+\.)?{name}: ", text, flags=re.MULTILINE)
+    return parts[-1].strip() if len(parts) > 1 else text
 
 
 def record_in_log_files(error: UserError, handlers=None) -> None:
@@ -35,7 +51,8 @@ def record_in_log_files(error: UserError, handlers=None) -> None:
 
     ``handlers``: the handlers to write to (default: every file handler of the root logger).
     """
-    record = logging.getLogger("seg").makeRecord("seg", logging.ERROR, __file__, 0, "%s", (error,), None)
+    record = logging.getLogger("seg").makeRecord("seg", logging.ERROR, __file__, 0, "%s", (user_message(error),),
+                                                 None)
     for handler in logging.getLogger().handlers if handlers is None else handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)

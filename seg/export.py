@@ -59,6 +59,10 @@ class ExportedModel(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # uint8 pixels in [0, 255] would run without an error and give wrong labels on most pixels.
+        if not images.is_floating_point():
+            raise ValueError("the exported model takes float RGB images [N, 3, H, W] in [0, 1], got integer "
+                             "values (e.g. uint8 in [0, 255]): pass images.float() / 255")
         return self.model((images - self.mean) / self.std)["out"]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 from seg.errors import UserError
 
@@ -85,8 +85,15 @@ class ImageTooLarge(DatasetError):
     """An image with more pixels than the caller allows (PIL's decompression-bomb guard, or ``max_pixels``)."""
 
 
+# 16-bit and 32-bit integer grayscale modes (PIL opens 16-bit PNGs and TIFFs as one of these)
+WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def read_image(path: Path, max_pixels: Optional[int] = None, what: str = "image") -> np.ndarray:
-    """Decode an image file fully into uint8 RGB ``[H, W, 3]``; grayscale, palette and RGBA images are converted.
+    """Decode an image file fully into uint8 RGB ``[H, W, 3]``, upright as viewers show it (see ``open_image``).
+
+    Grayscale, palette and RGBA images are converted; 16-bit grayscale is scaled to 8 bits (value / 257), not
+    clipped at 255.
 
     ``max_pixels`` replaces PIL's decompression-bomb limit (a warning above about 89 million pixels, a refusal above
     twice that) for this read: prediction on 10,000 x 10,000 images raises it deliberately, while datasets keep
@@ -94,6 +101,10 @@ def read_image(path: Path, max_pixels: Optional[int] = None, what: str = "image"
     file in errors (colour-coded masks are read with this too).
     """
     with open_image(path, what, max_pixels) as img:
+        if img.mode in WIDE_GRAY_MODES:
+            wide = np.asarray(img, dtype=np.float64)
+            gray = np.clip(wide / 257.0 + 0.5, 0, 255).astype(np.uint8)  # 65535 -> 255, 257 -> 1, 0 -> 0
+            return np.repeat(gray[:, :, None], 3, axis=2)
         if img.mode != "RGB":
             img = img.convert("RGB")
         return np.array(img, dtype=np.uint8)
@@ -113,7 +124,11 @@ def read_mask(path: Path) -> np.ndarray:
 
 def open_image(path: Path, what: str, max_pixels: Optional[int] = None) -> Image.Image:
     """The decoded PIL image at ``path`` (the caller closes it); a missing, truncated or unreadable file is a
-    ``DatasetError`` naming it as ``what``."""
+    ``DatasetError`` naming it as ``what``.
+
+    The EXIF orientation is applied, so every image and mask is read upright as viewers show it: phone photos
+    store their pixels sideways (orientation 6 or 8), and a mask drawn on the upright photo would not match them.
+    """
     if not Path(path).is_file():
         raise DatasetError(f"{what} file not found: {path}")
     img = None
@@ -124,8 +139,8 @@ def open_image(path: Path, what: str, max_pixels: Optional[int] = None) -> Image
                 raise ImageTooLarge(f"{what} file {path} is {img.width}x{img.height} = {img.width * img.height:,} "
                                     f"pixels, more than the {max_pixels:,} allowed")
             img.load()  # decode now, so that a truncated file raises here and not later
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        # UnidentifiedImageError and truncation are OSErrors
+            ImageOps.exif_transpose(img, in_place=True)
+    except Exception as error:  # noqa: BLE001 - truncation and unknown formats are OSErrors; broken EXIF data anything
         if img is not None:
             img.close()
         if isinstance(error, DatasetError):

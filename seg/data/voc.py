@@ -54,8 +54,11 @@ def find_voc_folder(root: Union[str, Path, None]) -> Path:
 
 
 def read_split_file(path: Path) -> List[str]:
-    """Ids listed one per line (only the first column is used); blank lines are skipped."""
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    """Ids listed one per line (only the first column is used); blank lines are skipped.
+
+    ``utf-8-sig`` drops the byte-order mark some Windows editors put at the start (it would stick to the first id).
+    """
+    return [line.split()[0] for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
 
 
 def mask_folder(split: str) -> str:

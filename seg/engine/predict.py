@@ -39,12 +39,13 @@ from seg.engine.device import autocast, place, resolve_amp, resolve_device
 from seg.engine.inference import segment
 from seg.engine.video import VIDEO_SUFFIXES, is_video, overlay_video
 from seg.errors import MissingFileError, UserError
-from seg.io import is_torchscript, load_torchscript
+from seg.io import check_writable, is_torchscript, load_torchscript
 from seg.visualize import overlay
 
 log = logging.getLogger("seg.predict")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+OUTPUT_FOLDERS = ("labels", "overlays", "confidence", "entropy", "probs", "cityscapes")  # what predict writes
 
 
 @dataclass
@@ -83,15 +84,19 @@ def load_model(path, output_stride: Optional[int], device: torch.device) -> Load
 
 
 def list_inputs(source: Path, output: Path) -> Tuple[Path, List[Path]]:
-    """``(folder the output names are relative to, image and video files)``; files under ``output`` are skipped."""
+    """``(folder the output names are relative to, image and video files)``.
+
+    Files under the folders this command writes into ``output`` (``OUTPUT_FOLDERS``) are skipped, so a second run
+    does not segment its own overlays; anything else under ``output`` is input: ``output`` may be the input folder.
+    """
     if source.is_file():
         return source.parent, [source]
     if not source.is_dir():
         raise MissingFileError(f"input not found: {source}")
-    output = output.resolve()
+    written = {(output / sub).resolve() for sub in OUTPUT_FOLDERS}
     suffixes = IMAGE_SUFFIXES + VIDEO_SUFFIXES
     files = sorted(p for p in source.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
-                   and output not in p.resolve().parents)
+                   and not written.intersection(p.resolve().parents))
     if not files:
         raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) or videos ({', '.join(VIDEO_SUFFIXES)}) "
                         f"found in {source}")
@@ -174,6 +179,11 @@ def read_or_report(path: Path, max_pixels: Optional[int]) -> Optional[np.ndarray
         return None
 
 
+def cannot_write(output: Path, error: OSError) -> UserError:
+    reason = error.strerror or type(error).__name__
+    return UserError(f"cannot write predictions into {output}: {reason}; choose a writable output= folder")
+
+
 def predict(config: Mapping) -> Dict:
     """Run ``configs/predict.yaml``; returns ``{"written": n, "failed": [paths], "output": folder}`` (plus
     ``"submission"``, the zip, with ``format=cityscapes``).
@@ -186,6 +196,10 @@ def predict(config: Mapping) -> Dict:
     output = Path(cfg["output"])
     loaded = load_model(cfg["ckpt"], cfg["os"], device)
     root, files = list_inputs(Path(cfg["input"]), output)
+    try:
+        check_writable(output)  # before any file is segmented
+    except OSError as error:
+        raise cannot_write(output, error) from None
     relatives = [path.relative_to(root).with_suffix("") for path in files]
     cityscapes = cfg["format"] == "cityscapes"
     targets = submission_targets(files, relatives, loaded.num_classes) if cityscapes else {}
@@ -195,20 +209,27 @@ def predict(config: Mapping) -> Dict:
     writer = Writer(loaded, device, {**inference_kwargs(cfg, loaded.crop_size), "progress": True}, amp_dtype,
                     output, cfg["probs"], cfg["probs_npy"])
     failed: List[str] = []
-    for path, relative in zip(tqdm(files, desc="predict", dynamic_ncols=True, disable=len(files) == 1), relatives):
-        if is_video(path):
-            overlay_video(path, output / "overlays" / f"{relative}.mp4", writer.label_frames, loaded.palette,
-                          cfg["batch_size"])
-            continue
-        image = read_or_report(path, cfg["max_image_pixels"])
-        if image is None:
-            failed.append(str(path))
-            continue
-        writer.image(image, relative, targets.get(relative))
-    result = {"written": len(files) - len(failed), "failed": failed, "output": str(output)}
-    written = [targets[r] for p, r in zip(files, relatives) if cityscapes and str(p) not in failed]
+    try:
+        for path, relative in zip(tqdm(files, desc="predict", dynamic_ncols=True, disable=len(files) == 1),
+                                  relatives):
+            if is_video(path):
+                overlay_video(path, output / "overlays" / f"{relative}.mp4", writer.label_frames, loaded.palette,
+                              cfg["batch_size"])
+                continue
+            image = read_or_report(path, cfg["max_image_pixels"])
+            if image is None:
+                failed.append(str(path))
+                continue
+            writer.image(image, relative, targets.get(relative))
+        result = {"written": len(files) - len(failed), "failed": failed, "output": str(output)}
+        written = [targets[r] for p, r in zip(files, relatives) if cityscapes and str(p) not in failed]
+        if written:
+            result["submission"] = str(submission.pack(output / "cityscapes", written, output / submission.ZIP_NAME))
+    except OSError as error:  # the folder turned read-only, the disk is full
+        if isinstance(error, UserError):
+            raise
+        raise cannot_write(output, error) from None
     if written:
-        result["submission"] = str(submission.pack(output / "cityscapes", written, output / submission.ZIP_NAME))
         log.info("wrote %d labelIds PNGs to %s and packed them into %s", len(written), output / "cityscapes",
                  result["submission"])
     else:
