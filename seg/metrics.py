@@ -2,7 +2,8 @@
 
 One confusion matrix is accumulated over a whole split (rows: label, columns: prediction); every metric
 is derived from it at the end, so per-image averaging never enters. Pixels labelled ``ignore_index``
-never count. mIoU is the mean over classes whose union (label or prediction) is non-empty.
+never count. mIoU is the mean over classes whose union (label or prediction) is non-empty; a split without a
+single labelled pixel has no summary metrics (``None``, JSON ``null``) rather than zeros.
 
 Per class, from the same matrix: IoU ``TP / (TP + FP + FN)``, precision ``TP / (TP + FP)``, recall
 ``TP / (TP + FN)`` and Dice (F1) ``2 TP / (2 TP + FP + FN)``. Classes can be left out of the means
@@ -12,9 +13,12 @@ results.
 
 from __future__ import annotations
 
+import logging
 from typing import Dict, Optional, Sequence
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def confusion_matrix(prediction: torch.Tensor, label: torch.Tensor, num_classes: int,
@@ -24,11 +28,17 @@ def confusion_matrix(prediction: torch.Tensor, label: torch.Tensor, num_classes:
         raise ValueError(f"prediction {tuple(prediction.shape)} and label {tuple(label.shape)} differ in shape")
     label = label.long()
     valid = label != ignore_index
-    label = label[valid]
-    if label.numel() and (int(label.min()) < 0 or int(label.max()) >= num_classes):
-        raise ValueError(f"label values must be in [0, {num_classes}) or {ignore_index}, "
-                         f"found {int(label.min())}..{int(label.max())}")
-    index = label * num_classes + prediction[valid].long()
+    label, prediction = label[valid], prediction[valid].long()
+    if label.numel():
+        # Both ranges in one host synchronisation: an out-of-range value would land in another class's cell.
+        low, high, predicted_low, predicted_high = torch.stack(
+            [label.min(), label.max(), prediction.min(), prediction.max()]).tolist()
+        if low < 0 or high >= num_classes:
+            raise ValueError(f"label values must be in [0, {num_classes}) or {ignore_index}, found {low}..{high}")
+        if predicted_low < 0 or predicted_high >= num_classes:
+            raise ValueError(f"predicted classes must be in [0, {num_classes}), found "
+                             f"{predicted_low}..{predicted_high}")
+    index = label * num_classes + prediction
     return torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
@@ -51,7 +61,9 @@ def metrics_from_confusion(matrix: torch.Tensor, class_names: Optional[Sequence[
     1. Within the union, a ratio whose denominator is empty (precision of a class never predicted, recall of a
     class only predicted) is 0, as scikit-learn's ``zero_division=0``. Mean accuracy averages over classes present
     in the labels; fwIoU weights IoU by label frequency over all classes. ``exclude`` (class names) leaves classes
-    out of mIoU, mDice and mean accuracy; pixel accuracy and fwIoU still count every pixel.
+    out of mIoU, mDice and mean accuracy; pixel accuracy and fwIoU still count every pixel. Without any labelled
+    pixel (every label is the ignore value) there is nothing to measure: mIoU, pixel_acc, mean_acc, fwIoU and mDice
+    are ``None``, with a warning.
     """
     m = matrix.double().cpu()
     num_classes = m.shape[0]
@@ -80,7 +92,7 @@ def metrics_from_confusion(matrix: torch.Tensor, class_names: Optional[Sequence[
     def per_class(values: torch.Tensor) -> Dict:
         return {name: (float(values[i]) if present[i] else None) for i, name in enumerate(names)}
 
-    return {
+    summary = {
         "mIoU": mean(iou, present),
         "pixel_acc": float(true_positive.sum() / total) if total > 0 else 0.0,
         "mean_acc": mean(accuracy, in_labels),
@@ -92,3 +104,12 @@ def metrics_from_confusion(matrix: torch.Tensor, class_names: Optional[Sequence[
         "per_class_recall": per_class(accuracy),
         "excluded_classes": [name for name in names if name in exclude],
     }
+    if total == 0:
+        log.warning("no labelled pixels in the evaluated images (every label is the ignore value): mIoU, pixel_acc, "
+                    "mean_acc, fwIoU and mDice are null")
+        summary.update(dict.fromkeys(SUMMARY_KEYS))
+    return summary
+
+
+# The metrics that average over labelled pixels: ``None`` when there are none.
+SUMMARY_KEYS = ("mIoU", "pixel_acc", "mean_acc", "fwIoU", "mDice")

@@ -114,3 +114,30 @@ def test_predict_writes_palette_labels_and_overlays_from_checkpoint_and_torchscr
         from_torchscript = np.array(Image.open(tmp_path / "out_ts" / "labels" / name))
         # the exported file's inner model takes the normalised input directly: no un-normalising round trip
         assert np.array_equal(from_checkpoint, from_torchscript)
+
+
+def test_split_without_labelled_pixels_reports_null(tmp_path, caplog, cfg_eval):
+    """Every val label is 255: no metric can be measured; null (not 0.0) in metrics.json, metrics.jsonl and the
+    table, and training goes on without a best.pt."""
+    from seg.config import dataset_kwargs
+    from seg.data import build_dataset
+    from seg.engine.trainer import train
+
+    overrides = tiny_overrides(tmp_path / "data")
+    val = build_dataset(**dataset_kwargs(compose_config("train", overrides)["dataset"], split="val"))
+    for index in range(len(val)):
+        Image.fromarray(np.full((64, 64), 255, dtype=np.uint8)).save(val.samples[index].mask)
+    summary = train(compose_config("train", overrides), tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    nulls = {"mIoU": None, "pixel_acc": None, "mean_acc": None, "fwIoU": None, "mDice": None}
+    assert {k: record[k] for k in nulls} == nulls and summary["last_metrics"]["mIoU"] is None
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()
+    log_text = (tmp_path / "run" / "train.log").read_text()
+    assert "val iter 2: mIoU null mDice null pixel_acc null mean_acc null (3 images)" in log_text
+    metrics = evaluate_checkpoint(cfg_eval(tmp_path / "run" / "checkpoints" / "last.pt"), tmp_path / "eval")
+    assert {k: metrics[k] for k in nulls} == nulls and metrics["num_images"] == 3
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert {k: written[k] for k in nulls} == nulls and set(written["per_class_iou"].values()) == {None}
+    assert "mIoU -  mDice -  pixel acc -  mean acc -  fwIoU -  (3 images)" in caplog.text
+    assert "no labelled pixels in the evaluated images" in caplog.text

@@ -79,6 +79,26 @@ def test_matches_independent_implementation(seed):
     assert ours["per_class_iou"]["5"] is None and ours["per_class_iou"]["6"] == 0.0
 
 
+def test_predictions_out_of_range_are_refused():
+    # A prediction of 3 with 3 classes would otherwise be counted in the next row's cell (label 0 -> class 1).
+    with pytest.raises(ValueError, match=r"predicted classes must be in \[0, 3\), found 0\.\.3"):
+        confusion_matrix(torch.tensor([3, 0]), torch.tensor([0, 1]), 3)
+    with pytest.raises(ValueError, match=r"predicted classes must be in \[0, 3\), found -1\.\.1"):
+        confusion_matrix(torch.tensor([-1, 1]), torch.tensor([0, 1]), 3)
+    # The prediction under an ignored label does not count, whatever it is.
+    assert confusion_matrix(torch.tensor([0, 7]), torch.tensor([0, 255]), 3).tolist() == [[1, 0, 0], [0, 0, 0],
+                                                                                          [0, 0, 0]]
+
+
+def test_no_labelled_pixels_gives_null_metrics(caplog):
+    matrix = confusion_matrix(torch.tensor([[0, 1], [2, 2]]), torch.full((2, 2), 255), 3)
+    assert matrix.sum() == 0
+    m = metrics_from_confusion(matrix, ["a", "b", "c"])
+    assert m == {"mIoU": None, "pixel_acc": None, "mean_acc": None, "fwIoU": None,
+                 "per_class_iou": {"a": None, "b": None, "c": None}}
+    assert "no labelled pixels" in caplog.text
+
+
 def test_bad_labels_are_refused():
     with pytest.raises(ValueError, match=r"label values must be in \[0, 3\)"):
         confusion_matrix(torch.tensor([0, 1]), torch.tensor([0, 3]), 3)

@@ -124,6 +124,19 @@ def test_output_stride_switch_keeps_parameters():
     assert conv3x3_by_stage(model) == conv3x3_by_stage(build_model("resnet18", 3, output_stride=16))
 
 
+def test_output_stride_round_trip_keeps_custom_aspp_rates():
+    model = build_model("resnet18", 3, output_stride=16, aspp_rates=[1, 2, 3])
+    model.set_output_stride(32)
+    assert model.aspp.get_rates() == [1, 1, 2]  # 0.5, 1, 1.5 rounded, at least 1
+    model.set_output_stride(16)
+    assert model.aspp.get_rates() == [1, 2, 3]
+    model.set_output_stride(8)
+    assert model.aspp.get_rates() == [2, 4, 6]
+    model.set_output_stride(32)
+    model.set_output_stride(8)
+    assert model.aspp.get_rates() == [2, 4, 6]  # derived from the configured rates, never from rounded ones
+
+
 @pytest.mark.parametrize("head", ["deeplabv3", "deeplabv3plus"])
 def test_torchscript_matches_eager(head):
     model = build_model("resnet18", 3, head=head, aux_loss=True).eval()

@@ -206,9 +206,9 @@ def metrics_table(metrics: Mapping, matrix: torch.Tensor) -> str:
     for name, pixels in zip(names, label_pixels):
         cells = "".join(f"  {_percent(metrics.get(key, {}).get(name)):>8}" for _, key in columns)
         lines.append(f"{name + (' *' if name in excluded else ''):<{width}}{cells}  {pixels:>12}")
-    lines.append(f"mIoU {100 * metrics['mIoU']:.2f}  mDice {100 * metrics.get('mDice', 0.0):.2f}  pixel acc "
-                 f"{100 * metrics['pixel_acc']:.2f}  mean acc {100 * metrics['mean_acc']:.2f}  fwIoU "
-                 f"{100 * metrics['fwIoU']:.2f}  ({metrics['num_images']} images)")
+    lines.append(f"mIoU {_percent(metrics['mIoU'])}  mDice {_percent(metrics.get('mDice'))}  pixel acc "
+                 f"{_percent(metrics['pixel_acc'])}  mean acc {_percent(metrics['mean_acc'])}  fwIoU "
+                 f"{_percent(metrics['fwIoU'])}  ({metrics['num_images']} images)")
     if excluded:
         lines.append(f"* left out of mIoU, mDice and mean acc (metrics.exclude_classes): {', '.join(sorted(excluded))}")
     return "\n".join(lines)

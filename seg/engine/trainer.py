@@ -300,13 +300,15 @@ class Trainer:
         for tag, key in (("IoU", "per_class_iou"), ("Dice", "per_class_dice"), ("precision", "per_class_precision"),
                          ("recall", "per_class_recall")):
             self.files.scalars({f"val/{tag}/{name}": value for name, value in metrics[key].items()}, iteration)
-        log.info("val iter %d: mIoU %.4f mDice %.4f pixel_acc %.4f mean_acc %.4f (%d images)", iteration,
-                 metrics["mIoU"], metrics["mDice"], metrics["pixel_acc"], metrics["mean_acc"], metrics["num_images"])
+        log.info("val iter %d: mIoU %s mDice %s pixel_acc %s mean_acc %s (%d images)", iteration,
+                 *("null" if metrics[k] is None else f"{metrics[k]:.4f}" for k in ("mIoU", "mDice", "pixel_acc",
+                                                                                   "mean_acc")),
+                 metrics["num_images"])
         for i, (image, label, prediction) in enumerate(samples):
             panel = np.concatenate([image, overlay(image, label, self.palette),
                                     overlay(image, prediction, self.palette)], axis=1)
             self.files.images(f"val/overlay_{i}", panel, iteration)
-        if metrics["mIoU"] > self.best_miou:
+        if metrics["mIoU"] is not None and metrics["mIoU"] > self.best_miou:  # None: no labelled pixels
             self.best_miou = metrics["mIoU"]
             self._save("best.pt", iteration)
         return record

@@ -73,6 +73,10 @@ class DeepLabV3(nn.Module):
         self.classifier = nn.Conv2d(channels, num_classes, 1)
         self.aux_head = aux_head
         self.num_classes = num_classes
+        # The ASPP rates as configured and the stride they were configured for: every other stride derives its
+        # rates from these, so switching strides and back gives the configured rates again (no rounding drift).
+        self.configured_stride = backbone.output_stride
+        self.configured_rates = aspp.get_rates()
 
     @property
     def output_stride(self) -> int:
@@ -84,8 +88,8 @@ class DeepLabV3(nn.Module):
         The backbone's strides and dilations change, and the ASPP rates scale inversely with the stride.
         """
         check_output_stride(output_stride)
-        scale = self.backbone.output_stride / output_stride
-        self.aspp.set_rates([max(1, round(r * scale)) for r in self.aspp.get_rates()])
+        scale = self.configured_stride / output_stride
+        self.aspp.set_rates([max(1, round(r * scale)) for r in self.configured_rates])
         self.backbone.set_output_stride(output_stride)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
