@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import ContextManager, Dict, Optional
 
 import torch
@@ -29,6 +30,25 @@ def resolve_amp(amp: str, device_type: str, key: str = "train.amp") -> Optional[
     if amp == "fp16" and device_type != "cuda":
         raise UserError(f"{key}=fp16 needs a CUDA device; use {key}=bf16 or {key}=off on the CPU")
     return {"fp16": torch.float16, "bf16": torch.bfloat16, "off": None}[amp]
+
+
+def size_cpu_threads(num_workers: int) -> int:
+    """Give torch's intra-op threads the cores this process may use less one per data-loader worker (at least 1);
+    returns the number of threads. ``OMP_NUM_THREADS``, when set (torchrun sets it to 1 for several processes
+    per node), is left as it is.
+
+    torch starts one intra-op thread per core whatever else runs, and its OpenMP threads spin at the barrier after
+    every operation: when a worker or another job takes a core, the thread left waiting burns the other one.
+    On 2 cores next to one busy process, training ran 2.2x slower with two threads and 1.7x with one, which was
+    also 4-5x faster in absolute terms under the machine's background load (docs/benchmarks.md). The workers run
+    one torch thread (torch's default there) and no OpenCV threads (``seg.data.worker_init_fn``).
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores - num_workers)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def autocast(device_type: str, dtype: Optional[torch.dtype]) -> ContextManager:

@@ -35,7 +35,7 @@ from seg.data import build_dataset
 from seg.data.transforms import TransformedDataset, eval_transform, normalize, pad_collate
 from seg.engine import distributed
 from seg.engine.checkpoint import CheckpointError, load_trained, model_from_checkpoint, num_classes_of
-from seg.engine.device import autocast, place, resolve_amp, resolve_device
+from seg.engine.device import autocast, place, resolve_amp, resolve_device, size_cpu_threads
 from seg.engine.inference import default_stride, segment
 from seg.metrics import confusion_matrix, metrics_from_confusion
 
@@ -133,6 +133,7 @@ def evaluate_checkpoint(config: Mapping, run_dir) -> Dict:
     require(cfg, "ckpt", "python scripts/evaluate.py ckpt=outputs/<run>/checkpoints/best.pt")
     validate_inference(cfg)
     validate_loader(cfg)
+    size_cpu_threads(cfg["num_workers"])
     device_type = resolve_device(cfg["device"])
     distributed.init(device_type)
     try:
