@@ -15,6 +15,7 @@ from test_data_voc import write_voc
 from seg.config import dataset_kwargs
 from seg.data import build_dataset
 from seg.data.base import read_image
+from seg.data.colors import read_colour_table
 from seg.data.voc import read_split_file
 from seg.engine.predict import predict
 from seg.errors import UserError
@@ -83,6 +84,13 @@ def test_split_file_with_a_byte_order_mark(tmp_path):
     assert read_split_file(split) == ["g00", "g01"]
     dataset = build_dataset("voc", tmp_path, "train", num_classes=3)
     assert [dataset.sample_id(i) for i in range(2)] == ["g00", "g01"] and dataset[0][0].shape == (24, 32, 3)
+
+
+def test_colour_tables_with_a_byte_order_mark(tmp_path):
+    (tmp_path / "classes.csv").write_text("background,0,0,0\ncrack,255,0,0\n", encoding="utf-8-sig")
+    (tmp_path / "labelmap.txt").write_text("background:0,0,0::\ncrack:255,0,0::\n", encoding="utf-8-sig")
+    for name in ("classes.csv", "labelmap.txt"):
+        assert read_colour_table(tmp_path / name).names == ["background", "crack"]
 
 
 def test_predict_into_its_input_folder(tmp_path):

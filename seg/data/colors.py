@@ -112,7 +112,7 @@ def _find(path: Path, root: Optional[Path]) -> Path:
 def _read_csv(path: Path) -> tuple:
     """``name,r,g,b`` rows; a first row whose r, g, b are not numbers is a header."""
     names, colours = [], []
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # Excel's "CSV UTF-8" starts with a BOM
         for number, row in enumerate(csv.reader(handle), start=1):
             cells = [cell.strip() for cell in row]
             if not any(cells):
@@ -131,7 +131,7 @@ def _read_csv(path: Path) -> tuple:
 def _read_labelmap(path: Path) -> tuple:
     """Pascal-VOC / CVAT ``labelmap.txt``: ``name:r,g,b:parts:actions``; ``#`` lines are comments."""
     names, colours = [], []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         fields = line.split(":")
