@@ -94,8 +94,10 @@ def test_no_labelled_pixels_gives_null_metrics(caplog):
     matrix = confusion_matrix(torch.tensor([[0, 1], [2, 2]]), torch.full((2, 2), 255), 3)
     assert matrix.sum() == 0
     m = metrics_from_confusion(matrix, ["a", "b", "c"])
-    assert m == {"mIoU": None, "pixel_acc": None, "mean_acc": None, "fwIoU": None,
-                 "per_class_iou": {"a": None, "b": None, "c": None}}
+    assert {k: m[k] for k in ("mIoU", "pixel_acc", "mean_acc", "fwIoU", "mDice")} == dict.fromkeys(
+        ("mIoU", "pixel_acc", "mean_acc", "fwIoU", "mDice"))
+    for key in ("per_class_iou", "per_class_dice", "per_class_precision", "per_class_recall"):
+        assert m[key] == {"a": None, "b": None, "c": None}
     assert "no labelled pixels" in caplog.text
 
 
