@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import pickle
+import re
 import tempfile
 import warnings
 import zipfile
@@ -36,6 +37,11 @@ def safe_load(path: Union[str, Path], what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        dtype = re.search(r"GLOBAL torch\.(\w+) was not an allowed global", str(error))
+        if dtype and isinstance(getattr(torch, dtype.group(1), None), torch.dtype):
+            raise UnsafeFileError(
+                f"cannot read {what} {path} with torch {torch.__version__}: it holds torch.{dtype.group(1)} tensors, "
+                "which this torch cannot load; load it with the newer torch that wrote it") from None
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UnsafeFileError(
             f"refusing to load {what} {path}: it is not a plain tensor file and would need to run code "
