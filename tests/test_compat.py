@@ -23,7 +23,8 @@ from seg.io import UnsafeFileError, safe_load
 from seg.models import build_model
 
 OTHER_PYTHON = os.environ.get("SEG_OTHER_TORCH_PYTHON")
-# Tensor dtypes torch 2.4 and 2.5 pickle (uint16/32/64 and float8 they refuse or cannot read back).
+# Tensor dtypes a checkpoint may hold: torch 2.4 and 2.5 save these, and refuse uint16/32/64 ("dtype torch.uint32
+# is not recognized"). float8 they save too, but nothing in a checkpoint needs it.
 LOADABLE_BY_OLD_TORCH = {torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32,
                          torch.int16, torch.int8, torch.uint8, torch.bool}
 # Deterministic up to kernel rounding: dropout masks differ between torch versions (their bernoulli sampling
