@@ -51,7 +51,7 @@ def test_checkpoint_holds_only_types_every_supported_torch_loads(tmp_path, cfg_t
         dtypes = {value.dtype for _, value in leaves if isinstance(value, torch.Tensor)}
         assert dtypes <= LOADABLE_BY_OLD_TORCH, dtypes
         others = [(where, type(value)) for where, value in leaves if not isinstance(value, torch.Tensor)
-                  and not isinstance(value, (type(None), bool, int, float, str))]
+                  and type(value) not in (type(None), bool, int, float, str)]
         assert not others
         assert state["rng"]["numpy"][1].dtype == torch.int64 and state["rng"]["numpy"][1].shape == (624,)
 
@@ -84,6 +84,10 @@ def test_save_refuses_what_an_older_torch_cannot_load(tmp_path):
     with pytest.raises(TypeError, match=r"checkpoint\['extra'\]: torch.uint32 is not loadable by every supported"):
         save_checkpoint(tmp_path / "c.pt", model=model, config={}, class_names=["a", "b"], palette=None,
                         iteration=0, extra={"extra": torch.zeros(2, dtype=torch.uint32)})
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(TypeError, match=r"checkpoint\['extra'\]\[0\]: float64 is not loadable"):  # numpy's, not float
+        save_checkpoint(tmp_path / "c.pt", model=model, config={}, class_names=["a", "b"], palette=None,
+                        iteration=0, extra={"extra": [np.float64(0.5)]})
     assert not list(tmp_path.iterdir())
 
 

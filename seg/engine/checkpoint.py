@@ -53,7 +53,8 @@ def unportable(value, where: str = "checkpoint") -> List[str]:
         return [problem for key, item in value.items() for problem in unportable(item, f"{where}[{key!r}]")]
     if isinstance(value, (list, tuple)):
         return [problem for i, item in enumerate(value) for problem in unportable(item, f"{where}[{i}]")]
-    return [] if isinstance(value, PLAIN_TYPES) else [f"{where}: {type(value).__name__}"]
+    # exact types: a subclass (numpy's float64 is a float) pickles as its own class, which weights_only refuses
+    return [] if type(value) in PLAIN_TYPES else [f"{where}: {type(value).__name__}"]
 
 
 def capture_rng() -> Dict:
