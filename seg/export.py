@@ -33,6 +33,10 @@ from seg.io import METADATA_FILE, load_torchscript, torchscript_is_the_contract
 log = logging.getLogger("seg.export")
 
 FORMATS = dict(zip(EXPORT_FORMATS, (".ts", ".onnx", ".pt2")))  # format -> the usual file extension
+# format=export and format=onnx trace with torch.export, which keeps height and width free from torch 2.13 on;
+# 2.4 to 2.12 (checked: 2.4.1, 2.6.0, 2.10.0, 2.11.0, 2.12.0) specialise them to the example's parity ("Constraints
+# violated (height, width)") and so cannot honour "any H, W".
+DYNAMIC_EXPORT_TORCH = "2.13"
 INPUT = "float32 RGB [N, 3, H, W] in [0, 1]"
 # ONNX operator set: 18 is the one torch.onnx's exporter implements its operators in (other versions go through
 # ONNX's version converter); onnxruntime >= 1.14 and TensorRT >= 9.2 run it. Why: docs/evaluation.md.
@@ -84,13 +88,21 @@ def _save_torchscript(module: ExportedModel, path: Path, metadata: str) -> None:
         torch.jit.save(torch.jit.script(module), str(path), _extra_files={METADATA_FILE: metadata})
 
 
+def _require_dynamic_export(format: str) -> None:
+    if torch.__version__ < DYNAMIC_EXPORT_TORCH:
+        raise ExportError(f"format={format} needs torch >= {DYNAMIC_EXPORT_TORCH} for inputs of any size (this is "
+                          f"torch {torch.__version__}): use format=torchscript, or a newer torch")
+
+
 def _save_program(module: ExportedModel, path: Path, metadata: str) -> None:
+    _require_dynamic_export("export")
     program = torch.export.export(module, (_example((97, 129), batch=2),), dynamic_shapes=_dynamic_shapes())
     torch.export.save(program, str(path), extra_files={METADATA_FILE: metadata})
 
 
 def _save_onnx(module: ExportedModel, path: Path, metadata: str) -> None:
     _require_onnx()
+    _require_dynamic_export("onnx")
     import onnx
 
     noisy = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir")]  # INFO lines for every rewrite pass

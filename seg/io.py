@@ -103,6 +103,11 @@ def safe_load(path: Union[str, Path], what: str = "checkpoint") -> Any:
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        dtype = re.search(r"GLOBAL torch\.(\w+) was not an allowed global", str(error))
+        if dtype and isinstance(getattr(torch, dtype.group(1), None), torch.dtype):
+            raise UnsafeFileError(
+                f"cannot read {what} {path} with torch {torch.__version__}: it holds torch.{dtype.group(1)} "
+                "tensors, which this torch cannot load; load it with the newer torch that wrote it") from None
         needs = re.search(r"GLOBAL (\S+) was not an allowed global", str(error))
         if needs:
             raise UnsafeFileError(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -50,6 +51,12 @@ def run_script(script: str, args: List[str], launcher: List[str] = (), timeout: 
         raise AssertionError(
             f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
+
+
+def losses_from_log(path) -> List[Tuple[int, float]]:
+    """``(iteration, loss)`` from every loss line of a run's train.log."""
+    return [(int(m.group(1)), float(m.group(2)))
+            for m in re.finditer(r"iter (\d+)/\d+ loss (\S+)", Path(path).read_text())]
 
 
 def tiny_checkpoint(path, data_root, num_classes=6, **overrides):

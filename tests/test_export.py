@@ -1,6 +1,7 @@
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -131,6 +132,23 @@ def test_export_script_at_another_output_stride(tmp_path):
         assert torch.allclose(loaded(images), ExportedModel(model)(images), atol=1e-4)
 
 
+OLD_TORCH = torch.__version__ < export_module.DYNAMIC_EXPORT_TORCH
+NEEDS_DYNAMIC_EXPORT = pytest.mark.skipif(OLD_TORCH, reason=f"torch.export keeps H, W free from torch "
+                                                            f"{export_module.DYNAMIC_EXPORT_TORCH} on")
+
+
+@pytest.mark.parametrize("format", ["export", "onnx"])
+def test_torch_export_on_an_older_torch_is_one_line(model, tmp_path, monkeypatch, format):
+    if not OLD_TORCH:  # the oldest supported torch gets here for real (.ci/run); newer ones pretend to be it
+        monkeypatch.setattr(torch, "__version__", torch.torch_version.TorchVersion("2.4.1"))
+    monkeypatch.setattr(export_module, "_require_onnx", lambda: None)
+    with pytest.raises(ExportError, match=rf"^format={format} needs torch >= \d+\.\d+ for inputs of any size \(this "
+                                          rf"is torch {re.escape(str(torch.__version__))}\): use format=torchscript"):
+        export_model(model, tmp_path / "model.pt2", format, METADATA, check_sizes=SIZES)
+    assert not list(tmp_path.iterdir())
+
+
+@NEEDS_DYNAMIC_EXPORT
 def test_torch_export_program_has_dynamic_height_and_width(model, tmp_path):
     path = tmp_path / "model.pt2"
     report = export_model(model, path, "export", METADATA, check_sizes=SIZES)
@@ -145,6 +163,7 @@ def test_torch_export_program_has_dynamic_height_and_width(model, tmp_path):
     assert_parity(program.module(), model)
 
 
+@NEEDS_DYNAMIC_EXPORT
 def test_onnx_runs_in_onnxruntime_with_dynamic_batch_height_and_width(model, tmp_path):
     onnx = needed("onnx")
     needed("onnxscript")

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 import torch
-from helpers import compose_config, run_script, tiny_overrides
+from helpers import compose_config, losses_from_log, run_script, tiny_overrides
 from hydra.errors import MissingConfigException
 
 from seg.config import ConfigError, validate_train
@@ -120,11 +120,6 @@ def test_multirun_sweep(tmp_path):
         assert state["config"]["os"] == output_stride and state["iteration"] == 1
 
 
-def _losses_from_log(path):
-    return [(int(m.group(1)), float(m.group(2)))
-            for m in re.finditer(r"iter (\d+)/\d+ loss (\S+)", path.read_text())]
-
-
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_is_exact(tmp_path, workers, cfg_train):
     overrides = {"train.iters": 6, "train.eval_every": 0, "train.ckpt_every": 3, "train.num_workers": workers,
@@ -142,7 +137,7 @@ def test_resume_is_exact(tmp_path, workers, cfg_train):
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    assert straight["losses"] == _losses_from_log(tmp_path / "resumed" / "train.log")
+    assert straight["losses"] == losses_from_log(tmp_path / "resumed" / "train.log")
     assert len(straight["losses"]) == 6
 
 

@@ -30,6 +30,13 @@ SHAPE_KEYS = (("backbone", "name"), ("model", "head"), ("model", "aux_loss"), ("
 INITIAL_WEIGHT_KEYS = ("backbone.pretrained", "model.weights")
 
 
+# Tensor dtypes that every supported torch (pyproject.toml's range) saves and loads with ``weights_only=True``.
+# torch 2.5 and older cannot pickle uint16/uint32/uint64, so a checkpoint holding one could not be resumed there.
+PORTABLE_DTYPES = frozenset({torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+                             torch.int16, torch.int8, torch.uint8, torch.bool})
+PLAIN_TYPES = (type(None), bool, int, float, str)
+
+
 class CheckpointError(UserError, ValueError):
     pass
 
@@ -38,11 +45,29 @@ class DiskFullError(UserError, OSError):
     pass
 
 
+def unportable(value, where: str = "checkpoint") -> List[str]:
+    """Where ``value`` holds something outside ``PORTABLE_DTYPES`` tensors, plain Python values and containers."""
+    if isinstance(value, torch.Tensor):
+        return [] if value.dtype in PORTABLE_DTYPES else [f"{where}: {value.dtype}"]
+    if isinstance(value, Mapping):
+        return [problem for key, item in value.items() for problem in unportable(item, f"{where}[{key!r}]")]
+    if isinstance(value, (list, tuple)):
+        return [problem for i, item in enumerate(value) for problem in unportable(item, f"{where}[{i}]")]
+    # exact types: a subclass (numpy's float64 is a float) pickles as its own class, which weights_only refuses
+    return [] if type(value) in PLAIN_TYPES else [f"{where}: {type(value).__name__}"]
+
+
 def capture_rng() -> Dict:
+    """Every global RNG's state, in types that every supported torch pickles.
+
+    numpy's MT19937 key is a uint32 array, and torch 2.5 cannot pickle a uint32 tensor (``torch.save`` raises
+    ``KeyError: 'dtype torch.uint32 is not recognized'``): the key is stored as int64 (lossless) and cast back in
+    ``restore_rng``. ``PORTABLE_DTYPES`` lists what a checkpoint may hold.
+    """
     numpy_state = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]],
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -53,7 +78,7 @@ def capture_rng() -> Dict:
 def restore_rng(state: Mapping) -> None:
     random.setstate(_as_tuple(state["python"]))
     name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy(), *rest))
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))  # int64; uint32 in older files
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -95,6 +120,10 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, config: Mapping, clas
         **dict(extra or {}),
     }
     path = Path(path)
+    problems = unportable(state)
+    if problems:  # a bug, not a user mistake: fail before writing a file that an older torch could not resume
+        raise TypeError(f"refusing to write {path}: {', '.join(problems[:3])} is not loadable by every supported "
+                        f"torch (allowed: tensors of {sorted(str(d) for d in PORTABLE_DTYPES)} and plain Python)")
     remove_partial_saves(path.parent)
     try:
         atomic_save(state, path)
