@@ -98,7 +98,7 @@ def test_a_dtype_this_torch_cannot_read_is_one_line(tmp_path, monkeypatch):
                "global: GLOBAL torch.uint32 was not an allowed global by default. Please use "
                "`torch.serialization.add_safe_globals([uint32])` to allowlist this global if you trust this class.")
     path = tmp_path / "new.pt"
-    path.write_bytes(b"not read")
+    torch.save({"key": torch.zeros(1)}, path)  # a real torch file, so that it reaches torch.load
 
     def old_torch_load(*args, **kwargs):
         raise pickle.UnpicklingError(refusal)
