@@ -42,6 +42,13 @@ def test_bad_values_are_one_line_before_any_work(tmp_path, override, message):
     ("os=abc", "os must be an integer, got 'abc'"),
     ("dataset.num_classes=six", "dataset.num_classes must be an integer or null, got 'six'"),
     ("dist_timeout_min=0", "dist_timeout_min must be a finite number > 0, got 0.0"),
+    ("os=12", "os must be one of [8, 16, 32], got 12"),
+    ("train.lr=-0.1", "train.lr must be"),
+    ("train.amp=fp8", "train.amp must be one of"),
+    ("backbone.name=resnet9", "backbone.name must be one of"),
+    ("train.batch_size=0", "train.batch_size must be"),
+    ("model.head=unet", "model.head must be one of"),
+    ("device=tpu", "device must be one of"),
 ])
 def test_bad_train_values_name_key_value_and_type(override, message):
     cfg = compose_config("train", [override])

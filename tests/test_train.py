@@ -1,5 +1,4 @@
 import json
-import re
 import sys
 
 import pytest
@@ -7,7 +6,7 @@ import torch
 from helpers import compose_config, losses_from_log, run_script, tiny_overrides
 from hydra.errors import MissingConfigException
 
-from seg.config import ConfigError, validate_train
+from seg.config import validate_train
 from seg.engine import losses as losses_module
 from seg.engine.checkpoint import load_checkpoint
 from seg.engine.trainer import TrainingDiverged, train
@@ -20,21 +19,6 @@ def test_default_config_composes_and_validates():
     assert cfg["backbone"]["name"] == "resnet50" and cfg["os"] == 16
     assert cfg["dataset"]["name"] == "synthetic"
     assert cfg["backbone"]["pretrained"] == "none"  # the default run needs no download
-
-
-@pytest.mark.parametrize("override, key", [
-    ("os=12", "os"),
-    ("train.lr=-0.1", "train.lr"),
-    ("train.amp=fp8", "train.amp"),
-    ("backbone.name=resnet9", "backbone.name"),
-    ("train.batch_size=0", "train.batch_size"),
-    ("model.head=unet", "model.head"),
-    ("device=tpu", "device"),
-])
-def test_invalid_values_name_the_key(override, key):
-    cfg = compose_config("train", [override])
-    with pytest.raises(ConfigError, match=rf"^{re.escape(key)} must be"):
-        validate_train(cfg)
 
 
 def test_unknown_backbone_group_lists_options():
