@@ -161,3 +161,31 @@ def test_resume_into_a_read_only_run_folder_is_one_line(config, tmp_path):
         for path in paths:
             path.chmod(modes[path])
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 2
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # a thread's traceback
+@pytest.mark.parametrize("sink", ["metrics.jsonl", "tensorboard"])
+def test_full_disk_while_logging_is_one_line(config, tmp_path, monkeypatch, capfd, sink):
+    """A full disk met by a metrics.jsonl append or by TensorBoard's writer thread (not a save) is one line."""
+    run = tmp_path / "run"
+    train(config(**{"train.iters": 2}), run)
+    last = run / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), *([str(run / "metrics.jsonl")] if sink != "tensorboard"
+                                                                else []))
+
+    if sink == "tensorboard":  # the events file's write, in TensorBoard's background thread
+        monkeypatch.setattr("tensorboard.compat.tensorflow_stub.io.gfile.LocalFileSystem.append", full)
+    else:
+        monkeypatch.setattr(trainer_module.RunFiles, "metrics", full)
+    capfd.readouterr()
+    with pytest.raises(UserError) as raised:
+        train(config(resume=last, **{"train.iters": 4, "train.eval_every": 1, "train.log_every": 1}), run)
+    message = str(raised.value)
+    assert "\n" not in message and "Traceback" not in capfd.readouterr().err
+    where = run / "metrics.jsonl" if sink == "metrics.jsonl" else f"into {run}"
+    assert message.startswith(f"disk full: could not write {where}") and f"resume={last}" in message
+    assert message in (run / "train.log").read_text()
+    assert last.read_bytes() == before

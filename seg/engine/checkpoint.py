@@ -128,16 +128,20 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, config: Mapping, clas
     try:
         atomic_save(state, path)
     except (OSError, RuntimeError) as error:
-        if not _is_disk_full(error):
+        if not is_disk_full(error):
             raise
         previous = f"the previous {path.name} there is intact" if path.exists() else f"no earlier {path.name} exists"
-        last = path.parent / "last.pt"
-        hint = f", then resume={last}" if last.exists() else ""
         raise DiskFullError(f"disk full: could not write {path.name} of iteration {iteration} into {path.parent}; "
-                            f"{previous} (free some space{hint})") from None
+                            f"{previous} ({free_space_hint(path.parent)})") from None
 
 
-def _is_disk_full(error: BaseException) -> bool:
+def free_space_hint(checkpoints: Path) -> str:
+    """What to do after a full disk: free space, then resume from ``last.pt`` where one was saved."""
+    last = Path(checkpoints) / "last.pt"
+    return f"free some space, then resume={last}" if last.exists() else "free some space"
+
+
+def is_disk_full(error: BaseException) -> bool:
     """ENOSPC / EDQUOT anywhere in the chain, or what torch's zip writer says when a write came up short."""
     while error is not None:
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
@@ -33,8 +34,11 @@ from seg.data.folder import write_split_lists
 from seg.data.loader import build_train_loader
 from seg.engine import distributed
 from seg.engine.checkpoint import (
+    DiskFullError,
     all_finite,
     check_resume_config,
+    free_space_hint,
+    is_disk_full,
     load_checkpoint,
     remove_partial_saves,
     restore_rng,
@@ -85,6 +89,15 @@ def train(config: Mapping, run_dir) -> Dict:
         except UserError as error:
             trainer.files.record(error)
             raise
+        except OSError as error:  # metrics.jsonl or TensorBoard (a checkpoint save raises DiskFullError itself)
+            if not is_disk_full(error):
+                raise
+            files = trainer.files
+            full = DiskFullError(
+                f"disk full: could not write {error.filename or f'into {files.run_dir}'}; the checkpoints in "
+                f"{files.checkpoints} are as last saved ({free_space_hint(files.checkpoints)})")
+            trainer.files.record(full)
+            raise full from None
         except RuntimeError as error:
             if not distributed.timed_out(error):
                 raise
@@ -240,33 +253,32 @@ class Trainer:
         window_nonfinite = torch.zeros((), device=device)
         window_start, window_steps = time.perf_counter(), 0
         last_metrics: Optional[Dict] = None
-        bar = tqdm(total=iters, initial=self.start_iter, desc="train", dynamic_ncols=True,
-                   disable=not distributed.is_main())
-        for iteration in range(self.start_iter + 1, stop_at + 1):
-            loss, nonfinite = step(*next(batches))
-            self.scheduler.step()
-            run_nonfinite = (run_nonfinite + nonfinite) * nonfinite
-            worst_run = torch.maximum(worst_run, run_nonfinite)
-            window_nonfinite += nonfinite
-            loss_sum += torch.where(nonfinite > 0, torch.zeros_like(loss_sum), loss)
-            window_steps += 1
-            bar.update(1)
+        with tqdm(total=iters, initial=self.start_iter, desc="train", dynamic_ncols=True,
+                  disable=not distributed.is_main()) as bar:  # closed also when the run stops on an error
+            for iteration in range(self.start_iter + 1, stop_at + 1):
+                loss, nonfinite = step(*next(batches))
+                self.scheduler.step()
+                run_nonfinite = (run_nonfinite + nonfinite) * nonfinite
+                worst_run = torch.maximum(worst_run, run_nonfinite)
+                window_nonfinite += nonfinite
+                loss_sum += torch.where(nonfinite > 0, torch.zeros_like(loss_sum), loss)
+                window_steps += 1
+                bar.update(1)
 
-            last = iteration == stop_at
-            if iteration % t["log_every"] == 0 or last:
-                self._log_window(iteration, loss_sum, window_nonfinite, window_steps, window_start, bar)
-                if int(worst_run) >= t["max_nonfinite"]:
-                    raise TrainingDiverged(
-                        f"{int(worst_run)} consecutive training steps had a non-finite loss (train.max_nonfinite="
-                        f"{t['max_nonfinite']}); stopped at iteration {iteration} without saving, the last "
-                        f"checkpoint in {self.files.checkpoints} is intact: lower train.lr or use train.amp=off")
-                loss_sum.zero_(), window_nonfinite.zero_()
-                window_start, window_steps = time.perf_counter(), 0
-            if (t["eval_every"] and iteration % t["eval_every"] == 0) or iteration == iters:
-                last_metrics = self._validate(iteration)
-            if (t["ckpt_every"] and iteration % t["ckpt_every"] == 0) or last:
-                self._save("last.pt", iteration)
-        bar.close()
+                last = iteration == stop_at
+                if iteration % t["log_every"] == 0 or last:
+                    self._log_window(iteration, loss_sum, window_nonfinite, window_steps, window_start, bar)
+                    if int(worst_run) >= t["max_nonfinite"]:
+                        raise TrainingDiverged(
+                            f"{int(worst_run)} consecutive training steps had a non-finite loss (train.max_nonfinite="
+                            f"{t['max_nonfinite']}); stopped at iteration {iteration} without saving, the last "
+                            f"checkpoint in {self.files.checkpoints} is intact: lower train.lr or use train.amp=off")
+                    loss_sum.zero_(), window_nonfinite.zero_()
+                    window_start, window_steps = time.perf_counter(), 0
+                if (t["eval_every"] and iteration % t["eval_every"] == 0) or iteration == iters:
+                    last_metrics = self._validate(iteration)
+                if (t["ckpt_every"] and iteration % t["ckpt_every"] == 0) or last:
+                    self._save("last.pt", iteration)
         return {"iteration": stop_at, "best_miou": self.best_miou, "last_metrics": last_metrics,
                 "losses": self.loss_history, "nonfinite_steps": self.nonfinite_total}
 
@@ -356,6 +368,13 @@ class RunFiles:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resumed_iteration + 1)
+        self._thread_excepthook, threading.excepthook = threading.excepthook, self._quiet_full_disk
+
+    def _quiet_full_disk(self, args) -> None:
+        """Print no traceback for a full disk in TensorBoard's writer thread: the writer raises the same error
+        at its next call in the training loop, and ``train`` reports it in one line."""
+        if not (isinstance(args.exc_value, OSError) and is_disk_full(args.exc_value)):
+            self._thread_excepthook(args)
 
     def _refuse(self, path) -> None:
         raise RunFolderError(f"cannot write into the run folder {self.run_dir} ({path} is read-only): make it writable "
@@ -421,8 +440,16 @@ class RunFiles:
             self.writer.add_image(tag, image, iteration, dataformats="HWC")
 
     def close(self) -> None:
-        if self.writer:
-            self.writer.close()
-        if self.log_handler is not None:
-            logging.getLogger().removeHandler(self.log_handler)
-            self.log_handler.close()
+        try:
+            if self.writer:
+                self.writer.close()
+        except OSError as error:  # a full disk: the error that ended the run (or its result) matters more
+            if not is_disk_full(error):
+                raise
+            log.warning("TensorBoard's last events were not written (disk full): %s", error)
+        finally:
+            if self.writer:
+                threading.excepthook = self._thread_excepthook
+            if self.log_handler is not None:
+                logging.getLogger().removeHandler(self.log_handler)
+                self.log_handler.close()
