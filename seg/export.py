@@ -14,6 +14,7 @@ contain code: load only files you trust.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from seg.config import EXPORT_FORMATS, crop_hw, to_plain, validate_export
 from seg.data import IMAGENET_MEAN, IMAGENET_STD
 from seg.engine.checkpoint import num_classes_of, palette_of, restore
 from seg.errors import UserError
-from seg.io import METADATA_FILE, load_torchscript, torchscript_is_the_contract
+from seg.io import METADATA_FILE, is_disk_full, load_torchscript, torchscript_is_the_contract
 
 log = logging.getLogger("seg.export")
 
@@ -83,9 +84,21 @@ def _dynamic_shapes():
 
 # -- writers: (module, path, metadata json) -> None ---------------------------------------------------------------
 
+def _through_memory(save: Callable[[io.BytesIO], None], path: Path) -> None:
+    """Run ``save`` into memory, then write the bytes to ``path``.
+
+    torch's zip writer aborts the whole process (``terminate called after throwing an instance of 'c10::Error'``)
+    when the disk fills while it writes to a file name; a write of bytes fails with an ``OSError`` instead.
+    """
+    buffer = io.BytesIO()
+    save(buffer)
+    path.write_bytes(buffer.getbuffer())
+
+
 def _save_torchscript(module: ExportedModel, path: Path, metadata: str) -> None:
     with torchscript_is_the_contract():
-        torch.jit.save(torch.jit.script(module), str(path), _extra_files={METADATA_FILE: metadata})
+        scripted = torch.jit.script(module)
+        _through_memory(lambda f: torch.jit.save(scripted, f, _extra_files={METADATA_FILE: metadata}), path)
 
 
 def _require_dynamic_export(format: str) -> None:
@@ -97,7 +110,7 @@ def _require_dynamic_export(format: str) -> None:
 def _save_program(module: ExportedModel, path: Path, metadata: str) -> None:
     _require_dynamic_export("export")
     program = torch.export.export(module, (_example((97, 129), batch=2),), dynamic_shapes=_dynamic_shapes())
-    torch.export.save(program, str(path), extra_files={METADATA_FILE: metadata})
+    _through_memory(lambda f: torch.export.save(program, f, extra_files={METADATA_FILE: metadata}), path)
 
 
 def _save_onnx(module: ExportedModel, path: Path, metadata: str) -> None:
@@ -201,6 +214,12 @@ def export_model(model: nn.Module, path: Union[str, Path], format: str = "torchs
         exported, _ = LOADERS[format](temporary)
         parity = check_parity(module, exported, check_sizes, rtol, atol)
         os.replace(temporary, path)
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        kept = f"the previous {path.name} there is intact" if path.exists() else f"no {path.name} was written"
+        raise ExportError(f"disk full: could not write the exported model into {path.parent}; {kept} (free some "
+                          "space and export again)") from None
     finally:
         if temporary.exists():
             temporary.unlink()

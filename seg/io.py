@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pickle
@@ -131,6 +132,22 @@ def _corrupt(what: str, path: Path, error: Exception) -> str:
         return f"{path} is a zip archive without data.pkl; the {what} must be a file written by torch.save"
     detail = f"{type(error).__name__}: {reason[:150]}" if reason else type(error).__name__
     return f"cannot read {what} {path}: the file is truncated or corrupt ({detail})"
+
+
+class DiskFullError(UserError, OSError):
+    pass
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """ENOSPC / EDQUOT anywhere in the chain, or what torch's zip writer says when a write came up short."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(error, RuntimeError) and ("unexpected pos" in str(error)
+                                                or "PytorchStreamWriter failed" in str(error)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def atomic_save(obj: Any, path: Union[str, Path]) -> None:

@@ -1,17 +1,23 @@
 import csv
+import errno
 import json
+import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import compose_config, run_script, tiny_checkpoint, tiny_overrides
 from PIL import Image
 
 from seg.data import SYNTHETIC_CLASSES
 from seg.data.voc import voc_palette
-from seg.engine.evaluation import evaluate_checkpoint, evaluation_dataset
+from seg.engine.evaluation import evaluate_checkpoint, evaluation_dataset, write_evaluation
 from seg.engine.predict import predict
 from seg.export import export_checkpoint
+from seg.io import DiskFullError
+from seg.metrics import metrics_from_confusion
 
 TRAIN = {"train.iters": 10, "train.eval_every": 5, "train.ckpt_every": 5, "train.lr": 0.05, "train.log_every": 5}
 
@@ -141,3 +147,21 @@ def test_split_without_labelled_pixels_reports_null(tmp_path, caplog, cfg_eval):
     assert {k: written[k] for k in nulls} == nulls and set(written["per_class_iou"].values()) == {None}
     assert "mIoU -  mDice -  pixel acc -  mean acc -  fwIoU -  (3 images)" in caplog.text
     assert "no labelled pixels in the evaluated images" in caplog.text
+
+
+def test_a_full_disk_while_writing_results_names_the_file_and_removes_it(tmp_path, monkeypatch):
+    matrix = torch.tensor([[5, 1], [2, 7]])
+    metrics = metrics_from_confusion(matrix, ["a", "b"])
+    real_save = Image.Image.save
+
+    def full(image, path, *args, **kwargs):
+        real_save(image, path, *args, **kwargs)
+        Path(path).write_bytes(Path(path).read_bytes()[:100])  # cut short where the disk filled
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    with pytest.raises(DiskFullError) as raised:
+        write_evaluation(tmp_path, metrics, matrix, ["a", "b"])
+    assert str(raised.value).startswith(f"disk full: could not write {tmp_path / 'confusion_matrix.png'}; ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion_matrix.csv", "metrics.json"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["mIoU"] == metrics["mIoU"]

@@ -1,3 +1,4 @@
+import errno
 import importlib
 import json
 import os
@@ -116,6 +117,25 @@ def test_a_mismatch_fails_loudly_and_writes_nothing(model, tmp_path, monkeypatch
     with pytest.raises(ExportError, match=r"differs from the model .* exceeds atol 0\.0001"):
         export_model(model, tmp_path / "model.ts", check_sizes=[[64, 64]])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_file(model, tmp_path, monkeypatch):
+    """The file's bytes are written by Python (torch's own writer aborts the process on a full disk)."""
+    path = tmp_path / "model.ts"
+    path.write_bytes(b"the previous export")
+    real = Path.write_bytes
+
+    def full(self, data):
+        real(self, bytes(data)[:4096])  # the disk fills part way through the file
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(ExportError) as raised:
+        export_model(model, path, check_sizes=[[64, 64]])
+    assert str(raised.value) == (f"disk full: could not write the exported model into {tmp_path}; the previous "
+                                 "model.ts there is intact (free some space and export again)")
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["model.ts"] and path.read_bytes() == b"the previous export"
 
 
 def test_export_script_at_another_output_stride(tmp_path):

@@ -1,9 +1,11 @@
 """Inputs a user really has: errors raised in data-loader workers, phone photos (EXIF orientation), 16-bit
-images, split files with a byte-order mark, predict.py writing next to its input or into a read-only folder,
-and the exported model given uint8 images."""
+images, split files with a byte-order mark, predict.py writing next to its input, into a read-only folder or onto
+a full disk, and the exported model given uint8 images."""
 
+import errno
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,6 +122,31 @@ def test_predict_into_a_read_only_folder(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=rf"^cannot write predictions into {read_only}: Permission denied; choose "
                                         r"a writable output= folder$"):
         predict(config)
+
+
+def test_a_full_disk_during_predict_is_one_line_and_leaves_no_cut_short_file(tmp_path, monkeypatch):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt.pt", tmp_path / "data")
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a", "b", "c"):
+        Image.fromarray(np.full((40, 56, 3), ord(name), dtype=np.uint8)).save(images / f"{name}.png")
+    real_save = Image.Image.save
+
+    def fills_at_b_entropy(image, path, *args, **kwargs):
+        real_save(image, path, *args, **kwargs)
+        if Path(path).parent.name == "entropy" and Path(path).stem == "b":
+            Path(path).write_bytes(b"\x89PNG")  # cut short where the disk filled
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Image.Image, "save", fills_at_b_entropy)
+    output = tmp_path / "out"
+    config = compose_config("predict", [f"ckpt={ckpt}", f"input={images}", f"output={output}", "probs=true"])
+    with pytest.raises(UserError) as raised:
+        predict(config)
+    assert str(raised.value) == (f"cannot write predictions into {output}: No space left on device (the outputs of b "
+                                 "were removed); free some space or choose another output= folder")
+    written = sorted(str(p.relative_to(output)) for p in output.rglob("*") if p.is_file())
+    assert written == ["confidence/a.png", "entropy/a.png", "labels/a.png", "overlays/a.jpg"]
 
 
 def test_exported_model_refuses_integer_images(tmp_path):

@@ -5,7 +5,6 @@ A checkpoint holds plain tensors and Python data only (``weights_only=True`` loa
 
 from __future__ import annotations
 
-import errno
 import logging
 import random
 from pathlib import Path
@@ -18,7 +17,7 @@ from seg.config import model_kwargs
 from seg.data.voc import voc_palette
 from seg.engine.device import unwrap, versions
 from seg.errors import UserError
-from seg.io import atomic_save, describe, is_torchscript, safe_load
+from seg.io import DiskFullError, atomic_save, describe, is_disk_full, is_torchscript, safe_load
 from seg.models import DeepLabV3, build_model
 
 log = logging.getLogger(__name__)
@@ -38,10 +37,6 @@ PLAIN_TYPES = (type(None), bool, int, float, str)
 
 
 class CheckpointError(UserError, ValueError):
-    pass
-
-
-class DiskFullError(UserError, OSError):
     pass
 
 
@@ -139,18 +134,6 @@ def free_space_hint(checkpoints: Path) -> str:
     """What to do after a full disk: free space, then resume from ``last.pt`` where one was saved."""
     last = Path(checkpoints) / "last.pt"
     return f"free some space, then resume={last}" if last.exists() else "free some space"
-
-
-def is_disk_full(error: BaseException) -> bool:
-    """ENOSPC / EDQUOT anywhere in the chain, or what torch's zip writer says when a write came up short."""
-    while error is not None:
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if isinstance(error, RuntimeError) and ("unexpected pos" in str(error)
-                                                or "PytorchStreamWriter failed" in str(error)):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
 
 
 def remove_partial_saves(folder: Path) -> None:

@@ -37,6 +37,7 @@ from seg.engine import distributed
 from seg.engine.checkpoint import CheckpointError, load_trained, model_from_checkpoint, num_classes_of
 from seg.engine.device import autocast, place, resolve_amp, resolve_device, size_cpu_threads
 from seg.engine.inference import default_stride, segment
+from seg.io import DiskFullError, is_disk_full
 from seg.metrics import confusion_matrix, metrics_from_confusion
 
 log = logging.getLogger("seg.evaluate")
@@ -163,8 +164,8 @@ def _evaluate(cfg: Dict, run_dir: Path, device) -> Dict:
                                batch_size=cfg["batch_size"], num_workers=cfg["num_workers"], amp_dtype=amp_dtype,
                                progress=True, exclude=exclude)
     if distributed.is_main():
+        log.info("\n%s", metrics_table(metrics, matrix))  # first: a full disk must not cost the results
         paths = write_evaluation(run_dir, metrics, matrix, dataset.class_names)
-        log.info("\n%s", metrics_table(metrics, matrix))
         log.info("wrote %s, %s, %s", *paths.values())
     return metrics
 
@@ -180,17 +181,32 @@ def _describe(options: Mapping) -> str:
 # -- what evaluate.py writes -------------------------------------------------------------------------------
 
 def write_evaluation(run_dir: Path, metrics: Mapping, matrix: torch.Tensor, class_names: Sequence[str]) -> Dict:
-    """Write ``metrics.json``, ``confusion_matrix.csv`` and ``confusion_matrix.png``; return their paths."""
+    """Write ``metrics.json``, ``confusion_matrix.csv`` and ``confusion_matrix.png``; return their paths.
+
+    A full disk removes the file it cut short and is a ``DiskFullError`` naming it.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     paths = {"metrics": run_dir / "metrics.json", "csv": run_dir / "confusion_matrix.csv",
              "png": run_dir / "confusion_matrix.png"}
-    paths["metrics"].write_text(json.dumps(dict(metrics), indent=2) + "\n")
-    with paths["csv"].open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["label \\ prediction", *class_names])
-        for name, row in zip(class_names, matrix.tolist()):
-            writer.writerow([name, *row])
-    confusion_heatmap(matrix, class_names).save(paths["png"])
+
+    def write_csv(path: Path) -> None:
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["label \\ prediction", *class_names])
+            for name, row in zip(class_names, matrix.tolist()):
+                writer.writerow([name, *row])
+
+    writers = {"metrics": lambda path: path.write_text(json.dumps(dict(metrics), indent=2) + "\n"),
+               "csv": write_csv, "png": lambda path: confusion_heatmap(matrix, class_names).save(path)}
+    for key, write in writers.items():
+        try:
+            write(paths[key])
+        except OSError as error:
+            if not is_disk_full(error):
+                raise
+            paths[key].unlink(missing_ok=True)
+            raise DiskFullError(f"disk full: could not write {paths[key]}; the metrics are in the table above (free "
+                                "some space and evaluate again)") from None
     return paths
 
 

@@ -39,7 +39,7 @@ from seg.engine.device import autocast, place, resolve_amp, resolve_device
 from seg.engine.inference import segment
 from seg.engine.video import VIDEO_SUFFIXES, is_video, overlay_video
 from seg.errors import MissingFileError, UserError
-from seg.io import check_writable, is_torchscript, load_torchscript
+from seg.io import check_writable, is_disk_full, is_torchscript, load_torchscript
 from seg.visualize import overlay
 
 log = logging.getLogger("seg.predict")
@@ -149,16 +149,28 @@ class Writer:
         overlays."""
         probs = self.probabilities(image[None])[0]
         summary = summarise(probs, maps=self.probs)
-        if label_ids is not None:
-            submission.save_label_ids(summary.labels, self.output / "cityscapes" / label_ids)
-        else:
-            save_prediction(summary.labels, image, self.loaded.palette, self.output / "labels" / f"{relative}.png",
-                            self.output / "overlays" / f"{relative}.jpg")
-        if self.probs:
-            save_map(summary.confidence, self.output / "confidence" / f"{relative}.png")
-            save_map(summary.entropy, self.output / "entropy" / f"{relative}.png")
-        if self.probs_npy:
-            save_probabilities(probs, self.output / "probs" / f"{relative}.npy")
+        started: List[Path] = []
+
+        def target(path: Path) -> Path:
+            started.append(path)
+            return path
+
+        try:
+            if label_ids is not None:
+                submission.save_label_ids(summary.labels, target(self.output / "cityscapes" / label_ids))
+            else:
+                save_prediction(summary.labels, image, self.loaded.palette,
+                                target(self.output / "labels" / f"{relative}.png"),
+                                target(self.output / "overlays" / f"{relative}.jpg"))
+            if self.probs:
+                save_map(summary.confidence, target(self.output / "confidence" / f"{relative}.png"))
+                save_map(summary.entropy, target(self.output / "entropy" / f"{relative}.png"))
+            if self.probs_npy:
+                save_probabilities(probs, target(self.output / "probs" / f"{relative}.npy"))
+        except OSError as error:  # a full disk or a folder turned read-only: no cut-short file is left
+            for path in started:
+                path.unlink(missing_ok=True)
+            raise cannot_write(self.output, error, f"the outputs of {relative} were removed") from None
 
 
 def submission_targets(files: List[Path], relatives: List[Path], num_classes: int) -> Dict[Path, Path]:
@@ -179,9 +191,12 @@ def read_or_report(path: Path, max_pixels: Optional[int]) -> Optional[np.ndarray
         return None
 
 
-def cannot_write(output: Path, error: OSError) -> UserError:
+def cannot_write(output: Path, error: OSError, detail: str = "") -> UserError:
     reason = error.strerror or type(error).__name__
-    return UserError(f"cannot write predictions into {output}: {reason}; choose a writable output= folder")
+    if detail:
+        reason += f" ({detail})"
+    remedy = "free some space or choose another" if is_disk_full(error) else "choose a writable"
+    return UserError(f"cannot write predictions into {output}: {reason}; {remedy} output= folder")
 
 
 def predict(config: Mapping) -> Dict:

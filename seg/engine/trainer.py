@@ -34,11 +34,9 @@ from seg.data.folder import write_split_lists
 from seg.data.loader import build_train_loader
 from seg.engine import distributed
 from seg.engine.checkpoint import (
-    DiskFullError,
     all_finite,
     check_resume_config,
     free_space_hint,
-    is_disk_full,
     load_checkpoint,
     remove_partial_saves,
     restore_rng,
@@ -53,6 +51,7 @@ from seg.engine.optim import build_optimizer, resume_optimizer
 from seg.engine.sampler import ResumableSampler
 from seg.engine.step import TrainStep
 from seg.errors import UserError, record_in_log_files
+from seg.io import DiskFullError, is_disk_full
 from seg.models import build_model, load_weights
 from seg.models.backbone import fetch_imagenet_weights
 from seg.visualize import overlay
