@@ -32,21 +32,28 @@ def resolve_amp(amp: str, device_type: str, key: str = "train.amp") -> Optional[
     return {"fp16": torch.float16, "bf16": torch.bfloat16, "off": None}[amp]
 
 
-def size_cpu_threads(num_workers: int) -> int:
-    """Give torch's intra-op threads the cores this process may use less one per data-loader worker (at least 1);
-    returns the number of threads. ``OMP_NUM_THREADS``, when set (torchrun sets it to 1 for several processes
-    per node), is left as it is.
+def openmp_threads_sleep() -> bool:
+    """Whether torch's OpenMP threads sleep while they wait (``OMP_WAIT_POLICY=passive``, which ``seg`` sets when
+    it is imported before torch) rather than spin."""
+    return os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive"
 
-    torch starts one intra-op thread per core whatever else runs, and its OpenMP threads spin at the barrier after
-    every operation: when a worker or another job takes a core, the thread left waiting burns the other one.
-    On 2 cores next to one busy process, training ran 2.2x slower with two threads and 1.7x with one, which was
-    also 4-5x faster in absolute terms under the machine's background load (docs/benchmarks.md). The workers run
-    one torch thread (torch's default there) and no OpenCV threads (``seg.data.worker_init_fn``).
+
+def size_cpu_threads(num_workers: int) -> int:
+    """Give torch's intra-op threads the cores this process may use (``os.sched_getaffinity``; torch's own default
+    counts the machine's cores, also in a container limited to fewer); returns the number of threads.
+    ``OMP_NUM_THREADS``, when set (torchrun sets it to 1 for several processes per node), is left as it is.
+
+    With OpenMP threads that spin while they wait (torch imported before ``seg`` without ``OMP_WAIT_POLICY``), a
+    thread whose core a data-loader worker or another job takes burns the other cores at every barrier, so each
+    worker takes one core off (at least 1 thread). Measured on 2 cores, ResNet-50 (docs/benchmarks.md): sleeping
+    threads on both cores train at 10.7 images/s idle and 6.0 next to a busy process; spinning ones at 11.7 and
+    3.7; one thread at 6.8 and 6.5. The workers run one torch thread and no OpenCV threads
+    (``seg.data.worker_init_fn``).
     """
     if os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores - num_workers)
+    threads = cores if openmp_threads_sleep() else max(1, cores - num_workers)
     torch.set_num_threads(threads)
     return threads
 

@@ -44,7 +44,7 @@ from seg.engine.checkpoint import (
     reuse_recorded,
     save_checkpoint,
 )
-from seg.engine.device import place, resolve_amp, resolve_device, size_cpu_threads, unwrap
+from seg.engine.device import openmp_threads_sleep, place, resolve_amp, resolve_device, size_cpu_threads, unwrap
 from seg.engine.evaluation import evaluate
 from seg.engine.losses import make_loss
 from seg.engine.optim import build_optimizer, resume_optimizer
@@ -154,7 +154,8 @@ class Trainer:
             log.info("split (recorded in the checkpoints' dataset.splits): %s", ", ".join(
                 f"{split} {len(stems)} images" for split, stems in cfg["dataset"]["splits"].items()))
             log.info("wrote %s", ", ".join(str(path) for path in paths))
-        log.info("cpu: %d torch threads, %d data-loader workers", torch.get_num_threads(), self.t["num_workers"])
+        log.info("cpu: %d torch threads (OpenMP threads %s while waiting), %d data-loader workers",
+                 torch.get_num_threads(), "sleep" if openmp_threads_sleep() else "spin", self.t["num_workers"])
         self.model = self._model(resume_state)
         self.optimizer, self.scheduler, self.scaler = build_optimizer(self.model, self.t, self.amp_dtype,
                                                                       device_type)
