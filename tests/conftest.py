@@ -7,6 +7,9 @@ states only what it changes. The synthetic images are generated once per test se
 
 from __future__ import annotations
 
+import seg  # noqa: F401  before torch, as in the scripts: the same OpenMP wait policy, so the same thread count
+
+# isort: split
 import pytest
 from helpers import compose_config, tiny_overrides
 
