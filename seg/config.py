@@ -1,7 +1,7 @@
 """The one boundary between configuration (Hydra / OmegaConf or a plain dict) and the library.
 
 Everything below takes plain arguments. This module checks every key of every command's configuration before
-any work starts (train, evaluate, predict, export; the benchmark adds its own keys on top of ``validate_model``),
+any work starts (train, evaluate, predict, export; the benchmark adds its own keys on top of ``validate_train``),
 naming the key and the allowed values on error, and turns configurations into keyword arguments for
 ``build_model``, ``build_dataset`` and ``segment``. Each rule is checked here once.
 """
@@ -284,11 +284,6 @@ def check_output_stride(value, key: str = "os", optional: bool = False) -> None:
     """One of the output strides; with ``optional``, ``null`` too (evaluate/predict/export: as trained)."""
     if not (optional and value is None):
         in_config_terms(_check_output_stride, value, keys={"output_stride": key})
-
-
-def validate_model(cfg: MutableMapping) -> None:
-    conform(cfg, ModelConfig)
-    _check_model(cfg)
 
 
 def _check_model(cfg: Mapping) -> None:

@@ -276,4 +276,5 @@ def test_make_example_folder_script(tmp_path):
     with pytest.raises(DatasetError, match=re.escape(f"{out / 'images'} exists already")):
         write_folder_example(out)
     write_folder_example(tmp_path / "index", num_images=2, image_size=32, masks="index")
-    assert len(folder(tmp_path / "index", "all", num_classes=6)) == 2
+    indexed = folder(tmp_path / "index", "all", num_classes=6)
+    assert len(indexed) == 2 and all(0 < indexed[i][1].max() < 6 for i in range(2))  # shapes drawn as class indices

@@ -68,5 +68,5 @@ def test_kinds_honour_weights_and_ignore():
         assert torch.isfinite(loss) and loss > 0, kind
         (grad,) = torch.autograd.grad(loss, logits)
         assert grad[:, :, :2].abs().max() == 0, kind  # ignored pixels get no gradient
-    with pytest.raises(ValueError, match="kind must be ce, bootstrap, dice, ce\\+dice or focal, got 'lovasz'"):
+    with pytest.raises(ValueError, match="kind must be one of ce, bootstrap, dice, ce\\+dice, focal, got 'lovasz'"):
         segmentation_loss(logits, labels, "lovasz")

@@ -149,7 +149,8 @@ def cached_statistics(dataset: SegmentationDataset, cache: Union[str, Path, None
         temporary = path.with_suffix(f".tmp-{os.getpid()}")
         temporary.write_text(json.dumps(stats.to_json()) + "\n")
         os.replace(temporary, path)
-    except OSError as error:  # a read-only cache only costs the next run the same scan
+    except OSError as error:  # a read-only cache or a full disk only costs the next run the same scan
+        temporary.unlink(missing_ok=True)
         log.warning("could not cache class statistics in %s: %s", folder, error)
     return stats
 

@@ -68,10 +68,15 @@ def save_map(values: np.ndarray, path: Path) -> None:
 
 
 def save_probabilities(probabilities: torch.Tensor, path: Path) -> None:
-    """``probabilities [C, H, W]`` as a float16 ``.npy`` (``np.load`` reads it), written band by band."""
+    """``probabilities [C, H, W]`` as a float16 ``.npy`` (``np.load`` reads it), written class by class, band by
+    band. Plain writes, not a memory map: a full disk under a memory map kills the process with SIGBUS, a write
+    raises ``OSError``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=tuple(probabilities.shape))
-    for top, bottom in _bands(probabilities):
-        array[:, top:bottom] = probabilities[:, top:bottom].to(torch.float16).cpu().numpy()
-    array.flush()
-    del array
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
+              "shape": tuple(probabilities.shape)}
+    bands = _bands(probabilities)
+    with path.open("wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+        for plane in probabilities:
+            for top, bottom in bands:
+                handle.write(plane[top:bottom].to(torch.float16).cpu().numpy().tobytes())

@@ -11,6 +11,8 @@ from typing import Callable, Mapping, Optional
 import torch
 import torch.nn.functional as F
 
+from seg.config import LOSSES
+
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str = "ce", ignore_index: int = 255,
                       bootstrap_fraction: float = 0.25, class_weights: Optional[torch.Tensor] = None,
@@ -34,7 +36,7 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str = "c
                 + dice_loss(logits, labels, ignore_index, class_weights))
     if kind == "focal":
         return focal_loss(logits, labels, ignore_index, class_weights, focal_gamma)
-    raise ValueError(f"kind must be ce, bootstrap, dice, ce+dice or focal, got {kind!r}")
+    raise ValueError(f"kind must be one of {', '.join(LOSSES)}, got {kind!r}")
 
 
 def bootstrapped_ce(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255, fraction: float = 0.25,
