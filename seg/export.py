@@ -17,7 +17,6 @@ import copy
 import io
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -29,7 +28,7 @@ from seg.config import EXPORT_FORMATS, crop_hw, to_plain, validate_export
 from seg.data import IMAGENET_MEAN, IMAGENET_STD
 from seg.engine.checkpoint import num_classes_of, palette_of, restore
 from seg.errors import UserError
-from seg.io import METADATA_FILE, is_disk_full, load_torchscript, torchscript_is_the_contract
+from seg.io import METADATA_FILE, load_torchscript, replacing, torchscript_is_the_contract
 
 log = logging.getLogger("seg.export")
 
@@ -202,27 +201,15 @@ def export_model(model: nn.Module, path: Union[str, Path], format: str = "torchs
     Returns ``{"path", "format", "parity": check_parity's results}``. On a mismatch the file is not written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     module = ExportedModel(model).cpu().eval()
     info = {"format": format, "input": INPUT, "output": OUTPUT, "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD), "seg_version": __version__, **dict(metadata or {})}
     if format == "onnx":
         info["onnx_opset"] = ONNX_OPSET
-    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
+    with replacing(path, hint="free some space and export again") as temporary:  # only a checked file lands
         WRITERS[format](module, temporary, json.dumps(info))
         exported, _ = LOADERS[format](temporary)
         parity = check_parity(module, exported, check_sizes, rtol, atol)
-        os.replace(temporary, path)
-    except OSError as error:
-        if not is_disk_full(error):
-            raise
-        kept = f"the previous {path.name} there is intact" if path.exists() else f"no {path.name} was written"
-        raise ExportError(f"disk full: could not write the exported model into {path.parent}; {kept} (free some "
-                          "space and export again)") from None
-    finally:
-        if temporary.exists():
-            temporary.unlink()
     return {"path": str(path), "format": format, "parity": parity}
 
 

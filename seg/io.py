@@ -12,7 +12,7 @@ import tempfile
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Mapping, Tuple, Union
+from typing import Any, Dict, Iterator, Mapping, Tuple, Union
 
 import torch
 
@@ -150,30 +150,40 @@ def is_disk_full(error: BaseException) -> bool:
     return False
 
 
-def atomic_save(obj: Any, path: Union[str, Path]) -> None:
-    """Write ``obj`` with ``torch.save`` so that ``path`` is always either the old file or the new one.
-
-    The data goes to a temporary file in the same folder, is flushed and fsynced, then renamed over ``path``
-    (atomic on POSIX); a failure midway removes the temporary file and leaves ``path`` untouched.
+@contextlib.contextmanager
+def replacing(path: Union[str, Path], hint: str = "free some space") -> Iterator[Path]:
+    """Write a file under a temporary name next to ``path`` (same suffix: PIL, OpenCV and zipfile go by it), then
+    rename it over ``path``. On any failure the temporary file is removed and ``path`` is left as it was; a full
+    disk becomes a one-line ``DiskFullError`` naming ``path`` and ending in ``hint``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
+        yield temporary
+        os.replace(temporary, path)
+    except (OSError, RuntimeError) as error:  # RuntimeError: torch's zip writer when a write came up short
+        if isinstance(error, DiskFullError) or not is_disk_full(error):
+            raise
+        kept = f"the previous {path.name} there is intact" if path.exists() else f"no earlier {path.name} exists"
+        raise DiskFullError(f"disk full: could not write {path}; {kept} ({hint})") from None
     finally:
-        os.close(dir_fd)
+        temporary.unlink(missing_ok=True)
+
+
+def atomic_save(obj: Any, path: Union[str, Path], hint: str = "free some space") -> None:
+    """Write ``obj`` with ``torch.save`` so that ``path`` is always either the old file or the new one
+    (``replacing``), and on disk (the file and its folder fsynced) before it counts."""
+    path = Path(path)
+    with replacing(path, hint) as temporary, open(temporary, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def check_writable(folder: Union[str, Path]) -> None:

@@ -16,6 +16,7 @@ import seg
 from seg import export as export_module
 from seg.engine.checkpoint import restore
 from seg.export import ExportedModel, ExportError, export_checkpoint, export_model, load_torchscript
+from seg.io import DiskFullError
 from seg.models import build_model
 
 SIZES = [[64, 64], [48, 80], [65, 97]]  # square, non-square, odd
@@ -130,10 +131,10 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_file(model, tmp_path, mo
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
 
     monkeypatch.setattr(Path, "write_bytes", full)
-    with pytest.raises(ExportError) as raised:
+    with pytest.raises(DiskFullError) as raised:
         export_model(model, path, check_sizes=[[64, 64]])
-    assert str(raised.value) == (f"disk full: could not write the exported model into {tmp_path}; the previous "
-                                 "model.ts there is intact (free some space and export again)")
+    assert str(raised.value) == (f"disk full: could not write {path}; the previous model.ts there is intact (free "
+                                 "some space and export again)")
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir()] == ["model.ts"] and path.read_bytes() == b"the previous export"
 

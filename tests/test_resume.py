@@ -2,9 +2,12 @@
 
 import errno
 import json
+import logging
 import os
 import re
 import stat
+import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,7 +92,7 @@ def test_leftover_temporary_checkpoints_are_removed(config, tmp_path, caplog):
     run = tmp_path / "run"
     train(config(**{"train.iters": 2}), run)
     checkpoints = run / "checkpoints"
-    leftovers = [checkpoints / ".last.pt.k3j_x9.tmp", checkpoints / ".best.pt.0aa1b2.tmp"]
+    leftovers = [checkpoints / ".last.tmp.pt", checkpoints / ".best.tmp.pt"]
     for path in leftovers:
         path.write_bytes(b"PK\x03\x04 half a zip")  # what a kill during atomic_save leaves
     keep = checkpoints / "notes.tmp"
@@ -98,10 +101,6 @@ def test_leftover_temporary_checkpoints_are_removed(config, tmp_path, caplog):
     train(config(resume=checkpoints / "last.pt", **{"train.iters": 3}), run)
     assert not any(path.exists() for path in leftovers) and keep.exists()
     assert "removed 2 temporary files of interrupted checkpoint saves" in caplog.text
-    # and before every save: a leftover that appears during a run is gone after the next save
-    (checkpoints / ".last.pt.zz.tmp").write_bytes(b"")
-    train(config(resume=checkpoints / "last.pt", **{"train.iters": 4}), run)
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.pt", "last.pt", "notes.tmp"]
 
 
 def test_full_disk_keeps_the_previous_checkpoint(config, tmp_path, monkeypatch):
@@ -109,7 +108,7 @@ def test_full_disk_keeps_the_previous_checkpoint(config, tmp_path, monkeypatch):
     train(config(**{"train.iters": 2}), run)
     last = run / "checkpoints" / "last.pt"
     before = last.read_bytes()
-    real_fdopen = os.fdopen
+    real_open = open
 
     class FullDisk:
         """A file whose writes fail with ENOSPC after 64 kB, as on a disk that fills up during the save."""
@@ -132,7 +131,7 @@ def test_full_disk_keeps_the_previous_checkpoint(config, tmp_path, monkeypatch):
         def __exit__(self, *exc):
             self.handle.close()
 
-    monkeypatch.setattr("seg.io.os.fdopen", lambda *args, **kwargs: FullDisk(real_fdopen(*args, **kwargs)))
+    monkeypatch.setattr("seg.io.open", lambda *args, **kwargs: FullDisk(real_open(*args, **kwargs)), raising=False)
     with pytest.raises(UserError) as raised:
         train(config(resume=last, **{"train.iters": 4}), run)
     message = str(raised.value)
@@ -172,20 +171,29 @@ def test_full_disk_while_logging_is_one_line(config, tmp_path, monkeypatch, capf
     last = run / "checkpoints" / "last.pt"
     before = last.read_bytes()
 
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), *([str(run / "metrics.jsonl")] if sink != "tensorboard"
-                                                                else []))
+    def full(*args, **kwargs):  # TensorBoard's events file: its write fails, in TensorBoard's own thread
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    if sink == "tensorboard":  # the events file's write, in TensorBoard's background thread
+    if sink == "tensorboard":
         monkeypatch.setattr("tensorboard.compat.tensorflow_stub.io.gfile.LocalFileSystem.append", full)
-    else:
-        monkeypatch.setattr(trainer_module.RunFiles, "metrics", full)
+    else:  # metrics.jsonl really written, onto a device that is always full (its ENOSPC names no file)
+        real_open = Path.open
+        monkeypatch.setattr(Path, "open", lambda self, *args, **kwargs: real_open(
+            Path("/dev/full") if self.name == "metrics.jsonl" and args[:1] == ("a",) else self, *args, **kwargs))
     capfd.readouterr()
     with pytest.raises(UserError) as raised:
         train(config(resume=last, **{"train.iters": 4, "train.eval_every": 1, "train.log_every": 1}), run)
     message = str(raised.value)
     assert "\n" not in message and "Traceback" not in capfd.readouterr().err
-    where = run / "metrics.jsonl" if sink == "metrics.jsonl" else f"into {run}"
+    where = run / "metrics.jsonl" if sink == "metrics.jsonl" else run / "tensorboard"
     assert message.startswith(f"disk full: could not write {where}") and f"resume={last}" in message
     assert message in (run / "train.log").read_text()
     assert last.read_bytes() == before
+
+
+def test_a_setup_error_after_the_run_files_leaves_no_log_handler_or_thread_hook(config, tmp_path):
+    handlers, hook = list(logging.getLogger().handlers), threading.excepthook
+    with pytest.raises(UserError, match="missing.pt") as raised:  # model.weights is read after the run files open
+        train(config(**{"model.weights": str(tmp_path / "missing.pt")}), tmp_path / "run")
+    assert logging.getLogger().handlers == handlers and threading.excepthook is hook
+    assert str(raised.value) in (tmp_path / "run" / "train.log").read_text()

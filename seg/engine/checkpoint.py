@@ -17,7 +17,7 @@ from seg.config import model_kwargs
 from seg.data.voc import voc_palette
 from seg.engine.device import unwrap, versions
 from seg.errors import UserError
-from seg.io import DiskFullError, atomic_save, describe, is_disk_full, is_torchscript, safe_load
+from seg.io import atomic_save, describe, is_torchscript, safe_load
 from seg.models import DeepLabV3, build_model
 
 log = logging.getLogger(__name__)
@@ -119,15 +119,7 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, config: Mapping, clas
     if problems:  # a bug, not a user mistake: fail before writing a file that an older torch could not resume
         raise TypeError(f"refusing to write {path}: {', '.join(problems[:3])} is not loadable by every supported "
                         f"torch (allowed: tensors of {sorted(str(d) for d in PORTABLE_DTYPES)} and plain Python)")
-    remove_partial_saves(path.parent)
-    try:
-        atomic_save(state, path)
-    except (OSError, RuntimeError) as error:
-        if not is_disk_full(error):
-            raise
-        previous = f"the previous {path.name} there is intact" if path.exists() else f"no earlier {path.name} exists"
-        raise DiskFullError(f"disk full: could not write {path.name} of iteration {iteration} into {path.parent}; "
-                            f"{previous} ({free_space_hint(path.parent)})") from None
+    atomic_save(state, path, hint=free_space_hint(path.parent))
 
 
 def free_space_hint(checkpoints: Path) -> str:
@@ -137,9 +129,9 @@ def free_space_hint(checkpoints: Path) -> str:
 
 
 def remove_partial_saves(folder: Path) -> None:
-    """Delete the temporary files of checkpoint saves that were killed midway (``.last.pt.<random>.tmp``, named by
-    ``seg.io.atomic_save``): never a complete checkpoint, up to a checkpoint's size each."""
-    leftovers = sorted(Path(folder).glob(".*.pt.*.tmp"))
+    """Delete the temporary files of checkpoint saves that were killed midway (``.last.tmp.pt``, named by
+    ``seg.io.replacing``): never a complete checkpoint, up to a checkpoint's size each."""
+    leftovers = sorted(Path(folder).glob(".*.tmp.pt"))
     for leftover in leftovers:
         leftover.unlink(missing_ok=True)
     if leftovers:

@@ -37,7 +37,7 @@ from seg.engine import distributed
 from seg.engine.checkpoint import CheckpointError, load_trained, model_from_checkpoint, num_classes_of
 from seg.engine.device import autocast, place, resolve_amp, resolve_device, size_cpu_threads
 from seg.engine.inference import default_stride, segment
-from seg.io import DiskFullError, is_disk_full
+from seg.io import replacing
 from seg.metrics import confusion_matrix, metrics_from_confusion
 
 log = logging.getLogger("seg.evaluate")
@@ -183,30 +183,21 @@ def _describe(options: Mapping) -> str:
 def write_evaluation(run_dir: Path, metrics: Mapping, matrix: torch.Tensor, class_names: Sequence[str]) -> Dict:
     """Write ``metrics.json``, ``confusion_matrix.csv`` and ``confusion_matrix.png``; return their paths.
 
-    A full disk removes the file it cut short and is a ``DiskFullError`` naming it.
+    Each file is written under a temporary name and renamed when complete; a full disk is a ``DiskFullError``
+    naming the file.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
     paths = {"metrics": run_dir / "metrics.json", "csv": run_dir / "confusion_matrix.csv",
              "png": run_dir / "confusion_matrix.png"}
-
-    def write_csv(path: Path) -> None:
-        with path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["label \\ prediction", *class_names])
-            for name, row in zip(class_names, matrix.tolist()):
-                writer.writerow([name, *row])
-
-    writers = {"metrics": lambda path: path.write_text(json.dumps(dict(metrics), indent=2) + "\n"),
-               "csv": write_csv, "png": lambda path: confusion_heatmap(matrix, class_names).save(path)}
-    for key, write in writers.items():
-        try:
-            write(paths[key])
-        except OSError as error:
-            if not is_disk_full(error):
-                raise
-            paths[key].unlink(missing_ok=True)
-            raise DiskFullError(f"disk full: could not write {paths[key]}; the metrics are in the table above (free "
-                                "some space and evaluate again)") from None
+    hint = "the metrics are in the table above; free some space and evaluate again"
+    with replacing(paths["metrics"], hint) as temporary:
+        temporary.write_text(json.dumps(dict(metrics), indent=2) + "\n")
+    with replacing(paths["csv"], hint) as temporary, temporary.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["label \\ prediction", *class_names])
+        for name, row in zip(class_names, matrix.tolist()):
+            writer.writerow([name, *row])
+    with replacing(paths["png"], hint) as temporary:
+        confusion_heatmap(matrix, class_names).save(temporary)
     return paths
 
 

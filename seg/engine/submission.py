@@ -10,7 +10,6 @@ under ``input`` kept, and the files of the run are packed into one zip.
 
 from __future__ import annotations
 
-import os
 import re
 import zipfile
 from pathlib import Path
@@ -21,6 +20,7 @@ from PIL import Image
 
 from seg.data.cityscapes import CITYSCAPES_CLASSES, train_ids_to_label_ids
 from seg.errors import UserError
+from seg.io import replacing
 
 NUM_CLASSES = len(CITYSCAPES_CLASSES)
 IMAGE_NAME = re.compile(r"^(?P<core>[^_]+_\d{6}_\d{6})_leftImg8bit$")
@@ -65,12 +65,7 @@ def save_label_ids(train_ids: np.ndarray, path: Path) -> None:
 
 def pack(folder: Path, relatives: Sequence[Path], target: Path) -> Path:
     """Zip ``folder / relative`` for each relative path, stored under the relative path; written atomically."""
-    temporary = target.with_name(f".{target.name}.tmp")
-    try:
-        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED) as archive:  # PNGs: compressed already
-            for relative in relatives:
-                archive.write(folder / relative, relative.as_posix())
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with replacing(target) as temporary, zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED) as archive:
+        for relative in relatives:  # stored: PNGs are compressed already
+            archive.write(folder / relative, relative.as_posix())
     return target

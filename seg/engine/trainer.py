@@ -88,13 +88,10 @@ def train(config: Mapping, run_dir) -> Dict:
         except UserError as error:
             trainer.files.record(error)
             raise
-        except OSError as error:  # metrics.jsonl or TensorBoard (a checkpoint save raises DiskFullError itself)
+        except OSError as error:  # TensorBoard's events (saves and metrics.jsonl raise DiskFullError themselves)
             if not is_disk_full(error):
                 raise
-            files = trainer.files
-            full = DiskFullError(
-                f"disk full: could not write {error.filename or f'into {files.run_dir}'}; the checkpoints in "
-                f"{files.checkpoints} are as last saved ({free_space_hint(files.checkpoints)})")
+            full = trainer.files.disk_full(trainer.files.run_dir / "tensorboard")
             trainer.files.record(full)
             raise full from None
         except RuntimeError as error:
@@ -145,6 +142,17 @@ class Trainer:
             check_resume_config(resume_state["config"], cfg, cfg["resume"])
         self.start_iter = resume_state["iteration"] if resume_state else 0
         self.files = RunFiles(run_dir, distributed.is_main(), self.start_iter)
+        try:
+            self._prepare(run_dir, device_type, seed, resume_state)
+        except BaseException as error:  # the run's log handler and thread hook go with the run
+            if isinstance(error, UserError):
+                self.files.record(error)
+            self.files.close()
+            raise
+
+    def _prepare(self, run_dir: Path, device_type: str, seed: int, resume_state: Optional[Mapping]) -> None:
+        """What follows the run files: model, optimizer, resumed state, sampler."""
+        cfg = self.cfg
         if resume_state:
             log.info("resuming %s at iteration %d", cfg["resume"], self.start_iter)
             for line in resume_changes(resume_state["config"], cfg, self.start_iter):
@@ -432,8 +440,17 @@ class RunFiles:
 
     def metrics(self, record: Mapping) -> None:
         if self.enabled:
-            with self.metrics_path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            try:
+                with self.metrics_path.open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+            except OSError as error:  # a write's ENOSPC names no file: name it here
+                if not is_disk_full(error):
+                    raise
+                raise self.disk_full(self.metrics_path) from None
+
+    def disk_full(self, path: Path) -> DiskFullError:
+        return DiskFullError(f"disk full: could not write {path}; the checkpoints in {self.checkpoints} are as last "
+                             f"saved ({free_space_hint(self.checkpoints)})")
 
     def images(self, tag: str, image: np.ndarray, iteration: int) -> None:
         if self.writer:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List
 
@@ -18,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from seg.errors import UserError
+from seg.io import replacing
 from seg.visualize import overlay
 
 log = logging.getLogger("seg.predict")
@@ -49,6 +49,17 @@ def _batches(capture: cv2.VideoCapture, batch_size: int) -> Iterator[np.ndarray]
         yield np.stack(batch)
 
 
+def _check_written(path: Path, frames: int, target: Path) -> None:
+    """OpenCV's writer does not report a failed write (a full disk only prints "Failed to write frame"): count
+    the frames of the file it wrote."""
+    capture = cv2.VideoCapture(str(path))
+    written = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+    capture.release()
+    if written != frames:
+        raise VideoError(f"cannot write video {target}: {written} of {frames} frames reached the file (a full "
+                         "disk?); nothing was written there")
+
+
 def overlay_video(source: Path, target: Path, label_frames: Callable[[np.ndarray], np.ndarray], palette: np.ndarray,
                   batch_size: int) -> Dict:
     """Write the overlay of ``label_frames(frames [B, H, W, 3]) -> labels [B, H, W]`` on every frame of ``source``.
@@ -65,28 +76,23 @@ def overlay_video(source: Path, target: Path, label_frames: Callable[[np.ndarray
             fps = FALLBACK_FPS
         width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
         expected = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.stem}.tmp.mp4")
-        writer = cv2.VideoWriter(str(temporary), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-        if not writer.isOpened():
-            raise VideoError(f"cannot write video {target}: OpenCV has no mp4v encoder here")
-        frames = 0
-        try:
-            with tqdm(total=expected, desc=source.name, unit="frame", dynamic_ncols=True) as bar:
-                for batch in _batches(capture, batch_size):
-                    for image, labels in zip(batch, label_frames(batch)):
-                        writer.write(cv2.cvtColor(overlay(image, labels, palette), cv2.COLOR_RGB2BGR))
-                    frames += len(batch)
-                    bar.update(len(batch))
-        except BaseException:
-            writer.release()
-            temporary.unlink(missing_ok=True)
-            raise
-        writer.release()
-        if frames == 0:
-            temporary.unlink(missing_ok=True)
-            raise VideoError(f"video {source} has no frames OpenCV can decode")
-        os.replace(temporary, target)
+        with replacing(target) as temporary:
+            writer = cv2.VideoWriter(str(temporary), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+            if not writer.isOpened():
+                raise VideoError(f"cannot write video {target}: OpenCV has no mp4v encoder here")
+            frames = 0
+            try:
+                with tqdm(total=expected, desc=source.name, unit="frame", dynamic_ncols=True) as bar:
+                    for batch in _batches(capture, batch_size):
+                        for image, labels in zip(batch, label_frames(batch)):
+                            writer.write(cv2.cvtColor(overlay(image, labels, palette), cv2.COLOR_RGB2BGR))
+                        frames += len(batch)
+                        bar.update(len(batch))
+            finally:
+                writer.release()
+            if frames == 0:
+                raise VideoError(f"video {source} has no frames OpenCV can decode")
+            _check_written(temporary, frames, target)
     finally:
         capture.release()
     return {"frames": frames, "fps": fps, "size": [width, height]}
