@@ -24,14 +24,14 @@ from seg.errors import UserError
 from seg.metrics import check_exclude
 from seg.models import check_arguments
 from seg.models.backbone import check_output_stride as _check_output_stride
+from seg.models.spec import CONFIG_KEYS, arguments_from_config, config_key
 
 AMP_MODES = ("auto", "fp16", "bf16", "off")
 DEVICES = ("auto", "cpu", "cuda")
 LOSSES = ("ce", "bootstrap", "dice", "ce+dice", "focal")  # seg.engine.losses.segmentation_loss's ``kind``
 INFERENCE_MODES = ("whole", "slide")  # seg.engine.inference.segment's ``mode``
 # build_model's argument names -> the config keys that set them: the library's errors, reworded.
-MODEL_KEYS = {"backbone": "backbone.name", "num_classes": "dataset.num_classes", "output_stride": "os",
-              "multi_grid": "model.multi_grid", "aspp_rates": "model.aspp_rates", "head": "model.head"}
+MODEL_KEYS = {**{argument: config_key(argument) for argument in CONFIG_KEYS}, "num_classes": "dataset.num_classes"}
 # inference.accumulate -> segment's ``accumulate``: the dtype of the buffer probabilities are summed into
 ACCUMULATE = {"float32": torch.float32, "float16": torch.float16}
 EXPORT_FORMATS = ("torchscript", "onnx", "export")
@@ -54,12 +54,14 @@ class BackboneKeys:
 
 @dataclass
 class ModelKeys:
-    multi_grid: List[int]
+    multi_grid: Optional[List[int]]
     aspp_rates: Optional[List[int]]
     head: str
     aux_loss: bool
     dropout: float
     weights: Optional[str]
+    contract_dilation: bool = False
+    decoder_convs: Optional[int] = None
 
 
 @dataclass
@@ -289,7 +291,8 @@ def check_output_stride(value, key: str = "os", optional: bool = False) -> None:
 def _check_model(cfg: Mapping) -> None:
     model = cfg["model"]
     in_config_terms(check_arguments, cfg["backbone"]["name"], output_stride=cfg["os"],
-                    multi_grid=model["multi_grid"], aspp_rates=model.get("aspp_rates"), head=model["head"])
+                    multi_grid=model["multi_grid"], aspp_rates=model.get("aspp_rates"), head=model["head"],
+                    decoder_convs=model.get("decoder_convs"))
     if "dropout" in model:
         number(model["dropout"], "model.dropout", strict=False, below=1)
 
@@ -352,18 +355,7 @@ def crop_hw(value, key: str = "train.crop_size") -> Tuple[int, int]:
 
 def model_kwargs(cfg: Mapping, num_classes: int, pretrained: Optional[str] = None) -> Dict:
     """Arguments of ``seg.models.build_model`` from a configuration."""
-    model = cfg["model"]
-    return dict(
-        backbone=cfg["backbone"]["name"],
-        num_classes=num_classes,
-        output_stride=cfg["os"],
-        multi_grid=tuple(model["multi_grid"]),
-        aspp_rates=tuple(model["aspp_rates"]) if model.get("aspp_rates") else None,
-        head=model["head"],
-        aux_loss=bool(model["aux_loss"]),
-        pretrained=cfg["backbone"]["pretrained"] if pretrained is None else pretrained,
-        dropout=model.get("dropout", 0.1),
-    )
+    return arguments_from_config(cfg, num_classes, pretrained)
 
 
 def dataset_kwargs(dataset_cfg: Mapping, split: Optional[str] = None) -> Dict:

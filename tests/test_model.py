@@ -44,6 +44,17 @@ def test_dilation_rule(name, os_):
     assert model.aspp.get_rates() == [r * 16 // os_ for r in (6, 12, 18)]
 
 
+def test_stage_plan_contract_dilation():
+    """The first unit of a dilated stage at the previous rate: torchvision's replace_stride_with_dilation."""
+    for output_stride, replace in ((8, [False, True, True]), (16, [False, False, True])):
+        net = resnet.resnet50(weights=None, replace_stride_with_dilation=replace)
+        theirs = [[block.conv2.dilation[0] for block in getattr(net, f"layer{i}")] for i in (2, 3, 4)]
+        plan = stage_plan(output_stride, None, [4, 6, 3], contract_dilation=True)
+        assert [dilations for _, dilations in plan] == theirs
+    # with a grid, the first unit's grid factor applies to the contracted rate
+    assert stage_plan(16, [1, 2, 4], [4, 6, 3], contract_dilation=True)[2] == (1, [1, 4, 8])
+
+
 def test_stage_plan_custom_multi_grid():
     plan = stage_plan(16, [1, 1, 1], [4, 6, 3])
     assert plan == [(2, [1] * 4), (2, [1] * 6), (1, [2, 2, 2])]
@@ -83,16 +94,11 @@ def test_torchvision_parity():
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
-    ours = build_model("resnet50", 7, output_stride=8, multi_grid=(1, 1, 1), aspp_rates=(12, 24, 36),
-                       aux_loss=True).eval()
+    # torchvision's replace_stride_with_dilation runs the first unit of a dilated stage at the previous rate.
+    ours = build_model("resnet50", 7, output_stride=8, multi_grid=None, aspp_rates=(12, 24, 36), aux_loss=True,
+                       contract_dilation=True).eval()
     report = load_weights(ours, theirs.state_dict())
     assert not report.missing and not report.unexpected and not report.skipped
-    # Our rule dilates the first unit of a dilated stage too; torchvision keeps the previous rate there.
-    for stage in ("layer3", "layer4"):
-        ours_convs = [m for m in getattr(ours.backbone, stage).modules() if isinstance(m, nn.Conv2d)]
-        their_convs = [m for m in getattr(theirs.backbone, stage).modules() if isinstance(m, nn.Conv2d)]
-        for mine, other in zip(ours_convs, their_convs):
-            other.dilation, other.padding, other.stride = mine.dilation, mine.padding, mine.stride
     x = torch.randn(2, 3, 67, 61)
     with torch.no_grad():
         a, b = ours(x), theirs(x)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -53,20 +53,29 @@ def check_output_stride(output_stride: int) -> int:
     return int(output_stride)
 
 
-def check_multi_grid(multi_grid: Sequence[int]) -> None:
+def check_multi_grid(multi_grid: Optional[Sequence[int]]) -> None:
+    """``None`` is no multi-grid (every unit of the last stage at the stage's rate)."""
+    if multi_grid is None:
+        return
     if (isinstance(multi_grid, (str, bytes)) or not multi_grid
             or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in multi_grid)):
         raise ValueError(f"multi_grid must be a non-empty list of positive integers, got {multi_grid!r}")
 
 
-def stage_plan(output_stride: int, multi_grid: Sequence[int], units_per_stage: Sequence[int]):
+def stage_plan(output_stride: int, multi_grid: Optional[Sequence[int]], units_per_stage: Sequence[int],
+               contract_dilation: bool = False):
     """Stride of the first unit and the dilation of every unit for stages 2, 3 and 4.
 
     Returns a list of ``(stride, [dilation per unit])``, one entry per stage. Pure function: the README's
     table of dilations and the tests use it directly.
+
+    ``contract_dilation`` runs the first unit of a dilated stage at the previous stage's rate (half the new one):
+    torchvision's ``replace_stride_with_dilation``, mmsegmentation's ``contract_dilation=True`` (its D8 models) and
+    VainF's DeepLabV3Plus-Pytorch build their ResNets so, and their checkpoints need it.
     """
     check_output_stride(output_stride)
     check_multi_grid(multi_grid)
+    multi_grid = multi_grid or (1,)
     plan = []
     feature_stride, rate = 4, 1  # after the stem and stage 1
     for stage_index, units in enumerate(units_per_stage):
@@ -76,7 +85,10 @@ def stage_plan(output_stride: int, multi_grid: Sequence[int], units_per_stage: S
             stride, feature_stride = 2, feature_stride * 2
         is_last = stage_index == len(units_per_stage) - 1
         grid = [int(multi_grid[i % len(multi_grid)]) if is_last else 1 for i in range(units)]
-        plan.append((stride, [rate * g for g in grid]))
+        dilations = [rate * g for g in grid]
+        if contract_dilation and stride == 1 and rate > 1:
+            dilations[0] = rate // 2 * grid[0]
+        plan.append((stride, dilations))
     return plan
 
 
@@ -93,19 +105,20 @@ class ResNetBackbone(nn.Module):
     """ResNet trunk without pooling and fc. ``forward`` returns (stage-1, stage-3, stage-4) features."""
 
     def __init__(self, net: resnet.ResNet, channels: Tuple[int, int, int], output_stride: int,
-                 multi_grid: Sequence[int]):
+                 multi_grid: Optional[Sequence[int]], contract_dilation: bool = False):
         super().__init__()
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.low_level_channels, self.aux_channels, self.out_channels = channels
-        self.multi_grid = [int(g) for g in multi_grid]
+        self.multi_grid = [int(g) for g in multi_grid or (1,)]
+        self.contract_dilation = bool(contract_dilation)
         self.output_stride = 32
         self.set_output_stride(output_stride)
 
     def set_output_stride(self, output_stride: int) -> None:
         """Re-stride and re-dilate stages 2-4 in place; parameters are untouched."""
         stages = [self.layer2, self.layer3, self.layer4]
-        plan = stage_plan(output_stride, self.multi_grid, [len(s) for s in stages])
+        plan = stage_plan(output_stride, self.multi_grid, [len(s) for s in stages], self.contract_dilation)
         for stage, (stride, dilations) in zip(stages, plan):
             for unit_index, (block, dilation) in enumerate(zip(stage, dilations)):
                 unit_stride = stride if unit_index == 0 else 1
@@ -124,14 +137,14 @@ class ResNetBackbone(nn.Module):
         return low, mid, self.layer4(mid)
 
 
-def build_backbone(name: str, output_stride: int = 16, multi_grid: Sequence[int] = (1, 2, 4),
-                   pretrained: str = "none") -> ResNetBackbone:
+def build_backbone(name: str, output_stride: int = 16, multi_grid: Optional[Sequence[int]] = (1, 2, 4),
+                   pretrained: str = "none", contract_dilation: bool = False) -> ResNetBackbone:
     check_backbone(name)
     constructor, _, channels = BACKBONES[name]
     net = constructor(weights=None)
     if pretrained not in (None, "none"):
         load_backbone_weights(net, name, pretrained)
-    return ResNetBackbone(net, channels, output_stride, multi_grid)
+    return ResNetBackbone(net, channels, output_stride, multi_grid, contract_dilation)
 
 
 class WeightsUnavailableError(UserError, RuntimeError):

@@ -18,29 +18,31 @@ from seg.models.backbone import (
 )
 
 HEADS = ("deeplabv3", "deeplabv3plus")
+# 3x3 conv/BN/ReLU layers between the ASPP (v3) or the concatenation (v3+) and the classifier: allowed, default.
+DECODER_CONVS = {"deeplabv3": ((0, 1), 1), "deeplabv3plus": ((1, 2), 2)}
 
 
 class DeepLabV3Decoder(nn.Module):
-    """DeepLabv3: one 3x3 conv/BN/ReLU on the ASPP output (torchvision's ``classifier.1-3``)."""
+    """DeepLabv3: one 3x3 conv/BN/ReLU on the ASPP output (torchvision's ``classifier.1-3``), or none
+    (``convs=0``: mmsegmentation's ASPPHead goes from its ASPP straight to the classifier)."""
 
-    def __init__(self, channels: int = 256):
+    def __init__(self, channels: int = 256, convs: int = 1):
         super().__init__()
-        self.block = conv_bn_relu(channels, channels, 3)
+        self.block = conv_bn_relu(channels, channels, 3) if convs else nn.Identity()
 
     def forward(self, features: torch.Tensor, low_level: torch.Tensor) -> torch.Tensor:
         return self.block(features)
 
 
 class DeepLabV3PlusDecoder(nn.Module):
-    """DeepLabv3+: stage-1 features reduced to 48 channels, joined with the upsampled ASPP output, two 3x3 convs."""
+    """DeepLabv3+: stage-1 features reduced to 48 channels, joined with the upsampled ASPP output, two 3x3 convs
+    (the paper's; ``convs=1``: VainF's DeepLabV3Plus-Pytorch)."""
 
-    def __init__(self, low_level_channels: int, channels: int = 256, low_level_reduced: int = 48):
+    def __init__(self, low_level_channels: int, channels: int = 256, low_level_reduced: int = 48, convs: int = 2):
         super().__init__()
         self.reduce = conv_bn_relu(low_level_channels, low_level_reduced)
-        self.fuse = nn.Sequential(
-            conv_bn_relu(channels + low_level_reduced, channels, 3),
-            conv_bn_relu(channels, channels, 3),
-        )
+        self.fuse = nn.Sequential(*[conv_bn_relu(channels + low_level_reduced if i == 0 else channels, channels, 3)
+                                    for i in range(convs)])
 
     def forward(self, features: torch.Tensor, low_level: torch.Tensor) -> torch.Tensor:
         features = F.interpolate(features, size=low_level.shape[-2:], mode="bilinear", align_corners=False)
@@ -104,8 +106,8 @@ class DeepLabV3(nn.Module):
 
 
 def check_arguments(backbone: str, num_classes: Optional[int] = None, output_stride: int = 16,
-                    multi_grid: Sequence[int] = (1, 2, 4), aspp_rates: Optional[Sequence[int]] = None,
-                    head: str = "deeplabv3") -> None:
+                    multi_grid: Optional[Sequence[int]] = (1, 2, 4), aspp_rates: Optional[Sequence[int]] = None,
+                    head: str = "deeplabv3", decoder_convs: Optional[int] = None) -> None:
     """Raise a ``ValueError`` that starts with the name of the first bad argument of ``build_model``.
 
     ``build_model`` calls this first; ``seg.config`` calls it on a configuration before any work and words the
@@ -121,23 +123,32 @@ def check_arguments(backbone: str, num_classes: Optional[int] = None, output_str
         check_aspp_rates(aspp_rates)
     if head not in HEADS:
         raise ValueError(f"head must be one of {list(HEADS)}, got {head!r}")
+    allowed, _ = DECODER_CONVS[head]
+    if decoder_convs is not None and (isinstance(decoder_convs, bool) or decoder_convs not in allowed):
+        raise ValueError(f"decoder_convs must be one of {list(allowed)} (or null) with head {head}, "
+                         f"got {decoder_convs!r}")
 
 
-def build_model(backbone: str, num_classes: int, output_stride: int = 16, multi_grid: Sequence[int] = (1, 2, 4),
-                aspp_rates: Optional[Sequence[int]] = None, head: str = "deeplabv3", aux_loss: bool = False,
-                pretrained: str = "none", dropout: float = 0.1) -> DeepLabV3:
+def build_model(backbone: str, num_classes: int, output_stride: int = 16,
+                multi_grid: Optional[Sequence[int]] = (1, 2, 4), aspp_rates: Optional[Sequence[int]] = None,
+                head: str = "deeplabv3", aux_loss: bool = False, pretrained: str = "none", dropout: float = 0.1,
+                contract_dilation: bool = False, decoder_convs: Optional[int] = None) -> DeepLabV3:
     """Build DeepLabv3 / v3+ on an atrous ResNet.
 
     ``pretrained`` applies to the backbone: ``"imagenet"`` (torchvision's weights and cache), ``"none"``, or a
     path to a local ResNet state dict. Whole-model weights are loaded afterwards with ``load_weights``.
+    ``contract_dilation`` and ``decoder_convs`` (None: the head's default) describe other projects' variants of
+    the architecture (``seg.models.layouts``): the first unit of a dilated stage at half the rate, and the number
+    of 3x3 convolutions before the classifier.
     """
-    check_arguments(backbone, num_classes, output_stride, multi_grid, aspp_rates, head)
+    check_arguments(backbone, num_classes, output_stride, multi_grid, aspp_rates, head, decoder_convs)
     rates = list(aspp_rates) if aspp_rates else default_aspp_rates(output_stride)
-    trunk = build_backbone(backbone, output_stride, multi_grid, pretrained)
+    trunk = build_backbone(backbone, output_stride, multi_grid, pretrained, contract_dilation)
     aspp = ASPP(trunk.out_channels, rates, dropout=dropout)
+    convs = DECODER_CONVS[head][1] if decoder_convs is None else decoder_convs
     if head == "deeplabv3plus":
-        decoder: nn.Module = DeepLabV3PlusDecoder(trunk.low_level_channels)
+        decoder: nn.Module = DeepLabV3PlusDecoder(trunk.low_level_channels, convs=convs)
     else:
-        decoder = DeepLabV3Decoder()
+        decoder = DeepLabV3Decoder(convs=convs)
     aux_head = FCNHead(trunk.aux_channels, num_classes) if aux_loss else None
     return DeepLabV3(trunk, aspp, decoder, num_classes, aux_head)
