@@ -91,15 +91,14 @@ def test_not_model_weights(tmp_path, data_root, kind):
     if kind == "resnet50":  # a state dict, but of another network: none of its tensors fit
         assert f"none of the 320 tensors in model weights {path} fit this model" in message
     elif kind == "tensor":
-        assert "not a checkpoint of this project or a DeepLabV3 state dict" in message
+        assert "not a checkpoint of this project, a state dict of this project's model, or a DeepLabV3 file" in message
     else:
         assert "; the model weights must be a file written by torch.save" in message
 
 
-@pytest.mark.parametrize("kind", [*JUNK, "tensor", "resnet50", "checkpoint"])
+@pytest.mark.parametrize("kind", [*JUNK, "tensor", "resnet50"])
 def test_not_backbone_weights(tmp_path, data_root, kind):
-    path = (tiny_checkpoint(tmp_path / "checkpoint.pt", data_root) if kind == "checkpoint"
-            else write_junk(tmp_path, kind))
+    path = write_junk(tmp_path, kind)
     with pytest.raises(UserError) as error:
         train(compose_config("train", tiny_overrides(data_root, **{"backbone.pretrained": path})), tmp_path / "run")
     message = one_line(error)
@@ -109,14 +108,23 @@ def test_not_backbone_weights(tmp_path, data_root, kind):
             "written by torch.save" in message
         return
     assert "a torchvision resnet18 state dict" in message
-    if kind == "checkpoint":
-        assert "is a checkpoint of this project (a whole segmentation model)" in message
-        assert f"model.weights={path}" in message
-    elif kind == "resnet50":  # resnet50's tensors have other shapes and names than resnet18's
+    if kind == "resnet50":  # resnet50's tensors have other shapes and names than resnet18's
         assert "do not fit resnet18" in message and "of another shape (e.g. layer1.0.conv1.weight [64, 64, 1, 1]" \
             " instead of [64, 64, 3, 3]" in message
     else:
         assert SAYS[kind] in message
+
+
+def test_backbone_of_a_segmentation_checkpoint(tmp_path, data_root):
+    """backbone.pretrained=<a whole model's file> is the explicit backbone-only start: its backbone, nothing else."""
+    path = tiny_checkpoint(tmp_path / "checkpoint.pt", data_root)
+    saved = torch.load(path, weights_only=True)["model"]
+    model = build_model("resnet18", 3, pretrained=str(path))
+    torch.testing.assert_close(model.backbone.layer4[1].conv2.weight, saved["backbone.layer4.1.conv2.weight"])
+    assert not torch.equal(model.classifier.weight[:3], saved["classifier.weight"][:3])
+    with pytest.raises(UserError, match=r"the backbone weights of the checkpoint .*checkpoint.pt do not "
+                                        r"fit resnet50: .* expected a segmentation model on resnet50"):
+        build_model("resnet50", 3, pretrained=str(path))
 
 
 def test_fitting_backbone_weights_load(tmp_path):

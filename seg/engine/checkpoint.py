@@ -14,11 +14,14 @@ import numpy as np
 import torch
 
 from seg.config import model_kwargs
-from seg.data.voc import voc_palette
+from seg.data.cityscapes import CITYSCAPES_CLASSES
+from seg.data.voc import VOC_CLASSES, voc_palette
 from seg.engine.device import unwrap, versions
 from seg.errors import UserError
 from seg.io import atomic_save, describe, is_torchscript, safe_load
 from seg.models import DeepLabV3, build_model
+from seg.models.layouts import Foreign, recognise
+from seg.models.spec import config_from_arguments
 
 log = logging.getLogger(__name__)
 
@@ -142,28 +145,67 @@ def remove_partial_saves(folder: Path) -> None:
 def load_checkpoint(path) -> Dict:
     """Load and sanity-check one of our checkpoints (never executes code from the file).
 
-    Every command that starts from a checkpoint (resume, evaluate, predict, export) comes through here, so a
-    checkpoint whose weights hold NaN or infinity is refused once for all of them.
+    Every command that starts from a checkpoint (resume, evaluate, predict, export) comes through here or through
+    ``load_trained``, so a checkpoint whose weights hold NaN or infinity is refused once for all of them.
     """
     state = safe_load(path, what="checkpoint")
-    if (not isinstance(state, Mapping) or any(k not in state for k in REQUIRED_KEYS)
-            or not isinstance(state["model"], Mapping)):
+    if not is_checkpoint(state):
         raise CheckpointError(f"{path} is {describe(state)}, not a checkpoint of this project (a dict with "
                               f"{', '.join(REQUIRED_KEYS)}, as train.py writes); to start from plain weights use "
                               "model.weights=PATH")
+    return _finite(dict(state), path)
+
+
+def is_checkpoint(state) -> bool:
+    return (isinstance(state, Mapping) and all(k in state for k in REQUIRED_KEYS)
+            and isinstance(state["model"], Mapping))
+
+
+def _finite(state: Dict, path) -> Dict:
     bad = nonfinite_tensors(state["model"])
     if bad:
         raise CheckpointError(f"{path} holds non-finite weights (NaN or infinity in {len(bad)} tensors, e.g. "
                               f"{bad[0]}): the model it saved had diverged; use an earlier checkpoint")
-    return dict(state)
+    return state
 
 
 def load_trained(path: Union[str, Path]) -> Dict:
-    """``load_checkpoint``, with a clear refusal of an exported TorchScript model (which is code, not weights)."""
+    """A checkpoint of this project, or another project's weights file (``seg.models.layouts``) as one, for
+    evaluate, predict and export; an exported TorchScript model (which is code, not weights) is refused."""
     if is_torchscript(path):
         raise CheckpointError(f"{path} is an exported TorchScript model, not a training checkpoint: evaluate and "
                               "export need checkpoints/last.pt or best.pt of a training run")
-    return load_checkpoint(path)
+    state = safe_load(path, what="checkpoint")
+    if is_checkpoint(state):
+        return _finite(dict(state), path)
+    record = recognise(state)
+    if record is None:
+        raise CheckpointError(f"{path} is {describe(state)}, not a checkpoint of this project (a dict with "
+                              f"{', '.join(REQUIRED_KEYS)}, as train.py writes) nor a file of another project "
+                              "this one reads (docs/peers.md); to start from plain weights use model.weights=PATH")
+    log.info("%s is a %s file", path, record.layout)
+    return _finite(foreign_checkpoint(record), path)
+
+
+# The training crop a file of another project does not record: the papers' 513 (the sliding-window default and
+# the export metadata's crop_size).
+FOREIGN_CROP = 513
+
+
+def foreign_checkpoint(record: Foreign) -> Dict:
+    """Another project's file as a checkpoint of ours: its architecture as config keys, no training state.
+
+    Without recorded class names, a class count that is Pascal VOC's or Cityscapes' takes their names (the
+    datasets the peers publish weights for); ``class_names_recorded`` says which it was.
+    """
+    num_classes = int(record.arguments["num_classes"])
+    names = record.class_names or list(
+        {len(VOC_CLASSES): VOC_CLASSES, len(CITYSCAPES_CLASSES): CITYSCAPES_CLASSES}.get(num_classes)
+        or [f"class_{i}" for i in range(num_classes)])
+    config = {**config_from_arguments(record.arguments), "dataset": {},
+              "train": {"crop_size": FOREIGN_CROP, "amp": "auto"}}
+    return {"model": record.state, "config": config, "class_names": list(names), "num_classes": num_classes,
+            "iteration": 0, "layout": record.layout, "class_names_recorded": bool(record.class_names)}
 
 
 def num_classes_of(state: Mapping) -> int:

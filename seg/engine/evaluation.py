@@ -115,6 +115,9 @@ def evaluation_dataset(trained: Mapping, override: Mapping) -> Tuple[Dict, str]:
 def check_classes(state: Mapping, class_names, where: str) -> None:
     """The model's output classes must be the dataset's: same count (else an error), same names (else a warning)."""
     trained = list(state["class_names"])
+    if num_classes_of(state) == len(class_names) and state.get("class_names_recorded") is False:
+        state["class_names"] = list(class_names)  # a file of another project that records none: the dataset's
+        return
     if num_classes_of(state) != len(class_names):
         raise CheckpointError(
             f"the checkpoint predicts {num_classes_of(state)} classes ({', '.join(trained)}) but {where} has "
@@ -146,6 +149,9 @@ def evaluate_checkpoint(config: Mapping, run_dir) -> Dict:
 def _evaluate(cfg: Dict, run_dir: Path, device) -> Dict:
     state = load_trained(cfg["ckpt"])
     trained = state["config"]
+    if "layout" in state and "name" not in cfg["dataset"]:
+        raise ConfigError(f"{cfg['ckpt']} is a {state['layout']} file, which records no dataset: name the one to "
+                          "evaluate on, e.g. dataset=voc dataset.root=/data/VOC")
     dataset_cfg, split = evaluation_dataset(trained["dataset"], cfg["dataset"])
     dataset = build_dataset(**dataset_kwargs(dataset_cfg, split=split))
     where = f"dataset {dataset_cfg['name']} split {split!r}"

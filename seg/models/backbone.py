@@ -29,7 +29,8 @@ from torchvision.models import resnet
 
 from seg.errors import UserError
 from seg.io import describe, safe_load
-from seg.models.weights import WeightsError
+from seg.models.layouts import recognise
+from seg.models.weights import WeightsError, is_own_checkpoint, read_weights
 
 OUTPUT_STRIDES = (8, 16, 32)
 
@@ -165,9 +166,11 @@ def load_backbone_weights(net: nn.Module, name: str, pretrained: str) -> None:
                 f"{os.path.basename(BACKBONES[name][1].url)})")
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
-    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping) and "config" in state:
-        raise WeightsError(f"{source} is a checkpoint of this project (a whole segmentation model), not {expected}: "
-                           f"to start from it use model.weights={source}")
+    if is_own_checkpoint(state) or recognise(state) is not None:  # a whole segmentation model: its backbone
+        whole, foreign = read_weights(state, str(source))
+        state = {k[len("backbone."):]: v for k, v in whole.items() if k.startswith("backbone.")}
+        what = f"the backbone weights of the {foreign.layout if foreign else 'checkpoint'}"
+        expected = f"a segmentation model on {name}"
     if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{source} is {describe(state)}, not {expected}")
     own = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}

@@ -1,36 +1,38 @@
-"""Loading whole-model weights: this project's checkpoints, plain or DDP state dicts, torchvision's DeepLabV3."""
+"""Loading whole-model weights: this project's checkpoints, plain or DDP state dicts, and other projects' files
+(``seg.models.layouts``: torchvision, VainF, ...).
+
+A load never leaves part of the network silently at its random initialisation: every tensor of the backbone,
+the ASPP and the decoder must come from the file. Two gaps are allowed and reported: a classifier (main or
+auxiliary) for another number of classes (fine-tuning on a new dataset) and an auxiliary head the file lacks
+(it only serves training).
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from seg.errors import UserError
 from seg.io import describe, safe_load
+from seg.models.layouts import Foreign, recognise
+from seg.models.layouts.base import strip_prefix, tensors_only
+from seg.models.spec import config_from_arguments, config_key
 
 log = logging.getLogger(__name__)
 
-# torchvision DeepLabV3 key prefix -> ours (see seg/models/deeplab.py). Backbone keys are identical.
-TORCHVISION_PREFIXES: Tuple[Tuple[str, str], ...] = (
-    ("classifier.0.", "aspp."),
-    ("classifier.1.", "decoder.block.0."),
-    ("classifier.2.", "decoder.block.1."),
-    ("classifier.4.", "classifier."),
-    ("aux_classifier.", "aux_head."),
-)
-
-
-EXPECTED = "a checkpoint of this project or a DeepLabV3 state dict (torchvision's deeplabv3_resnet50/101 layout)"
+EXPECTED = ("a checkpoint of this project, a state dict of this project's model, or a DeepLabV3 file of torchvision "
+            "(deeplabv3_resnet50/101) or VainF/DeepLabV3Plus-Pytorch (see docs/peers.md)")
+CLASSIFIERS = ("classifier.", "aux_head.")  # sized by the number of classes
 
 
 class WeightsError(UserError, ValueError):
-    """Weights that cannot initialise the model: not a state dict, none of its tensors fit, or (backbone weights)
-    not the configured ResNet."""
+    """Weights that cannot initialise the model: not a state dict, a part of the model they leave uninitialised,
+    or (backbone weights) not the configured ResNet."""
 
 
 @dataclass
@@ -39,9 +41,10 @@ class LoadReport:
     missing: List[str] = field(default_factory=list)
     unexpected: List[str] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)  # present on both sides with different shapes
+    layout: str = "this project"                      # what the file was: "VainF DeepLabV3+ ResNet-101 (...)"
 
     def summary(self) -> str:
-        parts = [f"loaded {len(self.loaded)} tensors"]
+        parts = [f"{self.layout}: loaded {len(self.loaded)} of {len(self.loaded) + len(self.missing)} tensors"]
         for label, keys in (("missing", self.missing), ("unexpected", self.unexpected),
                             ("skipped (shape mismatch)", self.skipped)):
             if keys:
@@ -49,38 +52,49 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def extract_state_dict(obj, source: str = "the weights") -> Dict[str, torch.Tensor]:
-    """The model state dict inside one of our checkpoints, a torchvision state dict, or a DDP-saved dict."""
-    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-        obj = obj["model"]
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{source} is {describe(obj)}, not {EXPECTED}")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
-    if any(k.startswith("classifier.0.convs.") for k in state):  # torchvision's DeepLabV3 layout
-        state = {_rename_torchvision_key(k): v for k, v in state.items()}
-    return state
+def is_own_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping) and "config" in obj
 
 
-def _rename_torchvision_key(key: str) -> str:
-    for old, new in TORCHVISION_PREFIXES:
-        if key.startswith(old):
-            return new + key[len(old):]
-    return key
+def read_weights(obj: Any, source: str = "the weights") -> Tuple[Dict[str, torch.Tensor], Optional[Foreign]]:
+    """``(state dict in our keys, the foreign layout or None)`` from what a weights file held."""
+    if is_own_checkpoint(obj) or (isinstance(obj, Mapping) and tensors_only(obj.get("model"))):
+        return strip_prefix(obj["model"], "module."), None
+    foreign = recognise(obj)
+    if foreign is not None:
+        return foreign.state, foreign
+    if tensors_only(obj):
+        return strip_prefix(obj, "module."), None
+    raise WeightsError(f"{source} is {describe(obj)}, not {EXPECTED}")
+
+
+def architecture_keys(arguments: Mapping[str, Any]) -> str:
+    """The config keys that build the architecture ``arguments`` describe, as command-line overrides."""
+    config = config_from_arguments(arguments)
+    overrides = []
+    for argument in ("backbone", "output_stride", "head", "decoder_convs", "multi_grid", "contract_dilation",
+                     "aspp_rates", "aux_loss"):
+        section, key = (config_key(argument).split(".") + [None])[:2]
+        value = config[section][key] if key else config[section]
+        text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        overrides.append(f"{config_key(argument)}={text.replace(' ', '')}")
+    return " ".join(overrides)
 
 
 def load_weights(model: nn.Module, path_or_state_dict: Union[str, Path, Mapping]) -> LoadReport:
-    """Load whatever fits: tensors with the same name and shape are copied, the rest reported.
+    """Copy every tensor of the file into the model (by name and shape), or raise a ``WeightsError``.
 
-    Weights of which nothing fits (another architecture, a backbone-only file) are a ``WeightsError`` naming the
-    file rather than a model left as it was initialised.
+    Allowed gaps (see the module docstring) are reported; any other tensor of the model the file does not fill,
+    or any tensor of the file the model has no place for, is an error naming the file and, for another project's
+    file, the config keys of the architecture it needs.
     """
     source = path_or_state_dict
     name = f"model weights {source}" if isinstance(source, (str, Path)) else "the given state dict"
     if isinstance(source, (str, Path)):
         source = safe_load(source, what="model weights")
-    state = extract_state_dict(source, name)
+    state, foreign = read_weights(source, name)
     own = model.state_dict()
-    report = LoadReport()
+    report = LoadReport(layout=foreign.layout if foreign else "this project")
     fitting = {}
     for key, value in state.items():
         if key not in own:
@@ -91,9 +105,34 @@ def load_weights(model: nn.Module, path_or_state_dict: Union[str, Path, Mapping]
             fitting[key] = value
             report.loaded.append(key)
     report.missing = [k for k in own if k not in fitting]
-    if not fitting:
-        raise WeightsError(f"none of the {len(state)} tensors in {name} fit this model ({report.summary()}): "
-                           f"expected {EXPECTED} with the same backbone")
+    _check_complete(report, state, own, name, foreign)
     model.load_state_dict(fitting, strict=False)
     log.info("load_weights: %s", report.summary())
     return report
+
+
+def _allowed_gap(key: str, state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> bool:
+    if key.startswith("aux_head.") and not any(k.startswith("aux_head.") for k in state):
+        return True  # the file has no auxiliary head: it only serves training
+    return key.startswith(CLASSIFIERS) and key in state and state[key].shape[1:] == own[key].shape[1:]
+
+
+def _check_complete(report: LoadReport, state, own, name: str, foreign: Optional[Foreign]) -> None:
+    if not report.loaded:
+        raise WeightsError(f"none of the {len(state)} tensors in {name} fit this model ({report.summary()}): "
+                           f"expected {EXPECTED} with the same backbone")
+    gaps = [k for k in report.missing if not _allowed_gap(k, state, own)]
+    extra = [k for k in report.unexpected if not k.startswith("aux_head.")]
+    if not gaps and not extra:
+        return
+    parts = sorted({k.split(".")[0] for k in gaps + extra})
+    problem = (f"{name} ({report.layout}) does not fit this model's {', '.join(parts)}: "
+               f"{len(gaps)} of its tensors would stay randomly initialised"
+               + (f" (e.g. {', '.join(gaps[:2])})" if gaps else "")
+               + (f", {len(extra)} of the file's would be dropped (e.g. {', '.join(extra[:2])})" if extra else ""))
+    if foreign is not None:
+        raise WeightsError(f"{problem}: the file is a {foreign.layout}, built with "
+                           f"{architecture_keys(foreign.arguments)} (or its model=<preset>, docs/peers.md); to take "
+                           "only its backbone use backbone.pretrained=PATH")
+    raise WeightsError(f"{problem}: configure the architecture the file was trained with, or take only its "
+                       "backbone with backbone.pretrained=PATH")

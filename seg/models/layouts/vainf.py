@@ -1,0 +1,74 @@
+"""VainF/DeepLabV3Plus-Pytorch: the dict its ``main.py`` saves and its plain state dict (ResNet-50/101).
+
+From its source (``network/modeling.py``, ``network/_deeplab.py``, ``main.py``): a torchvision ResNet built with
+``replace_stride_with_dilation`` ([False, False, True] at output stride 16, its default; [False, True, True] at 8),
+so the first unit of a dilated stage runs at the previous rate and there is no multi-grid; ASPP rates 6, 12, 18
+at 16 (12, 24, 36 at 8), 256 channels, dropout 0.1; DeepLabV3 is torchvision's head; DeepLabV3+ reduces layer1 to
+48 channels and has ONE 3x3 conv on ``cat([low_level, aspp])`` (ours concatenates ASPP first: the conv's input
+channels are permuted). ``main.py`` saves ``{"cur_itrs", "model_state", "optimizer_state", "scheduler_state",
+"best_score"}``; the file records neither the output stride nor the class names.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+
+from seg.models.layouts.base import Foreign, rename, strip_prefix, tensors_only
+from seg.models.layouts.torchvision import layer3_blocks
+
+DEPTHS = {6: "resnet50", 23: "resnet101"}
+V3_PREFIXES = (
+    ("classifier.classifier.0.", "aspp."),
+    ("classifier.classifier.1.", "decoder.block.0."),
+    ("classifier.classifier.2.", "decoder.block.1."),
+    ("classifier.classifier.4.", "classifier."),
+)
+V3PLUS_PREFIXES = (
+    ("classifier.aspp.", "aspp."),
+    ("classifier.project.", "decoder.reduce."),
+    ("classifier.classifier.0.", "decoder.fuse.0.0."),
+    ("classifier.classifier.1.", "decoder.fuse.0.1."),
+    ("classifier.classifier.3.", "classifier."),
+)
+LOW_LEVEL_REDUCED = 48
+DEFAULT_OUTPUT_STRIDE = 16  # main.py --output_stride
+
+
+def model_state(obj: Any) -> Optional[Mapping[str, torch.Tensor]]:
+    """The state dict inside what VainF's code saved: ``main.py``'s dict, or a plain state dict."""
+    if isinstance(obj, Mapping) and tensors_only(obj.get("model_state")):
+        return obj["model_state"]
+    return obj if tensors_only(obj) else None
+
+
+def convert(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    state = strip_prefix(state, "module.")
+    if "classifier.project.0.weight" not in state:
+        return rename(state, V3_PREFIXES)
+    converted = rename(state, V3PLUS_PREFIXES)
+    fuse = converted["decoder.fuse.0.0.weight"]  # VainF: [low-level 48 | ASPP 256]; ours: [ASPP | low-level]
+    converted["decoder.fuse.0.0.weight"] = torch.cat([fuse[:, LOW_LEVEL_REDUCED:], fuse[:, :LOW_LEVEL_REDUCED]], 1)
+    return converted
+
+
+def recognise(obj: Any) -> Optional[Foreign]:
+    state = model_state(obj)
+    if state is None:
+        return None
+    state = strip_prefix(state, "module.")
+    if "backbone.low_level_features.0.0.weight" in state:
+        return None  # its MobileNetV2: not supported yet (seg.models.files names it)
+    plus = "classifier.project.0.weight" in state and "classifier.classifier.3.weight" in state
+    v3 = "classifier.classifier.0.convs.0.0.weight" in state and "classifier.classifier.4.weight" in state
+    backbone = DEPTHS.get(layer3_blocks(state))
+    if not (plus or v3) or backbone is None:
+        return None
+    classifier = state["classifier.classifier.3.weight" if plus else "classifier.classifier.4.weight"]
+    arguments = dict(backbone=backbone, num_classes=classifier.shape[0], output_stride=DEFAULT_OUTPUT_STRIDE,
+                     multi_grid=None, contract_dilation=True, aspp_rates=(6, 12, 18),
+                     head="deeplabv3plus" if plus else "deeplabv3", decoder_convs=1 if plus else None)
+    saved_by = "main.py checkpoint" if "model_state" in obj else "state dict"
+    name = f"VainF DeepLabV3{'+' if plus else ''} {backbone.replace('resnet', 'ResNet-')} ({saved_by})"
+    return Foreign(name, arguments, convert(state))
