@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torchvision.models.segmentation import deeplabv3_resnet50
+from torchvision.models.segmentation import deeplabv3_resnet50, deeplabv3_resnet101
 
+from seg.config import model_kwargs
 from seg.engine.checkpoint import CheckpointError, load_trained
 from seg.engine.evaluation import evaluate_checkpoint
 from seg.engine.trainer import train
 from seg.export import export_checkpoint
 from seg.models import build_model, load_weights, model_from_file
+from seg.models.layouts import recognise
 from seg.models.weights import WeightsError
 from tests.helpers import compose_config, tiny_overrides
 from tests.vainf_reference import vainf_model
@@ -94,7 +96,8 @@ def test_half_loads_are_errors(tmp_path):
     with pytest.raises(WeightsError) as raised:
         load_weights(build_model("resnet50", 21), path)
     message = str(raised.value)
-    assert "VainF DeepLabV3+ ResNet-50 (state dict)" in message and "decoder" in message
+    assert "VainF DeepLabV3+ ResNet-50 (state dict)" in message and "this model's decoder" in message
+    assert "train with model=vainf_deeplabv3plus_resnet50 (it sets backbone.name=resnet50 os=16 " in message
     assert "model.head=deeplabv3plus model.decoder_convs=1" in message and "model.contract_dilation=true" in message
     # the architecture the message names takes the whole file
     report = load_weights(build_model("resnet50", 21, head="deeplabv3plus", decoder_convs=1, multi_grid=None,
@@ -103,6 +106,19 @@ def test_half_loads_are_errors(tmp_path):
     # fine-tuning on another class count re-initialises the classifier only, and says so
     report = load_weights(build_model("resnet50", 5, head="deeplabv3plus", decoder_convs=1), path)
     assert report.missing == ["classifier.weight", "classifier.bias"]
+
+
+@pytest.mark.parametrize("maker", [
+    *[lambda head=head, depth=depth: vainf_model(head, f"resnet{depth}", 21, 16)
+      for head in ("deeplabv3", "deeplabv3plus") for depth in (50, 101)],
+    lambda: deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True),
+    lambda: deeplabv3_resnet101(weights=None, weights_backbone=None, num_classes=21, aux_loss=True)])
+def test_each_layout_has_a_preset_that_builds_it(maker):
+    """The preset a load error names composes to exactly the architecture the file needs."""
+    record = recognise(maker().state_dict())
+    cfg = compose_config("train", [f"model={record.preset}"])
+    assert model_kwargs(cfg, record.arguments["num_classes"], "none") == {
+        **model_kwargs(cfg, 0, "none"), **record.arguments, "pretrained": "none"}
 
 
 def test_unknown_tensor_dict_is_one_line(tmp_path):

@@ -73,7 +73,7 @@ def architecture_keys(arguments: Mapping[str, Any]) -> str:
     config = config_from_arguments(arguments)
     overrides = []
     for argument in ("backbone", "output_stride", "head", "decoder_convs", "multi_grid", "contract_dilation",
-                     "aspp_rates", "aux_loss"):
+                     "aspp_rates"):
         section, key = (config_key(argument).split(".") + [None])[:2]
         value = config[section][key] if key else config[section]
         text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
@@ -126,13 +126,15 @@ def _check_complete(report: LoadReport, state, own, name: str, foreign: Optional
     if not gaps and not extra:
         return
     parts = sorted({k.split(".")[0] for k in gaps + extra})
-    problem = (f"{name} ({report.layout}) does not fit this model's {', '.join(parts)}: "
-               f"{len(gaps)} of its tensors would stay randomly initialised"
-               + (f" (e.g. {', '.join(gaps[:2])})" if gaps else "")
-               + (f", {len(extra)} of the file's would be dropped (e.g. {', '.join(extra[:2])})" if extra else ""))
+    problem = "; ".join(([f"{len(gaps)} tensors would stay randomly initialised (e.g. {', '.join(gaps[:2])})"]
+                         if gaps else [])
+                        + ([f"{len(extra)} of the file's would be dropped (e.g. {', '.join(extra[:2])})"]
+                           if extra else []))
+    problem = f"{name} do not fit this model's {', '.join(parts)} ({problem})"
     if foreign is not None:
-        raise WeightsError(f"{problem}: the file is a {foreign.layout}, built with "
-                           f"{architecture_keys(foreign.arguments)} (or its model=<preset>, docs/peers.md); to take "
-                           "only its backbone use backbone.pretrained=PATH")
+        preset = f"model={foreign.preset} (it sets " if foreign.preset else "the architecture it was trained with ("
+        raise WeightsError(f"{problem}: the file is a {foreign.layout}; train with {preset}"
+                           f"{architecture_keys(foreign.arguments)}), or take only its backbone with "
+                           "backbone.pretrained=PATH")
     raise WeightsError(f"{problem}: configure the architecture the file was trained with, or take only its "
                        "backbone with backbone.pretrained=PATH")

@@ -20,6 +20,7 @@ class Foreign:
     state: Dict[str, torch.Tensor]     # the weights in this project's keys and shapes
     class_names: Optional[List[str]] = None  # when the file records them
     stride_recorded: bool = False      # False: output_stride is the peer's default, and os= may override it
+    preset: Optional[str] = None       # the configs/model/ preset that builds this architecture
 
 
 def tensors_only(obj: Any) -> bool:

@@ -43,4 +43,4 @@ def recognise(obj: Any) -> Optional[Foreign]:
                      multi_grid=None, contract_dilation=True, aspp_rates=(12, 24, 36), head="deeplabv3",
                      aux_loss=aux)
     name = f"torchvision deeplabv3_{backbone}" + (" (with aux_classifier)" if aux else "")
-    return Foreign(name, arguments, convert(state))
+    return Foreign(name, arguments, convert(state), preset=f"torchvision_deeplabv3_{backbone}")

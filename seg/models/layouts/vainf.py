@@ -71,4 +71,4 @@ def recognise(obj: Any) -> Optional[Foreign]:
                      head="deeplabv3plus" if plus else "deeplabv3", decoder_convs=1 if plus else None)
     saved_by = "main.py checkpoint" if "model_state" in obj else "state dict"
     name = f"VainF DeepLabV3{'+' if plus else ''} {backbone.replace('resnet', 'ResNet-')} ({saved_by})"
-    return Foreign(name, arguments, convert(state))
+    return Foreign(name, arguments, convert(state), preset=f"vainf_{arguments['head']}_{backbone}")
