@@ -31,7 +31,8 @@ LOSSES = ("ce", "bootstrap", "dice", "ce+dice", "focal")  # seg.engine.losses.se
 INFERENCE_MODES = ("whole", "slide")  # seg.engine.inference.segment's ``mode``
 # build_model's argument names -> the config keys that set them: the library's errors, reworded.
 MODEL_KEYS = {"backbone": "backbone.name", "num_classes": "dataset.num_classes", "output_stride": "os",
-              "multi_grid": "model.multi_grid", "aspp_rates": "model.aspp_rates", "head": "model.head"}
+              "multi_grid": "model.multi_grid", "aspp_rates": "model.aspp_rates", "head": "model.head",
+              "aux_loss": "model.aux_loss"}
 # inference.accumulate -> segment's ``accumulate``: the dtype of the buffer probabilities are summed into
 ACCUMULATE = {"float32": torch.float32, "float16": torch.float16}
 EXPORT_FORMATS = ("torchscript", "onnx", "export")
@@ -54,7 +55,7 @@ class BackboneKeys:
 
 @dataclass
 class ModelKeys:
-    multi_grid: List[int]
+    multi_grid: Optional[List[int]]  # null: no multi-grid (encoders without ResNet-like stages)
     aspp_rates: Optional[List[int]]
     head: str
     aux_loss: bool
@@ -289,7 +290,8 @@ def check_output_stride(value, key: str = "os", optional: bool = False) -> None:
 def _check_model(cfg: Mapping) -> None:
     model = cfg["model"]
     in_config_terms(check_arguments, cfg["backbone"]["name"], output_stride=cfg["os"],
-                    multi_grid=model["multi_grid"], aspp_rates=model.get("aspp_rates"), head=model["head"])
+                    multi_grid=model["multi_grid"], aspp_rates=model.get("aspp_rates"), head=model["head"],
+                    aux_loss=model["aux_loss"])
     if "dropout" in model:
         number(model["dropout"], "model.dropout", strict=False, below=1)
 
@@ -357,7 +359,7 @@ def model_kwargs(cfg: Mapping, num_classes: int, pretrained: Optional[str] = Non
         backbone=cfg["backbone"]["name"],
         num_classes=num_classes,
         output_stride=cfg["os"],
-        multi_grid=tuple(model["multi_grid"]),
+        multi_grid=tuple(model["multi_grid"]) if model.get("multi_grid") is not None else None,
         aspp_rates=tuple(model["aspp_rates"]) if model.get("aspp_rates") else None,
         head=model["head"],
         aux_loss=bool(model["aux_loss"]),

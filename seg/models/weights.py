@@ -1,4 +1,5 @@
-"""Loading whole-model weights: this project's checkpoints, plain or DDP state dicts, torchvision's DeepLabV3."""
+"""Loading whole-model weights: this project's checkpoints, plain or DDP state dicts, torchvision's DeepLabV3 (ResNet
+and MobileNetV3) and LR-ASPP."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ TORCHVISION_PREFIXES: Tuple[Tuple[str, str], ...] = (
 )
 
 
-EXPECTED = "a checkpoint of this project or a DeepLabV3 state dict (torchvision's deeplabv3_resnet50/101 layout)"
+EXPECTED = ("a checkpoint of this project or a torchvision segmentation state dict (deeplabv3_resnet50/101, "
+            "deeplabv3_mobilenet_v3_large or lraspp_mobilenet_v3_large layout)")
 
 
 class WeightsError(UserError, ValueError):
@@ -56,12 +58,18 @@ def extract_state_dict(obj, source: str = "the weights") -> Dict[str, torch.Tens
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{source} is {describe(obj)}, not {EXPECTED}")
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
-    if any(k.startswith("classifier.0.convs.") for k in state):  # torchvision's DeepLabV3 layout
-        state = {_rename_torchvision_key(k): v for k, v in state.items()}
+    # imported here: the layout module reuses this module's key map (rename_torchvision_key)
+    from seg.models.layouts import torchvision_mobilenet
+
+    if torchvision_mobilenet.recognise(state) is not None:  # deeplabv3 / lraspp_mobilenet_v3_large
+        state = torchvision_mobilenet.convert(state)
+    elif any(k.startswith("classifier.0.convs.") for k in state):  # torchvision's DeepLabV3 ResNet layout
+        state = {rename_torchvision_key(k): v for k, v in state.items()}
     return state
 
 
-def _rename_torchvision_key(key: str) -> str:
+def rename_torchvision_key(key: str) -> str:
+    """A key of torchvision's ``DeepLabV3`` (its ``DeepLabHead`` and ``FCNHead``) -> ours; backbone keys stay."""
     for old, new in TORCHVISION_PREFIXES:
         if key.startswith(old):
             return new + key[len(old):]
