@@ -8,6 +8,7 @@ from torchvision.models import mobilenet_v3_large, mobilenetv3
 from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large, deeplabv3_resnet50, lraspp_mobilenet_v3_large
 
 from seg.config import ConfigError, model_kwargs, validate_train
+from seg.engine.trainer import train
 from seg.models import build_model, load_weights
 from seg.models.layouts import torchvision_mobilenet
 
@@ -165,3 +166,18 @@ def test_a_resnet_file_as_backbone_weights_is_refused(tmp_path):
     torch.save(build_model("resnet18", 3).backbone.state_dict(), path)
     with pytest.raises(ValueError, match=r"do not fit mobilenet_v3_large: .*missing"):
         mobilenet(pretrained=str(path))
+
+
+def test_training_starts_from_a_torchvision_lraspp_file(tmp_path, cfg_train, caplog):
+    """``model.weights=<torchvision's lraspp_mobilenet_v3_large file>`` (21 VOC classes) fine-tunes on 6 classes:
+    everything but the two classifiers loads."""
+    path = tmp_path / "lraspp.pth"
+    theirs = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None)
+    torch.save(theirs.state_dict(), path)
+    caplog.set_level("INFO", logger="seg")
+    train(cfg_train(backbone=NAME, **{"model.head": "lraspp", "model.weights": str(path), "train.iters": 1,
+                                      "train.eval_every": 0}), tmp_path / "run")
+    classifiers = ["classifier.low_classifier.weight", "classifier.low_classifier.bias",
+                   "classifier.high_classifier.weight", "classifier.high_classifier.bias"]
+    loaded = len(theirs.state_dict()) - len(classifiers)
+    assert f"loaded {loaded} tensors; missing 4: {', '.join(classifiers)}" in caplog.text
