@@ -21,8 +21,8 @@ from seg.models.mobilenet import MOBILENETS, MobileNetV3Encoder, build_mobilenet
 
 HEADS = ("deeplabv3", "deeplabv3plus", "lraspp")
 ENCODERS = (*BACKBONES, *MOBILENETS)  # backbone names: the atrous ResNets, then torchvision's MobileNetV3
-# LR-ASPP reads MobileNetV3's stride-8 C2 map; on a ResNet "the map at stride 8" is not a stage output at every
-# output stride, so the head is offered where torchvision offers it only.
+# LR-ASPP reads the encoder's stride-8 map: MobileNetV3's ``mid`` (C2). A ResNet's ``mid`` is stage 3 (stride 16 at
+# OS16), so the head is offered where torchvision offers it only.
 LRASPP_BACKBONES = tuple(MOBILENETS)
 
 
