@@ -104,7 +104,8 @@ def test_dataset_overrides_merge_onto_the_checkpoint_config():
     assert "image_size" not in config
 
 
-@pytest.mark.parametrize("model", [{}, {"backbone": "mobilenet_v3_large", "model.head": "deeplabv3plus"}],
+@pytest.mark.parametrize("model", [{}, {"backbone": "mobilenet_v3_large", "model.head": "deeplabv3plus",
+                                        "model.aux_loss": True}],
                          ids=["resnet18", "mobilenet_v3_large"])
 def test_predict_writes_palette_labels_and_overlays_from_checkpoint_and_torchscript(model, tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "ckpt.pt", tmp_path / "data", **model)
