@@ -54,7 +54,7 @@ class BackboneKeys:
 
 @dataclass
 class ModelKeys:
-    multi_grid: Optional[List[int]]
+    multi_grid: Optional[List[int]]  # null: no multi-grid (encoders without ResNet-like stages)
     aspp_rates: Optional[List[int]]
     head: str
     aux_loss: bool
@@ -292,7 +292,7 @@ def _check_model(cfg: Mapping) -> None:
     model = cfg["model"]
     in_config_terms(check_arguments, cfg["backbone"]["name"], output_stride=cfg["os"],
                     multi_grid=model["multi_grid"], aspp_rates=model.get("aspp_rates"), head=model["head"],
-                    decoder_convs=model.get("decoder_convs"))
+                    decoder_convs=model.get("decoder_convs"), aux_loss=model["aux_loss"])
     if "dropout" in model:
         number(model["dropout"], "model.dropout", strict=False, below=1)
 

@@ -41,8 +41,8 @@ def main() -> None:
             with torch.no_grad():
                 a, b = ours(image)["out"], theirs(image)
             b = b["out"] if isinstance(b, dict) else b
-            diff = (a - b).abs().max().item()
-            print(f"| {name} | {report.layout} | {len(report.loaded)} | {diff:.2g} | {diff / b.abs().max().item():.2g} |")
+            diff, scale = (a - b).abs().max().item(), b.abs().max().item()
+            print(f"| {name} | {report.layout} | {len(report.loaded)} | {diff:.2g} | {diff / scale:.2g} |")
 
 
 if __name__ == "__main__":

@@ -232,6 +232,12 @@ def test_script_model_text_and_errors(capsys):
     for bad in (["foo=1"], [], ["layers=[[3,1]]", "backbone=resnet18"]):
         with pytest.raises(SystemExit):
             main(bad)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["backbone=mobilenet_v3_large"])
+    assert capsys.readouterr().err.strip().endswith(
+        "error: the receptive-field analysis covers only the ResNets ['resnet18', 'resnet34', 'resnet50', "
+        "'resnet101'], not backbone mobilenet_v3_large")
 
 
 def test_script_model_png(tmp_path, capsys):

@@ -91,7 +91,8 @@ def test_not_model_weights(tmp_path, data_root, kind):
     if kind == "resnet50":  # a state dict, but of another network: none of its tensors fit
         assert f"none of the 320 tensors in model weights {path} fit this model" in message
     elif kind == "tensor":
-        assert "not a checkpoint of this project, a state dict of this project's model, or a DeepLabV3 file" in message
+        assert ("not a checkpoint of this project, a state dict of this project's model, or a segmentation file"
+                in message)
     else:
         assert "; the model weights must be a file written by torch.save" in message
 

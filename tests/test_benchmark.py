@@ -53,7 +53,7 @@ def check_types(section, expected):
         assert isinstance(section[key], kind), (key, section[key])
 
 
-def check_common(result, data=True, micro=True):
+def check_common(result, data=True, micro=True, aspp=True):
     assert set(result) == TOP_KEYS
     assert result["schema"] == "seg.benchmark/1"
     check_types(result["device"], {"type": str, "name": str, "capability": type(None), "memory_gib": type(None),
@@ -78,11 +78,14 @@ def check_common(result, data=True, micro=True):
     model = result["model"]
     assert set(model) == {"params", "aspp_rates", "eval_aspp_rates", "dilations", "aspp_input_shape",
                           "eval_aspp_input_shape"}
-    assert model["aspp_rates"] == [6, 12, 18] and model["eval_aspp_rates"] == [12, 24, 36]
+    if aspp:
+        assert model["aspp_rates"] == [6, 12, 18] and model["eval_aspp_rates"] == [12, 24, 36]
+    else:  # LR-ASPP: no ASPP to describe, nothing for the micro-benchmarks to time
+        assert [model[k] for k in model if "aspp" in k] == [None] * 4
     micro_result = result["micro"]
     assert set(micro_result) == {"train", "eval", "image_pool"}
     pool_keys = {"shape", "expand_fwd_ms", "interpolate_fwd_ms", "expand_fwd_bwd_ms", "interpolate_fwd_bwd_ms"}
-    if not micro:  # disabled: every key present, every value null
+    if not micro or not aspp:  # disabled: every key present, every value null
         assert micro_result["train"] == micro_result["eval"] == {"shape": None, "dtype": None, "conv3x3": None}
         assert micro_result["image_pool"] == dict.fromkeys(pool_keys)
         return
@@ -207,16 +210,23 @@ def test_peak_table():
         "name": "config", "precision": "bf16", "tflops": 100.0, "source": "config peak_tflops"}
 
 
-def test_script_end_to_end(tmp_path):
+@pytest.mark.parametrize("backbone, head, last_stage, dilations", [
+    ("resnet18", "deeplabv3", "layer4", [2, 2, 4, 4]),  # BasicBlock: two 3x3 convs per unit, multi-grid 1, 2, 4
+    ("mobilenet_v3_large", "lraspp", "C4", [2, 2, 2]),  # one depthwise conv per block, as torchvision's OS16
+])
+def test_script_end_to_end(tmp_path, backbone, head, last_stage, dilations):
     run_dir = tmp_path / "run"
-    result = run_script("benchmark.py", [*TINY, *tiny_data(tmp_path), f"hydra.run.dir={run_dir}", "output=sub/b.json"])
+    result = run_script("benchmark.py", [*TINY, *tiny_data(tmp_path), f"hydra.run.dir={run_dir}", "output=sub/b.json",
+                                         f"backbone={backbone}", f"model.head={head}"])
     assert "train images/s" in result.stdout and "inference latency ms (batch 1)" in result.stdout
     data = json.loads((run_dir / "sub" / "b.json").read_text())  # relative to the run directory
     assert data["output"] == str(run_dir / "sub" / "b.json")
-    check_common(data)
+    check_common(data, aspp=head != "lraspp")
     assert data["torchvision"] is None and data["ratios"] is None
-    assert data["settings"]["backbone"] == "resnet18" and data["settings"]["crop_size"] == [64, 64]
-    assert data["model"]["dilations"]["layer4"] == [2, 2, 4, 4]  # BasicBlock: two 3x3 convs per unit
+    assert data["settings"]["backbone"] == backbone and data["settings"]["crop_size"] == [64, 64]
+    assert data["model"]["dilations"][last_stage] == dilations
+    assert data["model"]["params"] == sum(p.numel() for p in build_model(**model_kwargs(
+        data["config"], data["settings"]["num_classes"])).parameters())
     assert data["config"]["data_steps"] == 4
 
 

@@ -22,17 +22,28 @@ from seg.metrics import metrics_from_confusion
 TRAIN = {"train.iters": 10, "train.eval_every": 5, "train.ckpt_every": 5, "train.lr": 0.05, "train.log_every": 5}
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def train_tiny(tmp_path_factory, **overrides):
     """A tiny training run: 10 iterations, validated (and checkpointed) at iterations 5 and 10."""
     root = tmp_path_factory.mktemp("trained")
-    run_script("train.py", [*tiny_overrides(root / "data", **TRAIN), f"hydra.run.dir={root / 'run'}"])
+    run_script("train.py", [*tiny_overrides(root / "data", **TRAIN, **overrides), f"hydra.run.dir={root / 'run'}"])
     records = {r["iter"]: r for r in map(json.loads, (root / "run" / "metrics.jsonl").read_text().splitlines())}
     return root, records
 
 
-def test_evaluate_script_reproduces_the_logged_validation(trained, cfg_eval):
-    root, records = trained
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train_tiny(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def trained_lraspp(tmp_path_factory):
+    """The same run with torchvision's MobileNetV3-Large and LR-ASPP."""
+    return train_tiny(tmp_path_factory, backbone="mobilenet_v3_large", **{"model.head": "lraspp"})
+
+
+@pytest.mark.parametrize("run", ["trained", "trained_lraspp"])
+def test_evaluate_script_reproduces_the_logged_validation(run, request, cfg_eval):
+    root, records = request.getfixturevalue(run)
     run_dir = root / "eval"
     result = run_script("evaluate.py", [f"ckpt={root / 'run' / 'checkpoints' / 'last.pt'}", "num_workers=0",
                                         f"hydra.run.dir={run_dir}"])
@@ -65,8 +76,9 @@ def test_ddp_evaluation_equals_one_process(trained, cfg_eval):
     assert single["num_images"] == 3  # 3 images over 2 ranks, none counted twice
 
 
-def test_paper_protocol_and_sliding_window_run(trained, cfg_eval):
-    root, _ = trained
+@pytest.mark.parametrize("run", ["trained", "trained_lraspp"])
+def test_paper_protocol_and_sliding_window_run(run, request, cfg_eval):
+    root, _ = request.getfixturevalue(run)
     ckpt = root / "run" / "checkpoints" / "last.pt"
     tta = evaluate_checkpoint(cfg_eval(ckpt, "os=8", "tta.scales=[0.5,1.0,1.5]", "tta.flip=true"), root / "tta")
     slide = evaluate_checkpoint(cfg_eval(ckpt, "inference.mode=slide", "inference.window=[48,48]",
@@ -92,8 +104,11 @@ def test_dataset_overrides_merge_onto_the_checkpoint_config():
     assert "image_size" not in config
 
 
-def test_predict_writes_palette_labels_and_overlays_from_checkpoint_and_torchscript(tmp_path):
-    ckpt = tiny_checkpoint(tmp_path / "ckpt.pt", tmp_path / "data")
+@pytest.mark.parametrize("model", [{}, {"backbone": "mobilenet_v3_large", "model.head": "deeplabv3plus",
+                                        "model.aux_loss": True}],
+                         ids=["resnet18", "mobilenet_v3_large"])
+def test_predict_writes_palette_labels_and_overlays_from_checkpoint_and_torchscript(model, tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt.pt", tmp_path / "data", **model)
     images = tmp_path / "images"
     (images / "sub").mkdir(parents=True)
     rng = np.random.default_rng(0)

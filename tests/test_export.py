@@ -139,8 +139,10 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_file(model, tmp_path, mo
     assert [p.name for p in tmp_path.iterdir()] == ["model.ts"] and path.read_bytes() == b"the previous export"
 
 
-def test_export_script_at_another_output_stride(tmp_path):
-    ckpt = tiny_checkpoint(tmp_path / "ckpt.pt", tmp_path / "data")
+@pytest.mark.parametrize("model", [{}, {"backbone": "mobilenet_v3_large", "model.head": "lraspp"}],
+                         ids=["resnet18", "mobilenet_v3_large-lraspp"])
+def test_export_script_at_another_output_stride(model, tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt.pt", tmp_path / "data", **model)
     output = tmp_path / "os8.ts"
     run_script("export.py", [f"ckpt={ckpt}", f"output={output}", "os=8", "check.sizes=[[64,64],[48,80]]",
                              f"hydra.run.dir={tmp_path / 'run'}"])

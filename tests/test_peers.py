@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torchvision.models.segmentation import deeplabv3_resnet50, deeplabv3_resnet101
+from torchvision.models.segmentation import (
+    deeplabv3_mobilenet_v3_large,
+    deeplabv3_resnet50,
+    deeplabv3_resnet101,
+    lraspp_mobilenet_v3_large,
+)
 
 from seg.config import model_kwargs
 from seg.engine.checkpoint import CheckpointError, load_trained
@@ -112,7 +117,9 @@ def test_half_loads_are_errors(tmp_path):
     *[lambda head=head, depth=depth: vainf_model(head, f"resnet{depth}", 21, 16)
       for head in ("deeplabv3", "deeplabv3plus") for depth in (50, 101)],
     lambda: deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True),
-    lambda: deeplabv3_resnet101(weights=None, weights_backbone=None, num_classes=21, aux_loss=True)])
+    lambda: deeplabv3_resnet101(weights=None, weights_backbone=None, num_classes=21, aux_loss=True),
+    lambda: deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21, aux_loss=True),
+    lambda: lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21)])
 def test_each_layout_has_a_preset_that_builds_it(maker):
     """The preset a load error names composes to exactly the architecture the file needs."""
     record = recognise(maker().state_dict())

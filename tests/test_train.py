@@ -104,10 +104,11 @@ def test_multirun_sweep(tmp_path):
         assert state["config"]["os"] == output_stride and state["iteration"] == 1
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resume_is_exact(tmp_path, workers, cfg_train):
+@pytest.mark.parametrize("workers, backbone, head", [(0, "resnet18", "deeplabv3"), (2, "resnet18", "deeplabv3"),
+                                                     (0, "mobilenet_v3_large", "lraspp")])
+def test_resume_is_exact(tmp_path, workers, backbone, head, cfg_train):
     overrides = {"train.iters": 6, "train.eval_every": 0, "train.ckpt_every": 3, "train.num_workers": workers,
-                 "model.aux_loss": "true"}
+                 "backbone": backbone, "model.head": head, "model.aux_loss": str(head != "lraspp").lower()}
     straight = train(cfg_train(**overrides), tmp_path / "straight")
     stopped = train(cfg_train(**overrides, **{"train.stop_at": 3}), tmp_path / "resumed")
     assert stopped["iteration"] == 3

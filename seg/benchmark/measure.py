@@ -177,16 +177,28 @@ def time_loader(loader, warmup: int, batches: int, s: Setup, step: Callable = la
     return waits[0], sum(waits[warmup:]), wall
 
 
-def _aspp(model: nn.Module) -> nn.Module:
-    return model.aspp if hasattr(model, "aspp") else model.classifier[0]  # ours / torchvision's DeepLabHead
+def _aspp(model: nn.Module) -> Optional[nn.Module]:
+    """Ours / torchvision's DeepLabHead's ASPP; ``None`` for a head without one (LR-ASPP)."""
+    if hasattr(model, "aspp"):
+        return model.aspp
+    return model.classifier[0] if isinstance(model.classifier, nn.Sequential) else None
+
+
+def _stages(backbone: nn.Module) -> Dict[str, List[nn.Module]]:
+    """The stages an output stride strides or dilates: a ResNet's layer2-4, MobileNetV3's C2-C4 (``stages()``)."""
+    if hasattr(backbone, "stages"):
+        return backbone.stages()
+    return {stage: [getattr(backbone, stage)] for stage in ("layer2", "layer3", "layer4")}
 
 
 def structure(model: nn.Module) -> Dict:
-    """The ASPP rates and the dilation of every 3x3 convolution of stages 2-4, in order (a BasicBlock unit has two)."""
-    return {"aspp_rates": [_aspp(model).convs[i][0].dilation[0] for i in (1, 2, 3)],
-            "dilations": {stage: [m.dilation[0] for m in getattr(model.backbone, stage).modules()
-                                  if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
-                          for stage in ("layer2", "layer3", "layer4")}}
+    """The ASPP rates (null without an ASPP) and the dilation of every spatial (3x3; MobileNetV3: depthwise 3x3 or
+    5x5) convolution of the strided or dilated stages, in order (a BasicBlock unit has two)."""
+    aspp = _aspp(model)
+    return {"aspp_rates": None if aspp is None else [aspp.convs[i][0].dilation[0] for i in (1, 2, 3)],
+            "dilations": {stage: [m.dilation[0] for block in blocks for m in block.modules()
+                                  if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1]
+                          for stage, blocks in _stages(model.backbone).items()}}
 
 
 def _flops(model: nn.Module, batch: int, hw: Tuple[int, int], backward: bool = False) -> int:
@@ -205,11 +217,13 @@ def describe(train_model: Callable[[], nn.Module], eval_model: Callable[[], nn.M
         train, evaluation = train_model(), eval_model()
     shapes = []
     for model in (train, evaluation):
-        _aspp(model).register_forward_pre_hook(lambda _m, args: shapes.append(list(args[0].shape[1:])))
+        if _aspp(model) is not None:
+            _aspp(model).register_forward_pre_hook(lambda _m, args: shapes.append(list(args[0].shape[1:])))
     forward, eval_forward = _flops(train.eval(), 1, s.crop), _flops(evaluation.eval(), 1, s.eval_hw)
     info = {"params": sum(p.numel() for p in train.parameters()), **structure(train),
             "eval_aspp_rates": structure(evaluation)["aspp_rates"],
-            "aspp_input_shape": [s.batch, *shapes[0]], "eval_aspp_input_shape": [s.eval_batch, *shapes[1]]}
+            "aspp_input_shape": [s.batch, *shapes[0]] if shapes else None,
+            "eval_aspp_input_shape": [s.eval_batch, *shapes[1]] if shapes else None}
     flops = {"forward_per_image": forward, "train_per_image": TRAIN_FLOPS_MULTIPLIER * forward,
              "train_multiplier": TRAIN_FLOPS_MULTIPLIER, "eval_forward_per_image": eval_forward,
              "train_per_image_counted": _flops(train.train(), 2, s.crop, backward=True) // 2}

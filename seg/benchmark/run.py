@@ -115,7 +115,8 @@ def _run(cfg: Dict) -> Dict:
                                                  result["flops"]["eval_forward_per_image"])
     del model
     conv = dict.fromkeys(("shape", "dtype", "conv3x3"))
-    result["micro"] = measure.time_micro(result["model"], s) if cfg["micro"] else {
+    has_aspp = result["model"]["aspp_rates"] is not None  # the micro-benchmarks time ASPP convolutions
+    result["micro"] = measure.time_micro(result["model"], s) if cfg["micro"] and has_aspp else {
         "train": conv, "eval": dict(conv), "image_pool": dict.fromkeys(POOL_KEYS)}
     result["torchvision"] = torchvision_phase(cfg, s, result["model"]) if cfg["compare"] else None
     result.update(ratios=ratios(result) if cfg["compare"] else None, output=None)
@@ -225,7 +226,7 @@ def _fmt(value: Optional[float], digits: int = 2, scale: float = 1) -> str:
 def format_table(result: Mapping) -> str:
     """The settings, a row per figure that has one (same-step: with torchvision only), the micro-benchmarks."""
     tv, peak, device = result["torchvision"], result["peak"], result["device"]
-    lines = [f"DeepLabV3 benchmark on {device['name']} ({device['type']}); peak: {peak['name'] or 'unknown'} "
+    lines = [f"Segmentation benchmark on {device['name']} ({device['type']}); peak: {peak['name'] or 'unknown'} "
              f"{peak['precision']} {_fmt(peak['tflops'], 1)} TFLOP/s", *textwrap.wrap(", ".join(
                  f"{key}={value}" for key, value in result["settings"].items()), 120), ""]
     rows = [("figure", "ours", "torchvision", "ours/tv")]

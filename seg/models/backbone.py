@@ -25,7 +25,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from torchvision.models import resnet
+from torchvision.models import mobilenetv3, resnet
 
 from seg.errors import UserError
 from seg.io import describe, safe_load
@@ -40,6 +40,14 @@ BACKBONES: Dict[str, Tuple] = {
     "resnet34": (resnet.resnet34, resnet.ResNet34_Weights.IMAGENET1K_V1, (64, 256, 512)),
     "resnet50": (resnet.resnet50, resnet.ResNet50_Weights.IMAGENET1K_V1, (256, 1024, 2048)),
     "resnet101": (resnet.resnet101, resnet.ResNet101_Weights.IMAGENET1K_V1, (256, 1024, 2048)),
+}
+
+# Every encoder built from a torchvision classification network (the ResNets here, MobileNetV3 in
+# seg/models/mobilenet.py): name -> (ImageNet weights enum entry, prefix of the classifier's keys, which the
+# segmentation models drop).
+IMAGENET_WEIGHTS: Dict[str, Tuple] = {
+    **{name: (entry[1], "fc.") for name, entry in BACKBONES.items()},
+    "mobilenet_v3_large": (mobilenetv3.MobileNet_V3_Large_Weights.IMAGENET1K_V1, "classifier."),
 }
 
 
@@ -153,17 +161,19 @@ class WeightsUnavailableError(UserError, RuntimeError):
 
 
 def load_backbone_weights(net: nn.Module, name: str, pretrained: str) -> None:
-    """Load ImageNet weights (``"imagenet"``) or a local ResNet state dict (a path) into a torchvision ResNet.
+    """Load ImageNet weights (``"imagenet"``) or a local state dict (a path) into torchvision's network ``name``.
 
-    Every tensor but the classifier (``fc.``) must be there with its shape: a file that does not fit is a
-    ``WeightsError`` saying what the file holds, never a partly initialised backbone.
+    Every tensor but the classifier (``fc.`` or ``classifier.``: ``IMAGENET_WEIGHTS``) must be there with its
+    shape: a file that does not fit is a ``WeightsError`` saying what the file holds, never a partly initialised
+    backbone.
     """
     source = fetch_imagenet_weights(name) if pretrained == "imagenet" else pretrained
     what = (f"ImageNet weights for {name}" if pretrained == "imagenet"
             else f"backbone weights for {name} (backbone.pretrained)")
     state = safe_load(source, what=what)
+    weights, classifier = IMAGENET_WEIGHTS[name]
     expected = (f"a torchvision {name} state dict (ImageNet classification weights, e.g. "
-                f"{os.path.basename(BACKBONES[name][1].url)})")
+                f"{os.path.basename(weights.url)})")
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     if is_own_checkpoint(state) or recognise(state) is not None:  # a whole segmentation model: its backbone
@@ -173,8 +183,8 @@ def load_backbone_weights(net: nn.Module, name: str, pretrained: str) -> None:
         expected = f"a segmentation model on {name}"
     if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{source} is {describe(state)}, not {expected}")
-    own = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    own = {k: v for k, v in net.state_dict().items() if not k.startswith(classifier)}
+    state = {k: v for k, v in state.items() if not k.startswith(classifier)}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     reshaped = [f"{k} {list(state[k].shape)} instead of {list(own[k].shape)}" for k in own
@@ -195,7 +205,7 @@ def fetch_imagenet_weights(name: str) -> Path:
     Training scripts call this before any other work, so a machine without network access and without the file
     stops at once with the path to put it at.
     """
-    url = BACKBONES[name][1].url
+    url = IMAGENET_WEIGHTS[name][0].url
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
     if cached.is_file():
         return cached

@@ -1,8 +1,8 @@
-"""DeepLabv3 and DeepLabv3+ segmentation models."""
+"""DeepLabv3 and DeepLabv3+ segmentation models, and ``build_model`` for every head (LR-ASPP: seg/models/lraspp.py)."""
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -10,14 +10,20 @@ from torch import nn
 
 from seg.models.aspp import ASPP, check_aspp_rates, conv_bn_relu, default_aspp_rates
 from seg.models.backbone import (
+    BACKBONES,
     ResNetBackbone,
     build_backbone,
-    check_backbone,
     check_multi_grid,
     check_output_stride,
 )
+from seg.models.lraspp import LRASPP
+from seg.models.mobilenet import MOBILENETS, MobileNetV3Encoder, build_mobilenet
 
-HEADS = ("deeplabv3", "deeplabv3plus")
+HEADS = ("deeplabv3", "deeplabv3plus", "lraspp")
+ENCODERS = (*BACKBONES, *MOBILENETS)  # backbone names: the atrous ResNets, then torchvision's MobileNetV3
+# LR-ASPP reads the encoder's stride-8 map: MobileNetV3's ``mid`` (C2). A ResNet's ``mid`` is stage 3 (stride 16 at
+# OS16), so the head is offered where torchvision offers it only.
+LRASPP_BACKBONES = tuple(MOBILENETS)
 # 3x3 conv/BN/ReLU layers between the ASPP (v3) or the concatenation (v3+) and the classifier: allowed, default.
 DECODER_CONVS = {"deeplabv3": ((0, 1), 1), "deeplabv3plus": ((1, 2), 2)}
 
@@ -66,8 +72,8 @@ class FCNHead(nn.Sequential):
 class DeepLabV3(nn.Module):
     """``forward(x)`` returns ``{"out": logits}`` (plus ``"aux"``) at the input's height and width."""
 
-    def __init__(self, backbone: ResNetBackbone, aspp: ASPP, decoder: nn.Module, num_classes: int,
-                 aux_head: Optional[nn.Module] = None, channels: int = 256):
+    def __init__(self, backbone: Union[ResNetBackbone, MobileNetV3Encoder], aspp: ASPP, decoder: nn.Module,
+                 num_classes: int, aux_head: Optional[nn.Module] = None, channels: int = 256):
         super().__init__()
         self.backbone = backbone
         self.aspp = aspp
@@ -107,43 +113,63 @@ class DeepLabV3(nn.Module):
 
 def check_arguments(backbone: str, num_classes: Optional[int] = None, output_stride: int = 16,
                     multi_grid: Optional[Sequence[int]] = (1, 2, 4), aspp_rates: Optional[Sequence[int]] = None,
-                    head: str = "deeplabv3", decoder_convs: Optional[int] = None) -> None:
+                    head: str = "deeplabv3", aux_loss: bool = False, decoder_convs: Optional[int] = None) -> None:
     """Raise a ``ValueError`` that starts with the name of the first bad argument of ``build_model``.
 
     ``build_model`` calls this first; ``seg.config`` calls it on a configuration before any work and words the
     error in config keys, so each rule is written once. ``num_classes=None`` skips that check.
     """
-    check_backbone(backbone)
+    if backbone not in ENCODERS:
+        raise ValueError(f"backbone must be one of {list(ENCODERS)}, got {backbone!r}")
     if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool)
                                     or num_classes < 1):
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     check_output_stride(output_stride)
-    check_multi_grid(multi_grid)
+    if backbone in MOBILENETS and multi_grid is not None:
+        raise ValueError(f"multi_grid must be null for backbone {backbone} (it has no ResNet-like last stage to "
+                         f"apply a grid to), got {list(multi_grid)!r}")
+    if multi_grid is not None:
+        check_multi_grid(multi_grid)
     if aspp_rates is not None:
         check_aspp_rates(aspp_rates)
     if head not in HEADS:
         raise ValueError(f"head must be one of {list(HEADS)}, got {head!r}")
-    allowed, _ = DECODER_CONVS[head]
+    allowed, _ = DECODER_CONVS.get(head, ((), None))
     if decoder_convs is not None and (isinstance(decoder_convs, bool) or decoder_convs not in allowed):
-        raise ValueError(f"decoder_convs must be one of {list(allowed)} (or null) with head {head}, "
-                         f"got {decoder_convs!r}")
+        raise ValueError(f"decoder_convs must be {f'one of {list(allowed)} or ' if allowed else ''}null with head "
+                         f"{head}, got {decoder_convs!r}")
+    if head == "lraspp":
+        if backbone not in LRASPP_BACKBONES:
+            raise ValueError(f"head lraspp (torchvision's LR-ASPP) needs backbone {' or '.join(LRASPP_BACKBONES)}; "
+                             f"for backbone {backbone} use one of {[h for h in HEADS if h != 'lraspp']}")
+        if aspp_rates is not None:
+            raise ValueError(f"aspp_rates must be null with head lraspp (LR-ASPP has no ASPP), got {aspp_rates!r}")
+        if aux_loss:
+            raise ValueError("aux_loss must be false with head lraspp (LR-ASPP has no auxiliary head, as in "
+                             "torchvision)")
 
 
 def build_model(backbone: str, num_classes: int, output_stride: int = 16,
                 multi_grid: Optional[Sequence[int]] = (1, 2, 4), aspp_rates: Optional[Sequence[int]] = None,
                 head: str = "deeplabv3", aux_loss: bool = False, pretrained: str = "none", dropout: float = 0.1,
-                contract_dilation: bool = False, decoder_convs: Optional[int] = None) -> DeepLabV3:
-    """Build DeepLabv3 / v3+ on an atrous ResNet.
+                contract_dilation: bool = False, decoder_convs: Optional[int] = None) -> Union[DeepLabV3, LRASPP]:
+    """Build DeepLabv3 / v3+ on an atrous ResNet or MobileNetV3, or LR-ASPP on MobileNetV3.
 
     ``pretrained`` applies to the backbone: ``"imagenet"`` (torchvision's weights and cache), ``"none"``, or a
-    path to a local ResNet state dict. Whole-model weights are loaded afterwards with ``load_weights``.
-    ``contract_dilation`` and ``decoder_convs`` (None: the head's default) describe other projects' variants of
-    the architecture (``seg.models.layouts``): the first unit of a dilated stage at half the rate, and the number
-    of 3x3 convolutions before the classifier.
+    path to a local state dict of torchvision's classification network. ``multi_grid=None``: no multi-grid (unit
+    rates on a ResNet; the only value for MobileNetV3). Whole-model weights are loaded afterwards with
+    ``load_weights``. ``contract_dilation`` and ``decoder_convs`` (None: the head's default) describe other
+    projects' variants of the architecture (``seg.models.layouts``): the first unit of a dilated stage at half the
+    rate, and the number of 3x3 convolutions before the classifier.
     """
-    check_arguments(backbone, num_classes, output_stride, multi_grid, aspp_rates, head, decoder_convs)
+    check_arguments(backbone, num_classes, output_stride, multi_grid, aspp_rates, head, aux_loss, decoder_convs)
+    if backbone in MOBILENETS:
+        trunk: nn.Module = build_mobilenet(backbone, output_stride, pretrained)
+    else:
+        trunk = build_backbone(backbone, output_stride, multi_grid, pretrained, contract_dilation)
+    if head == "lraspp":
+        return LRASPP(trunk, num_classes)
     rates = list(aspp_rates) if aspp_rates else default_aspp_rates(output_stride)
-    trunk = build_backbone(backbone, output_stride, multi_grid, pretrained, contract_dilation)
     aspp = ASPP(trunk.out_channels, rates, dropout=dropout)
     convs = DECODER_CONVS[head][1] if decoder_convs is None else decoder_convs
     if head == "deeplabv3plus":

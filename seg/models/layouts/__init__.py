@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from seg.models.layouts import torchvision, vainf
+from seg.models.layouts import torchvision, torchvision_mobilenet, vainf
 from seg.models.layouts.base import Foreign
 
-RECOGNISERS = (torchvision.recognise, vainf.recognise)
+RECOGNISERS = (torchvision.recognise, torchvision_mobilenet.recognise, vainf.recognise)
 
 
 def recognise(obj: Any) -> Optional[Foreign]:
