@@ -4,8 +4,9 @@ mmsegmentation cannot be installed in the test environment (mmcv needs compiled 
 ``seg.models.layouts.mmseg`` run against this instead. It follows, module by module and name by name, so that its
 ``state_dict()`` has mmsegmentation's real keys:
 
-- mmseg/models/backbones/resnet.py: ``ResNetV1c`` (``deep_stem=True``: ``stem.0-8``; ``Bottleneck`` of style
-  ``pytorch``, its stride in ``conv2``; norms named ``bn1``-``bn3``), with mmseg/models/utils/res_layer.py's
+- mmseg/models/backbones/resnet.py: ``ResNetV1c`` (``deep_stem=True``: ``stem.0-8``; ``ResNet``'s ``conv1``,
+  ``bn1`` otherwise; ``Bottleneck`` of style ``pytorch``, its stride in ``conv2``; norms named ``bn1``-``bn3``),
+  with mmseg/models/utils/res_layer.py's
   ``ResLayer`` (``contract_dilation``: the first block of a dilated stage at ``dilation // 2``; ``downsample.0/1``);
   D8: ``strides=(1, 2, 1, 1)``, ``dilations=(1, 1, 2, 4)``;
 - mmcv/cnn/bricks/conv_module.py ``ConvModule`` (``conv`` without bias before a norm, ``bn``, ``activate``) and
@@ -88,18 +89,26 @@ class ResLayer(nn.Sequential):
         super().__init__(*layers)
 
 
-class ResNetV1c(nn.Module):
+class ResNet(nn.Module):
+    """``deep_stem=False``: mmseg's ``ResNet`` (the ``r50b`` / ``r101b`` configs: ``conv1``, ``bn1``, ``relu``)."""
+
     arch_settings = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
     def __init__(self, depth=50, strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4), contract_dilation=True,
-                 stem_channels=64):
+                 stem_channels=64, deep_stem=False):
         super().__init__()
         half = stem_channels // 2
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, half, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
-            nn.Conv2d(half, half, 3, padding=1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
-            nn.Conv2d(half, stem_channels, 3, padding=1, bias=False), nn.BatchNorm2d(stem_channels),
-            nn.ReLU(inplace=True))
+        self.deep_stem = deep_stem
+        if deep_stem:
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, half, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
+                nn.Conv2d(half, half, 3, padding=1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
+                nn.Conv2d(half, stem_channels, 3, padding=1, bias=False), nn.BatchNorm2d(stem_channels),
+                nn.ReLU(inplace=True))
+        else:
+            self.conv1 = nn.Conv2d(3, stem_channels, 7, stride=2, padding=3, bias=False)
+            self.bn1 = nn.BatchNorm2d(stem_channels)
+            self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         inplanes = stem_channels
         self.res_layers = []
@@ -111,12 +120,17 @@ class ResNetV1c(nn.Module):
             inplanes = planes * Bottleneck.expansion
 
     def forward(self, x):
-        x = self.maxpool(self.stem(x))
+        x = self.maxpool(self.stem(x) if self.deep_stem else self.relu(self.bn1(self.conv1(x))))
         outs = []
         for name in self.res_layers:
             x = getattr(self, name)(x)
             outs.append(x)
         return tuple(outs)
+
+
+class ResNetV1c(ResNet):
+    def __init__(self, **kwargs):
+        super().__init__(deep_stem=True, **kwargs)
 
 
 class BaseDecodeHead(nn.Module):
@@ -202,9 +216,9 @@ class EncoderDecoder(nn.Module):
     """``deeplabv3_r{50,101}-d8`` (``plus=False``) or ``deeplabv3plus_r{50,101}-d8``, with or without the
     auxiliary head; ``forward`` returns the logits at the input size (and the auxiliary head's, if any)."""
 
-    def __init__(self, depth=50, num_classes=21, plus=False, aux=True):
+    def __init__(self, depth=50, num_classes=21, plus=False, aux=True, deep_stem=True):
         super().__init__()
-        self.backbone = ResNetV1c(depth)
+        self.backbone = ResNet(depth, deep_stem=deep_stem)
         head = dict(in_channels=2048, in_index=3, channels=512, dilations=(1, 12, 24, 36), dropout_ratio=0.1,
                     num_classes=num_classes)
         self.decode_head = (DepthwiseSeparableASPPHead(c1_in_channels=256, c1_channels=48, **head) if plus

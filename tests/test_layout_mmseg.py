@@ -79,6 +79,16 @@ def test_mmseg_recognise_details():
     foreign = mmseg.recognise(state)  # a bare state dict: no class names
     assert foreign.layout == "mmsegmentation DeepLabV3+ R101-D8" and foreign.class_names is None
     assert foreign.arguments["backbone"] == "resnet101" and foreign.arguments["stem"] == "deep"
+    # the r50b / r101b configs: mmseg's ResNet with the standard 7x7 stem
+    standard = randomised(EncoderDecoder(depth=50, num_classes=2, plus=False, aux=False, deep_stem=False), seed=5)
+    foreign = mmseg.recognise(standard.state_dict())
+    assert foreign.layout == "mmsegmentation DeepLabV3 R50b-D8" and foreign.arguments["stem"] == "standard"
+    model = build_model(**foreign.arguments).eval()
+    model.load_state_dict(foreign.state, strict=True)
+    image = torch.randn(1, 3, 33, 33)
+    with torch.no_grad():
+        expected, _ = standard(image)
+        assert (model(image)["out"] - expected).abs().max() <= 1e-4 * expected.abs().max()
     # mmseg 1.x (mmengine) keeps the class names under dataset_meta
     one_x = {"meta": {"dataset_meta": {"classes": ("a", "b", "c", "d")}}, "state_dict": state}
     assert mmseg.recognise(one_x).class_names == ["a", "b", "c", "d"]
