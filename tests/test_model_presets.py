@@ -6,7 +6,7 @@ from helpers import compose_config
 from mmseg_reference import EncoderDecoder
 
 from seg.config import model_kwargs, validate_train
-from seg.engine.checkpoint import model_from_checkpoint
+from seg.engine.checkpoint import CheckpointError, check_resume_config, model_from_checkpoint
 from seg.models import build_model
 from seg.models.layouts import mmseg
 from seg.models.spec import CONFIG_KEYS
@@ -57,3 +57,15 @@ def test_a_preset_model_runs_and_its_checkpoint_builds_again():
     rebuilt = model_from_checkpoint({"config": cfg, "model": model.state_dict(), "num_classes": 3,
                                      "class_names": ["a", "b", "c"]})
     assert isinstance(rebuilt.classifier_dropout, torch.nn.Dropout2d)
+
+
+def test_resume_refuses_another_stem_or_head_width_and_accepts_configs_written_before_the_keys():
+    old = compose_config("train", ["backbone=resnet18"])
+    del old["backbone"]["stem"]
+    for key in ("aspp_channels", "aspp_projection_kernel", "separable_convs"):
+        del old["model"][key]
+    check_resume_config(old, compose_config("train", ["backbone=resnet18"]), "last.pt")  # the defaults: fine
+    for override, key in (("backbone.stem=deep", "backbone.stem"), ("model.aspp_channels=512", "model.aspp_channels"),
+                          ("model.separable_convs=true", "model.separable_convs")):
+        with pytest.raises(CheckpointError, match=f"cannot resume last.pt: {key} was "):
+            check_resume_config(old, compose_config("train", ["backbone=resnet18", override]), "last.pt")

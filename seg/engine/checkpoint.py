@@ -19,12 +19,17 @@ from seg.engine.device import unwrap, versions
 from seg.errors import UserError
 from seg.io import atomic_save, describe, is_torchscript, safe_load
 from seg.models import DeepLabV3, build_model
+from seg.models.spec import CONFIG_KEYS
 
 log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("model", "config", "class_names", "iteration")
 # Config entries that change the model's parameters: resuming with another value cannot work.
-SHAPE_KEYS = (("backbone", "name"), ("model", "head"), ("model", "aux_loss"), ("dataset", "num_classes"))
+SHAPE_KEYS = (("backbone", "name"), ("model", "head"), ("model", "aux_loss"), ("dataset", "num_classes"),
+              ("backbone", "stem"), ("model", "aspp_channels"), ("model", "aspp_projection_kernel"),
+              ("model", "separable_convs"))
+# What a config written before a key existed meant by it (seg.models.spec), e.g. backbone.stem: standard.
+SHAPE_DEFAULTS = {(section, key): default for section, key, default in CONFIG_KEYS.values()}
 # Config entries that only choose a new run's initial weights: a resume loads the checkpoint's instead.
 INITIAL_WEIGHT_KEYS = ("backbone.pretrained", "model.weights")
 
@@ -202,7 +207,8 @@ def restore(path: Union[str, Path], output_stride: Optional[int] = None) -> Tupl
 def check_resume_config(saved: Mapping, current: Mapping, path) -> None:
     """Refuse a resume whose config changes the model's shape."""
     for section, key in SHAPE_KEYS:
-        old, new = saved.get(section, {}).get(key), current.get(section, {}).get(key)
+        old = saved.get(section, {}).get(key, SHAPE_DEFAULTS.get((section, key)))
+        new = current.get(section, {}).get(key)
         if new is not None and old != new:
             raise CheckpointError(
                 f"cannot resume {path}: {section}.{key} was {old!r} in that run and is {new!r} now; "
