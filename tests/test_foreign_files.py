@@ -33,11 +33,12 @@ class Sneaky:
         open(state["marker"], "w").close()
 
 
-def test_payloads_in_a_foreign_file_never_run(tmp_path):
+@pytest.mark.parametrize("zip_format", [True, False])  # torch.save's format since 1.6, and the legacy one
+def test_payloads_in_a_foreign_file_never_run(tmp_path, zip_format):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {"w": torch.ones(2)}, "meta": SystemCall(marker), "hub": Sneaky(marker),
-                "eval": Eval(marker)}, path)
+                "eval": Eval(marker)}, path, _use_new_zipfile_serialization=zip_format)
     loaded = load_foreign(path)
     assert not marker.exists()
     assert torch.equal(loaded["state_dict"]["w"], torch.ones(2))
