@@ -5,6 +5,8 @@ import torch
 from helpers import compose_config
 from mmseg_reference import ResNetV1c, randomised
 
+from seg.analysis.coverage import receptive_field
+from seg.analysis.model import analyse_model, main_path_layers
 from seg.config import ConfigError, validate_train
 from seg.models import build_model
 from seg.models.backbone import build_backbone
@@ -49,3 +51,15 @@ def test_deep_stem_has_no_imagenet_weights_but_takes_a_local_file(tmp_path):
     backbone = build_backbone("resnet50", 8, None, str(tmp_path / "resnet50_v1c.pth"), True, stem="deep")
     assert torch.equal(backbone.stem[0].weight, reference.stem[0].weight)
     assert torch.equal(backbone.layer4[2].conv3.weight, reference.layer4[2].conv3.weight)
+
+
+def test_receptive_field_analysis_reads_the_deep_stem_and_separable_branches():
+    model = build_model("resnet18", 2, stem="deep", separable_convs=True)
+    layers = main_path_layers(model)
+    assert [layer.name for layer in layers[:4]] == ["backbone.stem.0", "backbone.stem.3", "backbone.stem.6",
+                                                    "backbone.maxpool"]
+    standard = main_path_layers(build_model("resnet18", 2))
+    # three 3x3 convs (stride 2, 1, 1) see 11 pixels before the pool, one 7x7 (stride 2) sees 7
+    assert receptive_field(layers[:3]) == 11 and receptive_field(standard[:1]) == 7
+    rates = [branch["rate"] for branch in analyse_model(model, input_size=129)["aspp"] if branch["kind"] == "conv"]
+    assert rates == [1, 6, 12, 18]
