@@ -99,3 +99,8 @@ def test_mmseg_recognise_details():
     shallow = {k: v for k, v in state.items() if not k.startswith("backbone.layer3.") or int(k.split(".")[2]) < 2}
     with pytest.raises(WeightsError, match="2 blocks in layer3"):
         mmseg.recognise(shallow)
+    # an auxiliary FCNHead of two convs (num_convs=2): not the D8 configs' head, not built here
+    two_convs = dict(state, **{"auxiliary_head.convs.1.conv.weight": torch.zeros(256, 256, 3, 3),
+                               "auxiliary_head.conv_seg.weight": torch.zeros(4, 256, 1, 1)})
+    with pytest.raises(WeightsError, match=r"1 tensors of parts .* \(e.g. auxiliary_head.convs.1.conv.weight\)"):
+        mmseg.recognise(two_convs)

@@ -118,4 +118,12 @@ def recognise(obj: Any) -> Optional[Foreign]:
                      aspp_projection_kernel=3, separable_convs=plus, decoder_convs=2 if plus else 0, dropout=0.0,
                      classifier_dropout=0.1)
     name = f"mmsegmentation {head} {depth}{'' if deep else 'b'}-D8" + (" (with auxiliary_head)" if aux else "")
-    return Foreign(name, arguments, convert(state), class_names(whole, num_classes), stride_recorded=False)
+    converted = convert(state)
+    # Parts of other configs: FCNHead with more convs or concat_input, ResNetV1d's average-pool shortcut.
+    unbuilt = [key for key in converted
+               if key.startswith(("decode_head.", "auxiliary_head.")) or ".downsample.2." in key]
+    if unbuilt:
+        raise WeightsError(f"an mmsegmentation {head} {depth}-D8 checkpoint with {len(unbuilt)} tensors of parts this "
+                           f"project does not build (e.g. {', '.join(unbuilt[:2])}): its own configs' "
+                           "deeplabv3(plus)_r50/r101-d8 are supported")
+    return Foreign(name, arguments, converted, class_names(whole, num_classes), stride_recorded=False)
