@@ -50,6 +50,7 @@ class ConfigError(UserError, ValueError):
 class BackboneKeys:
     name: str
     pretrained: str  # imagenet | none | a path
+    stem: str = "standard"  # standard | deep
 
 
 @dataclass
@@ -62,6 +63,10 @@ class ModelKeys:
     weights: Optional[str]
     contract_dilation: bool = False
     decoder_convs: Optional[int] = None
+    aspp_channels: int = 256
+    aspp_projection_kernel: int = 1
+    separable_convs: bool = False
+    classifier_dropout: float = 0.0
 
 
 @dataclass
@@ -290,9 +295,15 @@ def check_output_stride(value, key: str = "os", optional: bool = False) -> None:
 
 def _check_model(cfg: Mapping) -> None:
     model = cfg["model"]
-    in_config_terms(check_arguments, cfg["backbone"]["name"], output_stride=cfg["os"],
+    backbone = cfg["backbone"]
+    in_config_terms(check_arguments, backbone["name"], output_stride=cfg["os"],
                     multi_grid=model["multi_grid"], aspp_rates=model.get("aspp_rates"), head=model["head"],
-                    decoder_convs=model.get("decoder_convs"), aux_loss=model["aux_loss"])
+                    decoder_convs=model.get("decoder_convs"), aux_loss=model["aux_loss"],
+                    stem=backbone.get("stem", "standard"),
+                    pretrained=backbone.get("pretrained", "none"), aspp_channels=model.get("aspp_channels", 256),
+                    aspp_projection_kernel=model.get("aspp_projection_kernel", 1),
+                    classifier_dropout=model.get("classifier_dropout", 0.0),
+                    keys={**MODEL_KEYS, "pretrained": "backbone.pretrained"})
     if "dropout" in model:
         number(model["dropout"], "model.dropout", strict=False, below=1)
 

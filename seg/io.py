@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import _codecs
+import _compat_pickle
+import builtins
+import collections
 import contextlib
 import errno
 import json
@@ -9,6 +13,7 @@ import os
 import pickle
 import re
 import tempfile
+import types
 import warnings
 import zipfile
 from pathlib import Path
@@ -80,6 +85,12 @@ def describe(obj: Any) -> str:
     return f"a {type(obj).__name__}"
 
 
+class NeedsCodeError(UnsafeFileError):
+    """A file whose pickle names classes or functions beyond tensors and plain containers: ``safe_load`` refuses
+    it; another project's file of that kind (its framework's objects, NumPy values) may be read with
+    ``load_foreign``."""
+
+
 def safe_load(path: Union[str, Path], what: str = "checkpoint") -> Any:
     """``torch.load(path, weights_only=True)`` with one-line errors naming the file and what it is instead.
 
@@ -87,6 +98,31 @@ def safe_load(path: Union[str, Path], what: str = "checkpoint") -> Any:
     refused here instead of executed. Whatever else the file holds (junk, a truncated archive, a web page), the
     result is the loaded object or an ``UnsafeFileError``: no other exception escapes.
     """
+    path = _torch_file(path, what)
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 200": the error below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        dtype = re.search(r"GLOBAL torch\.(\w+) was not an allowed global", str(error))
+        if dtype and isinstance(getattr(torch, dtype.group(1), None), torch.dtype):
+            raise UnsafeFileError(
+                f"cannot read {what} {path} with torch {torch.__version__}: it holds torch.{dtype.group(1)} "
+                "tensors, which this torch cannot load; load it with the newer torch that wrote it") from None
+        needs = re.search(r"GLOBAL (\S+) was not an allowed global|unsupported GLOBAL (\S+) whose module", str(error))
+        if needs:
+            raise NeedsCodeError(
+                f"refusing to load {what} {path}: it is not a plain tensor file and would need to run code "
+                f"({needs.group(1) or needs.group(2)}) to load; only load files from sources you trust, re-saved as "
+                "plain state dicts") from None
+        raise UnsafeFileError(_corrupt(what, path, error)) from None
+    except Exception as error:  # junk reaches torch's unpickler and zip reader in many ways; none may escape
+        raise UnsafeFileError(_corrupt(what, path, error)) from None
+
+
+def _torch_file(path: Union[str, Path], what: str) -> Path:
+    """``path`` if it is a file in one of torch.save's formats (and no TorchScript program), else the one-line
+    ``MissingFileError`` / ``UnsafeFileError`` that says what it is instead."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"{what} not found: {path}")
@@ -99,24 +135,122 @@ def safe_load(path: Union[str, Path], what: str = "checkpoint") -> Any:
         raise UnsafeFileError(f"{path} is {kind}; {expected}")
     if is_torchscript(path):
         raise UnsafeFileError(f"{path} is an exported TorchScript model (a program); {expected}")
+    return path
+
+
+class Inert:
+    """What a class or function named in another project's file becomes: a record of its name and of the arguments
+    and state the file gives it. Constructing, filling and "calling" it (pickle's REDUCE, NEWOBJ, BUILD, SETITEMS,
+    APPENDS) only stores values; nothing of the named class or function is imported or run."""
+
+    qualified_name = "?"
+
+    def __new__(cls, *args, **kwargs):
+        inert = super().__new__(cls)
+        inert.args, inert.kwargs, inert.state, inert.items, inert.elements = args, kwargs, None, {}, []
+        return inert
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __setitem__(self, key, value):
+        self.items[key] = value
+
+    def append(self, value):
+        self.elements.append(value)
+
+    def extend(self, values):
+        self.elements.extend(values)
+
+    def __repr__(self):
+        return f"<inert {self.qualified_name}>"
+
+
+def _numpy_globals() -> Dict[Tuple[str, str], Any]:
+    """What pickled NumPy arrays, scalars and dtypes name (numpy 1.x ``numpy.core``, 2.x ``numpy._core``): array
+    and scalar constructors from raw bytes, which run nothing of the file's."""
     try:
-        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 200": the error below says it all
+        import numpy
+    except ImportError:  # then they stay inert
+        return {}
+    core = numpy._core if hasattr(numpy, "_core") else numpy.core
+    allowed = {("numpy", "ndarray"): numpy.ndarray, ("numpy", "dtype"): numpy.dtype}
+    for package in ("numpy.core", "numpy._core"):  # files written under numpy 1.x and 2.x
+        allowed[(f"{package}.multiarray", "_reconstruct")] = core.multiarray._reconstruct
+        allowed[(f"{package}.multiarray", "scalar")] = core.multiarray.scalar
+        if hasattr(core.numeric, "_frombuffer"):
+            allowed[(f"{package}.numeric", "_frombuffer")] = core.numeric._frombuffer
+    return allowed
+
+
+def _allowed_globals() -> Dict[Tuple[str, str], Any]:
+    """Classes and functions a file of another project may use: those ``torch.load(weights_only=True)`` allows
+    (tensors, storages, dtypes, ``OrderedDict``), plain containers, and NumPy's array constructors."""
+    allowed: Dict[Tuple[str, str], Any] = {}
+    torch_allowed = getattr(torch._weights_only_unpickler, "_get_allowed_globals", dict)()
+    for qualified, value in torch_allowed.items():
+        module, _, name = qualified.rpartition(".")
+        allowed[(module, name)] = value
+    allowed.update({("collections", "OrderedDict"): collections.OrderedDict, ("_codecs", "encode"): _codecs.encode,
+                    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+                    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+                    ("torch", "Size"): torch.Size})
+    for name in ("set", "frozenset", "bytearray", "complex", "slice"):
+        allowed[("builtins", name)] = getattr(builtins, name)
+    allowed.update(_numpy_globals())
+    return allowed
+
+
+class InertUnpickler(pickle.Unpickler):
+    """An unpickler whose every global is either on ``_allowed_globals`` or an ``Inert`` stand-in."""
+
+    allowed: Dict[Tuple[str, str], Any] = {}
+    stand_ins: Dict[Tuple[str, str], type] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if not InertUnpickler.allowed:
+            InertUnpickler.allowed = _allowed_globals()
+        key = (module, name)  # Python 2 names, as protocol-2 pickles (torch.save's) write builtins: __builtin__.set
+        key = _compat_pickle.NAME_MAPPING.get(key, (_compat_pickle.IMPORT_MAPPING.get(module, module), name))
+        module, name = key
+        if key in self.allowed:
+            return self.allowed[key]
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        if key not in self.stand_ins:
+            self.stand_ins[key] = type(name.rpartition(".")[2] or "Inert", (Inert,),
+                                       {"qualified_name": f"{module}.{name}", "__module__": __name__})
+        return self.stand_ins[key]
+
+
+def _inert_load(file, **kwargs) -> Any:
+    return InertUnpickler(file, **kwargs).load()
+
+
+# What torch.load takes as ``pickle_module``: its ``Unpickler`` (torch subclasses it to read storages) and ``load``.
+INERT_PICKLE = types.ModuleType("seg_inert_pickle", "pickle with every unknown global inert (seg.io.load_foreign)")
+INERT_PICKLE.Unpickler = InertUnpickler
+INERT_PICKLE.load = _inert_load
+
+
+def load_foreign(path: Union[str, Path], what: str = "weights file") -> Any:
+    """Read another project's ``torch.save`` file (mmsegmentation's, mmengine's ...) without running its code.
+
+    Such files hold more than tensors: mmengine's ``message_hub`` pickles ``HistoryBuffer`` objects and NumPy
+    values, which ``safe_load`` (``weights_only=True``) refuses. Here every class or function the file names that is
+    not a tensor, a plain container or a NumPy array is read as an ``Inert`` record (its name, arguments and state)
+    and never imported or called, so a payload such as ``os.system`` stays an inert record too. For this project's
+    own checkpoints use ``safe_load``, which refuses such files outright.
+    """
+    path = _torch_file(path, what)
+    try:
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        dtype = re.search(r"GLOBAL torch\.(\w+) was not an allowed global", str(error))
-        if dtype and isinstance(getattr(torch, dtype.group(1), None), torch.dtype):
-            raise UnsafeFileError(
-                f"cannot read {what} {path} with torch {torch.__version__}: it holds torch.{dtype.group(1)} "
-                "tensors, which this torch cannot load; load it with the newer torch that wrote it") from None
-        needs = re.search(r"GLOBAL (\S+) was not an allowed global", str(error))
-        if needs:
-            raise UnsafeFileError(
-                f"refusing to load {what} {path}: it is not a plain tensor file and would need to run code "
-                f"({needs.group(1)}) to load; only load files from sources you trust, re-saved as plain state "
-                "dicts") from None
-        raise UnsafeFileError(_corrupt(what, path, error)) from None
-    except Exception as error:  # junk reaches torch's unpickler and zip reader in many ways; none may escape
+            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=INERT_PICKLE)
+    except Exception as error:  # junk reaches the unpickler and zip reader in many ways; none may escape
         raise UnsafeFileError(_corrupt(what, path, error)) from None
 
 

@@ -1,6 +1,7 @@
-"""The parity table of docs/peers.md: ``python -m tests.peer_parity`` (CPU, about a minute).
+"""The parity table of docs/peers.md: ``python tests/peer_parity.py`` (CPU, about a minute).
 
-Each peer model is built by the peer's code (torchvision) or its re-write from source (tests/vainf_reference.py)
+Each peer model is built by the peer's code (torchvision) or its re-write from source (tests/vainf_reference.py,
+tests/mmseg_reference.py)
 with random weights and BatchNorm statistics, saved to a file, loaded with ``seg.models.model_from_file``, and run
 on the same 129x97 image; the table gives the largest absolute logit difference and that difference relative
 to the largest logit magnitude.
@@ -10,11 +11,18 @@ import tempfile
 from pathlib import Path
 
 import torch
-from torchvision.models.segmentation import deeplabv3_resnet50, deeplabv3_resnet101
+from mmseg_reference import EncoderDecoder
+from mmseg_reference import randomised as mmseg_randomised
+from test_peers import randomised
+from torchvision.models.segmentation import (
+    deeplabv3_mobilenet_v3_large,
+    deeplabv3_resnet50,
+    deeplabv3_resnet101,
+    lraspp_mobilenet_v3_large,
+)
+from vainf_reference import vainf_model
 
 from seg.models import model_from_file
-from tests.test_peers import randomised
-from tests.vainf_reference import vainf_model
 
 
 def cases():
@@ -26,6 +34,12 @@ def cases():
     for builder in (deeplabv3_resnet50, deeplabv3_resnet101):
         yield (f"torchvision {builder.__name__}(aux_loss=True)",
                lambda b=builder: b(weights=None, weights_backbone=None, num_classes=21, aux_loss=True), None)
+    for builder in (deeplabv3_mobilenet_v3_large, lraspp_mobilenet_v3_large):
+        yield f"torchvision {builder.__name__}", lambda b=builder: b(weights=None, weights_backbone=None), None
+    for plus in (False, True):
+        for depth in (50, 101):
+            yield (f"mmsegmentation deeplabv3{'plus' if plus else ''}_r{depth}-d8 (re-written, with aux)",
+                   lambda p=plus, d=depth: mmseg_randomised(EncoderDecoder(d, 21, plus=p, aux=True), 0), None)
 
 
 def main() -> None:
@@ -35,12 +49,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "peer.pth"
         for name, make, stride in cases():
-            theirs = randomised(make())
+            theirs = make() if "mmseg" in name else randomised(make())
             torch.save(theirs.state_dict(), path)
             ours, report = model_from_file(path, output_stride=stride)
             with torch.no_grad():
                 a, b = ours(image)["out"], theirs(image)
-            b = b["out"] if isinstance(b, dict) else b
+            b = b["out"] if isinstance(b, dict) else b[0] if isinstance(b, tuple) else b
             diff, scale = (a - b).abs().max().item(), b.abs().max().item()
             print(f"| {name} | {report.layout} | {len(report.loaded)} | {diff:.2g} | {diff / scale:.2g} |")
 

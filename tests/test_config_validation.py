@@ -48,6 +48,11 @@ def test_bad_values_are_one_line_before_any_work(tmp_path, override, message):
     ("backbone.name=resnet9", "backbone.name must be one of"),
     ("train.batch_size=0", "train.batch_size must be"),
     ("model.head=unet", "model.head must be one of"),
+    ("backbone.stem=tall", "backbone.stem must be one of ['standard', 'deep'], got 'tall'"),
+    ("model.aspp_channels=0", "model.aspp_channels must be a positive integer, got 0"),
+    ("model.aspp_projection_kernel=5", "model.aspp_projection_kernel must be one of [1, 3], got 5"),
+    ("model.classifier_dropout=1.5", "model.classifier_dropout must be a number in [0, 1), got 1.5"),
+    ("model.separable_convs=perhaps", "model.separable_convs must be true or false, got 'perhaps'"),
     ("device=tpu", "device must be one of"),
 ])
 def test_bad_train_values_name_key_value_and_type(override, message):

@@ -143,9 +143,13 @@ def test_output_stride_round_trip_keeps_custom_aspp_rates():
     assert model.aspp.get_rates() == [2, 4, 6]  # derived from the configured rates, never from rounded ones
 
 
-@pytest.mark.parametrize("head", ["deeplabv3", "deeplabv3plus"])
-def test_torchscript_matches_eager(head):
-    model = build_model("resnet18", 3, head=head, aux_loss=True).eval()
+MMSEG_LIKE = dict(stem="deep", aspp_channels=64, aspp_projection_kernel=3, separable_convs=True,
+                  classifier_dropout=0.1)
+
+
+@pytest.mark.parametrize("head, variant", [("deeplabv3", {}), ("deeplabv3plus", {}), ("deeplabv3plus", MMSEG_LIKE)])
+def test_torchscript_matches_eager(head, variant):
+    model = build_model("resnet18", 3, head=head, aux_loss=True, **variant).eval()
     scripted = torch.jit.script(model)
     x = torch.randn(1, 3, 57, 70)
     with torch.no_grad():

@@ -8,6 +8,7 @@ peer's code saves them.
 import numpy as np
 import pytest
 import torch
+from helpers import compose_config, tiny_overrides
 from torch import nn
 from torchvision.models.segmentation import (
     deeplabv3_mobilenet_v3_large,
@@ -15,6 +16,7 @@ from torchvision.models.segmentation import (
     deeplabv3_resnet101,
     lraspp_mobilenet_v3_large,
 )
+from vainf_reference import vainf_model
 
 from seg.config import model_kwargs
 from seg.engine.checkpoint import CheckpointError, load_trained
@@ -24,8 +26,6 @@ from seg.export import export_checkpoint
 from seg.models import build_model, load_weights, model_from_file
 from seg.models.layouts import recognise
 from seg.models.weights import WeightsError
-from tests.helpers import compose_config, tiny_overrides
-from tests.vainf_reference import vainf_model
 
 
 def randomised(model: nn.Module, seed: int = 0) -> nn.Module:

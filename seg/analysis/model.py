@@ -37,11 +37,13 @@ def layer_from_module(module: nn.Module, name: str) -> Layer:
 
 
 def main_path_layers(model: nn.Module) -> List[Layer]:
-    """Stem conv1 and max-pool, then every unit's conv1/conv2/(conv3), named by module path, in forward order
-    (torchvision's blocks register their convolutions in the order they run)."""
+    """Stem conv1 (or the deep stem's three convs) and max-pool, then every unit's conv1/conv2/(conv3), named by
+    module path, in forward order (torchvision's blocks register their convolutions in the order they run)."""
     backbone = model.backbone
-    layers = [layer_from_module(backbone.conv1, "backbone.conv1"),
-              layer_from_module(backbone.maxpool, "backbone.maxpool")]
+    stem = (backbone.stem.named_children() if hasattr(backbone, "stem") else [("conv1", backbone.conv1)])
+    prefix = "backbone.stem." if hasattr(backbone, "stem") else "backbone."
+    layers = [layer_from_module(conv, prefix + name) for name, conv in stem if isinstance(conv, nn.Conv2d)]
+    layers.append(layer_from_module(backbone.maxpool, "backbone.maxpool"))
     for stage in STAGES:
         for unit_index, unit in enumerate(getattr(backbone, stage)):
             layers += [layer_from_module(child, f"backbone.{stage}.{unit_index}.{child_name}")
@@ -87,7 +89,7 @@ def _aspp_branches(model: nn.Module, backbone_layers: List[Layer], feature_size:
     """Every ASPP conv branch after the backbone path (RF, holes, taps inside the map); pooling is global."""
     branches = []
     for index, branch in enumerate(model.aspp.convs):
-        first = branch[0]
+        first = next(m for m in branch.modules() if isinstance(m, (nn.Conv2d, nn.AdaptiveAvgPool2d)))
         if isinstance(first, nn.AdaptiveAvgPool2d):
             branches.append({"branch": index, "kind": "image_pooling", "kernel": None, "rate": None,
                              "receptive_field": None, "holes": None, "valid_taps": None})

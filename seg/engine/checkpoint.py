@@ -20,14 +20,18 @@ from seg.engine.device import unwrap, versions
 from seg.errors import UserError
 from seg.io import atomic_save, describe, is_torchscript, safe_load
 from seg.models import DeepLabV3, build_model
-from seg.models.layouts import Foreign, recognise
-from seg.models.spec import config_from_arguments
+from seg.models.layouts import Foreign, load_file, recognise
+from seg.models.spec import CONFIG_KEYS, config_from_arguments
 
 log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("model", "config", "class_names", "iteration")
 # Config entries that change the model's parameters: resuming with another value cannot work.
-SHAPE_KEYS = (("backbone", "name"), ("model", "head"), ("model", "aux_loss"), ("dataset", "num_classes"))
+SHAPE_KEYS = (("backbone", "name"), ("model", "head"), ("model", "aux_loss"), ("dataset", "num_classes"),
+              ("backbone", "stem"), ("model", "aspp_channels"), ("model", "aspp_projection_kernel"),
+              ("model", "separable_convs"))
+# What a config written before a key existed meant by it (seg.models.spec), e.g. backbone.stem: standard.
+SHAPE_DEFAULTS = {(section, key): default for section, key, default in CONFIG_KEYS.values()}
 # Config entries that only choose a new run's initial weights: a resume loads the checkpoint's instead.
 INITIAL_WEIGHT_KEYS = ("backbone.pretrained", "model.weights")
 
@@ -175,7 +179,7 @@ def load_trained(path: Union[str, Path]) -> Dict:
     if is_torchscript(path):
         raise CheckpointError(f"{path} is an exported TorchScript model, not a training checkpoint: evaluate and "
                               "export need checkpoints/last.pt or best.pt of a training run")
-    state = safe_load(path, what="checkpoint")
+    state = load_file(path, what="checkpoint")
     if is_checkpoint(state):
         return _finite(dict(state), path)
     record = recognise(state)
@@ -244,7 +248,8 @@ def restore(path: Union[str, Path], output_stride: Optional[int] = None) -> Tupl
 def check_resume_config(saved: Mapping, current: Mapping, path) -> None:
     """Refuse a resume whose config changes the model's shape."""
     for section, key in SHAPE_KEYS:
-        old, new = saved.get(section, {}).get(key), current.get(section, {}).get(key)
+        old = saved.get(section, {}).get(key, SHAPE_DEFAULTS.get((section, key)))
+        new = current.get(section, {}).get(key)
         if new is not None and old != new:
             raise CheckpointError(
                 f"cannot resume {path}: {section}.{key} was {old!r} in that run and is {new!r} now; "

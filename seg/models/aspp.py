@@ -1,7 +1,10 @@
 """Atrous Spatial Pyramid Pooling (DeepLabv3, section 3.3).
 
 The module layout (``convs.0`` 1x1, ``convs.1-3`` atrous 3x3, ``convs.4`` image pooling, ``project``) matches
-torchvision's ``ASPP`` so that its state dicts map one to one.
+torchvision's ``ASPP`` so that its state dicts map one to one. Other projects' variants are arguments: the width
+(``out_channels``; mmsegmentation's D8 heads use 512), a 3x3 projection (``projection_kernel=3``, mmsegmentation's
+``bottleneck``) and depthwise-separable 3x3 convolutions (``separable``, the DeepLabv3+ paper's and mmsegmentation's
+``DepthwiseSeparableASPPHead``).
 """
 
 from __future__ import annotations
@@ -26,13 +29,40 @@ def check_aspp_rates(rates: Sequence[int]) -> None:
         raise ValueError(f"aspp_rates must be three positive integers, got {rates!r}")
 
 
-def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1) -> nn.Sequential:
+PROJECTION_KERNELS = (1, 3)
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1,
+                 groups: int = 1) -> nn.Sequential:
     padding = dilation * (kernel_size - 1) // 2
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False),
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, groups=groups,
+                  bias=False),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
+
+
+def separable_conv_bn_relu(in_channels: int, out_channels: int, dilation: int = 1) -> nn.Sequential:
+    """A depthwise 3x3 conv/BN/ReLU (``.0``) then a pointwise 1x1 conv/BN/ReLU (``.1``).
+
+    BN and ReLU after both convolutions, as mmcv's ``DepthwiseSeparableConvModule`` (mmsegmentation's DeepLabV3+)
+    and the DeepLabv3+ paper's Xception build them.
+    """
+    return nn.Sequential(conv_bn_relu(in_channels, in_channels, 3, dilation, groups=in_channels),
+                         conv_bn_relu(in_channels, out_channels))
+
+
+def conv3x3_bn_relu(in_channels: int, out_channels: int, dilation: int = 1, separable: bool = False) -> nn.Sequential:
+    """A 3x3 conv/BN/ReLU, or its depthwise-separable form (``separable_conv_bn_relu``)."""
+    if separable:
+        return separable_conv_bn_relu(in_channels, out_channels, dilation)
+    return conv_bn_relu(in_channels, out_channels, 3, dilation)
+
+
+def check_projection_kernel(kernel_size: int) -> None:
+    if isinstance(kernel_size, bool) or kernel_size not in PROJECTION_KERNELS:
+        raise ValueError(f"aspp_projection_kernel must be one of {list(PROJECTION_KERNELS)}, got {kernel_size!r}")
 
 
 class ASPPPooling(nn.Sequential):
@@ -64,27 +94,37 @@ class ASPPPooling(nn.Sequential):
         return self[3](pooled).expand(-1, -1, size[0], size[1])
 
 
+def _atrous_conv(branch: nn.Module) -> nn.Conv2d:
+    """The dilated convolution of a 3x3 branch: its first (the depthwise one of a separable branch)."""
+    return next(m for m in branch.modules() if isinstance(m, nn.Conv2d))
+
+
 class ASPP(nn.Module):
-    def __init__(self, in_channels: int, rates: Sequence[int], out_channels: int = 256, dropout: float = 0.1):
+    """The branches' outputs are concatenated in the order 1x1, atrous 3x3 (by rate), image pooling, then projected
+    to ``out_channels``: a 1x1 conv/BN/ReLU (the paper's, torchvision's) or a 3x3 one (``projection_kernel=3``;
+    separable too with ``separable``), followed by dropout."""
+
+    def __init__(self, in_channels: int, rates: Sequence[int], out_channels: int = 256, dropout: float = 0.1,
+                 projection_kernel: int = 1, separable: bool = False):
         super().__init__()
         check_aspp_rates(rates)
+        check_projection_kernel(projection_kernel)
         branches = [conv_bn_relu(in_channels, out_channels)]
-        branches += [conv_bn_relu(in_channels, out_channels, 3, rate) for rate in rates]
+        branches += [conv3x3_bn_relu(in_channels, out_channels, rate, separable) for rate in rates]
         branches.append(ASPPPooling(in_channels, out_channels))
         self.convs = nn.ModuleList(branches)
-        self.project = nn.Sequential(
-            nn.Conv2d(len(branches) * out_channels, out_channels, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-        )
+        joined = len(branches) * out_channels
+        projection = (conv_bn_relu(joined, out_channels) if projection_kernel == 1
+                      else conv3x3_bn_relu(joined, out_channels, separable=separable))
+        # Flattened, so that the 1x1 projection keeps torchvision's keys (project.0 conv, project.1 BN).
+        self.project = nn.Sequential(*projection, nn.Dropout(dropout))
 
     def get_rates(self) -> List[int]:
-        return [self.convs[i][0].dilation[0] for i in (1, 2, 3)]
+        return [_atrous_conv(self.convs[i]).dilation[0] for i in (1, 2, 3)]
 
     def set_rates(self, rates: Sequence[int]) -> None:
         for i, rate in zip((1, 2, 3), rates):
-            conv = self.convs[i][0]
+            conv = _atrous_conv(self.convs[i])
             conv.dilation = (int(rate), int(rate))
             conv.padding = (int(rate), int(rate))
 

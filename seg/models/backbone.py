@@ -15,6 +15,11 @@ Setting the rates by editing the convolutions, rather than passing ``dilation`` 
 constructors, is what lets ``BasicBlock`` (resnet18/34) be dilated at all: its constructor refuses
 ``dilation > 1`` although its convolutions compute it correctly. It also lets a built model change its output
 stride without touching a parameter.
+
+The stem is torchvision's 7x7 convolution (``stem="standard"``) or the deep stem (``stem="deep"``) of ResNet-C
+(Bag of Tricks, He et al. 2019), mmsegmentation's ``ResNetV1c`` and TensorFlow's ``resnet_v1_beta``: three 3x3
+convolutions (3->32 at stride 2, 32->32, 32->64), each followed by BN and ReLU, then the same max pool. Its keys are
+mmsegmentation's (``stem.0`` conv, ``stem.1`` BN, ``stem.3``, ``stem.4``, ``stem.6``, ``stem.7``).
 """
 
 from __future__ import annotations
@@ -28,11 +33,12 @@ from torch import nn
 from torchvision.models import mobilenetv3, resnet
 
 from seg.errors import UserError
-from seg.io import describe, safe_load
-from seg.models.layouts import recognise
+from seg.io import describe
+from seg.models.layouts import load_file, recognise
 from seg.models.weights import WeightsError, is_own_checkpoint, read_weights
 
 OUTPUT_STRIDES = (8, 16, 32)
+STEMS = ("standard", "deep")
 
 # name -> (torchvision constructor, ImageNet weights enum entry, channels of stage 1 / stage 3 / stage 4)
 BACKBONES: Dict[str, Tuple] = {
@@ -54,6 +60,24 @@ IMAGENET_WEIGHTS: Dict[str, Tuple] = {
 def check_backbone(name: str) -> None:
     if name not in BACKBONES:
         raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {name!r}")
+
+
+def check_stem(stem: str, pretrained: str = "none") -> None:
+    if stem not in STEMS:
+        raise ValueError(f"stem must be one of {list(STEMS)}, got {stem!r}")
+    if stem == "deep" and pretrained == "imagenet":
+        raise ValueError("pretrained cannot be 'imagenet' with stem 'deep': torchvision has ImageNet weights for the "
+                         "standard 7x7 stem only; use 'none' or the path of a ResNet state dict with stem.* keys "
+                         "(e.g. mmcv's resnet50_v1c)")
+
+
+def deep_stem() -> nn.Sequential:
+    """Three 3x3 conv/BN/ReLU (3->32 stride 2, 32->32, 32->64): ResNet-C's stem, in mmsegmentation's layout."""
+    layers: List[nn.Module] = []
+    for in_channels, out_channels, stride in ((3, 32, 2), (32, 32, 1), (32, 64, 1)):
+        layers += [nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+                   nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
 
 
 def check_output_stride(output_stride: int) -> int:
@@ -116,7 +140,11 @@ class ResNetBackbone(nn.Module):
     def __init__(self, net: resnet.ResNet, channels: Tuple[int, int, int], output_stride: int,
                  multi_grid: Optional[Sequence[int]], contract_dilation: bool = False):
         super().__init__()
-        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        if hasattr(net, "stem"):  # the deep stem (build_backbone put it in place of conv1/bn1)
+            self.stem = net.stem
+        else:
+            self.conv1, self.bn1, self.relu = net.conv1, net.bn1, net.relu
+        self.maxpool = net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.low_level_channels, self.aux_channels, self.out_channels = channels
         self.multi_grid = [int(g) for g in multi_grid or (1,)]
@@ -140,17 +168,21 @@ class ResNetBackbone(nn.Module):
         self.output_stride = int(output_stride)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.stem(x) if hasattr(self, "stem") else self.relu(self.bn1(self.conv1(x))))
         low = self.layer1(x)
         mid = self.layer3(self.layer2(low))
         return low, mid, self.layer4(mid)
 
 
 def build_backbone(name: str, output_stride: int = 16, multi_grid: Optional[Sequence[int]] = (1, 2, 4),
-                   pretrained: str = "none", contract_dilation: bool = False) -> ResNetBackbone:
+                   pretrained: str = "none", contract_dilation: bool = False, stem: str = "standard") -> ResNetBackbone:
     check_backbone(name)
+    check_stem(stem, pretrained)
     constructor, _, channels = BACKBONES[name]
     net = constructor(weights=None)
+    if stem == "deep":
+        del net.conv1, net.bn1
+        net.stem = deep_stem()
     if pretrained not in (None, "none"):
         load_backbone_weights(net, name, pretrained)
     return ResNetBackbone(net, channels, output_stride, multi_grid, contract_dilation)
@@ -170,10 +202,11 @@ def load_backbone_weights(net: nn.Module, name: str, pretrained: str) -> None:
     source = fetch_imagenet_weights(name) if pretrained == "imagenet" else pretrained
     what = (f"ImageNet weights for {name}" if pretrained == "imagenet"
             else f"backbone weights for {name} (backbone.pretrained)")
-    state = safe_load(source, what=what)
+    state = load_file(source, what=what)
     weights, classifier = IMAGENET_WEIGHTS[name]
     expected = (f"a torchvision {name} state dict (ImageNet classification weights, e.g. "
-                f"{os.path.basename(weights.url)})")
+                f"{os.path.basename(weights.url)})" if hasattr(net, "conv1") or name not in BACKBONES else
+                f"a {name} state dict with the deep stem's stem.* keys (e.g. mmcv's {name}_v1c)")
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     if is_own_checkpoint(state) or recognise(state) is not None:  # a whole segmentation model: its backbone

@@ -8,13 +8,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg.models.aspp import ASPP, check_aspp_rates, conv_bn_relu, default_aspp_rates
+from seg.models.aspp import (
+    ASPP,
+    check_aspp_rates,
+    check_projection_kernel,
+    conv3x3_bn_relu,
+    conv_bn_relu,
+    default_aspp_rates,
+)
 from seg.models.backbone import (
     BACKBONES,
     ResNetBackbone,
     build_backbone,
     check_multi_grid,
     check_output_stride,
+    check_stem,
 )
 from seg.models.lraspp import LRASPP
 from seg.models.mobilenet import MOBILENETS, MobileNetV3Encoder, build_mobilenet
@@ -32,9 +40,9 @@ class DeepLabV3Decoder(nn.Module):
     """DeepLabv3: one 3x3 conv/BN/ReLU on the ASPP output (torchvision's ``classifier.1-3``), or none
     (``convs=0``: mmsegmentation's ASPPHead goes from its ASPP straight to the classifier)."""
 
-    def __init__(self, channels: int = 256, convs: int = 1):
+    def __init__(self, channels: int = 256, convs: int = 1, separable: bool = False):
         super().__init__()
-        self.block = conv_bn_relu(channels, channels, 3) if convs else nn.Identity()
+        self.block = conv3x3_bn_relu(channels, channels, separable=separable) if convs else nn.Identity()
 
     def forward(self, features: torch.Tensor, low_level: torch.Tensor) -> torch.Tensor:
         return self.block(features)
@@ -42,13 +50,15 @@ class DeepLabV3Decoder(nn.Module):
 
 class DeepLabV3PlusDecoder(nn.Module):
     """DeepLabv3+: stage-1 features reduced to 48 channels, joined with the upsampled ASPP output, two 3x3 convs
-    (the paper's; ``convs=1``: VainF's DeepLabV3Plus-Pytorch)."""
+    (the paper's; ``convs=1``: VainF's DeepLabV3Plus-Pytorch), depthwise-separable with ``separable`` (the paper's,
+    mmsegmentation's ``sep_bottleneck``)."""
 
-    def __init__(self, low_level_channels: int, channels: int = 256, low_level_reduced: int = 48, convs: int = 2):
+    def __init__(self, low_level_channels: int, channels: int = 256, low_level_reduced: int = 48, convs: int = 2,
+                 separable: bool = False):
         super().__init__()
         self.reduce = conv_bn_relu(low_level_channels, low_level_reduced)
-        self.fuse = nn.Sequential(*[conv_bn_relu(channels + low_level_reduced if i == 0 else channels, channels, 3)
-                                    for i in range(convs)])
+        self.fuse = nn.Sequential(*[conv3x3_bn_relu(channels + low_level_reduced if i == 0 else channels, channels,
+                                                    separable=separable) for i in range(convs)])
 
     def forward(self, features: torch.Tensor, low_level: torch.Tensor) -> torch.Tensor:
         features = F.interpolate(features, size=low_level.shape[-2:], mode="bilinear", align_corners=False)
@@ -56,7 +66,8 @@ class DeepLabV3PlusDecoder(nn.Module):
 
 
 class FCNHead(nn.Sequential):
-    """Auxiliary head on stage 3 (torchvision's ``FCNHead`` layout)."""
+    """Auxiliary head on stage 3 (torchvision's ``FCNHead`` layout; mmsegmentation's ``FCNHead(num_convs=1,
+    concat_input=False)`` with ``channels = in_channels // 4`` computes the same, with ``Dropout2d``)."""
 
     def __init__(self, in_channels: int, num_classes: int):
         inter = in_channels // 4
@@ -73,11 +84,14 @@ class DeepLabV3(nn.Module):
     """``forward(x)`` returns ``{"out": logits}`` (plus ``"aux"``) at the input's height and width."""
 
     def __init__(self, backbone: Union[ResNetBackbone, MobileNetV3Encoder], aspp: ASPP, decoder: nn.Module,
-                 num_classes: int, aux_head: Optional[nn.Module] = None, channels: int = 256):
+                 num_classes: int, aux_head: Optional[nn.Module] = None, channels: int = 256,
+                 classifier_dropout: float = 0.0):
         super().__init__()
         self.backbone = backbone
         self.aspp = aspp
         self.decoder = decoder
+        # Channel dropout right before the classifier (mmsegmentation's ``dropout_ratio`` before ``conv_seg``).
+        self.classifier_dropout = nn.Dropout2d(classifier_dropout) if classifier_dropout else nn.Identity()
         self.classifier = nn.Conv2d(channels, num_classes, 1)
         self.aux_head = aux_head
         self.num_classes = num_classes
@@ -103,7 +117,7 @@ class DeepLabV3(nn.Module):
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         size = x.shape[-2:]
         low, mid, high = self.backbone(x)
-        logits = self.classifier(self.decoder(self.aspp(high), low))
+        logits = self.classifier(self.classifier_dropout(self.decoder(self.aspp(high), low)))
         result = {"out": F.interpolate(logits, size=size, mode="bilinear", align_corners=False)}
         if self.aux_head is not None:
             aux = self.aux_head(mid)
@@ -113,7 +127,9 @@ class DeepLabV3(nn.Module):
 
 def check_arguments(backbone: str, num_classes: Optional[int] = None, output_stride: int = 16,
                     multi_grid: Optional[Sequence[int]] = (1, 2, 4), aspp_rates: Optional[Sequence[int]] = None,
-                    head: str = "deeplabv3", aux_loss: bool = False, decoder_convs: Optional[int] = None) -> None:
+                    head: str = "deeplabv3", aux_loss: bool = False, decoder_convs: Optional[int] = None,
+                    stem: str = "standard", pretrained: str = "none", aspp_channels: int = 256,
+                    aspp_projection_kernel: int = 1, classifier_dropout: float = 0.0) -> None:
     """Raise a ``ValueError`` that starts with the name of the first bad argument of ``build_model``.
 
     ``build_model`` calls this first; ``seg.config`` calls it on a configuration before any work and words the
@@ -147,12 +163,23 @@ def check_arguments(backbone: str, num_classes: Optional[int] = None, output_str
         if aux_loss:
             raise ValueError("aux_loss must be false with head lraspp (LR-ASPP has no auxiliary head, as in "
                              "torchvision)")
+    check_stem(stem, pretrained)
+    if stem != "standard" and backbone not in BACKBONES:
+        raise ValueError(f"stem {stem} is for the ResNets {list(BACKBONES)}, not backbone {backbone}")
+    if isinstance(aspp_channels, bool) or not isinstance(aspp_channels, int) or aspp_channels < 1:
+        raise ValueError(f"aspp_channels must be a positive integer, got {aspp_channels!r}")
+    check_projection_kernel(aspp_projection_kernel)
+    if (isinstance(classifier_dropout, bool) or not isinstance(classifier_dropout, (int, float))
+            or not 0 <= classifier_dropout < 1):
+        raise ValueError(f"classifier_dropout must be a number in [0, 1), got {classifier_dropout!r}")
 
 
 def build_model(backbone: str, num_classes: int, output_stride: int = 16,
                 multi_grid: Optional[Sequence[int]] = (1, 2, 4), aspp_rates: Optional[Sequence[int]] = None,
                 head: str = "deeplabv3", aux_loss: bool = False, pretrained: str = "none", dropout: float = 0.1,
-                contract_dilation: bool = False, decoder_convs: Optional[int] = None) -> Union[DeepLabV3, LRASPP]:
+                contract_dilation: bool = False, decoder_convs: Optional[int] = None, stem: str = "standard",
+                aspp_channels: int = 256, aspp_projection_kernel: int = 1, separable_convs: bool = False,
+                classifier_dropout: float = 0.0) -> Union[DeepLabV3, LRASPP]:
     """Build DeepLabv3 / v3+ on an atrous ResNet or MobileNetV3, or LR-ASPP on MobileNetV3.
 
     ``pretrained`` applies to the backbone: ``"imagenet"`` (torchvision's weights and cache), ``"none"``, or a
@@ -160,21 +187,27 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
     rates on a ResNet; the only value for MobileNetV3). Whole-model weights are loaded afterwards with
     ``load_weights``. ``contract_dilation`` and ``decoder_convs`` (None: the head's default) describe other
     projects' variants of the architecture (``seg.models.layouts``): the first unit of a dilated stage at half the
-    rate, and the number of 3x3 convolutions before the classifier.
+    rate, and the number of 3x3 convolutions before the classifier. mmsegmentation's D8 models need the rest:
+    ``stem="deep"`` (``ResNetV1c``), ``aspp_channels=512`` (its heads' ``channels``, the width of the ASPP branches
+    and of the decoder), ``aspp_projection_kernel=3`` (its ``bottleneck``), ``separable_convs`` (depthwise-separable
+    3x3 convolutions in the ASPP and the decoder: its ``DepthwiseSeparableASPPHead``) and ``classifier_dropout``
+    (``Dropout2d`` before the classifier, its ``dropout_ratio``; ``dropout`` is the one after the ASPP projection).
     """
-    check_arguments(backbone, num_classes, output_stride, multi_grid, aspp_rates, head, aux_loss, decoder_convs)
+    check_arguments(backbone, num_classes, output_stride, multi_grid, aspp_rates, head, aux_loss, decoder_convs,
+                    stem, pretrained, aspp_channels, aspp_projection_kernel, classifier_dropout)
     if backbone in MOBILENETS:
         trunk: nn.Module = build_mobilenet(backbone, output_stride, pretrained)
     else:
-        trunk = build_backbone(backbone, output_stride, multi_grid, pretrained, contract_dilation)
+        trunk = build_backbone(backbone, output_stride, multi_grid, pretrained, contract_dilation, stem)
     if head == "lraspp":
         return LRASPP(trunk, num_classes)
     rates = list(aspp_rates) if aspp_rates else default_aspp_rates(output_stride)
-    aspp = ASPP(trunk.out_channels, rates, dropout=dropout)
+    aspp = ASPP(trunk.out_channels, rates, aspp_channels, dropout, aspp_projection_kernel, separable_convs)
     convs = DECODER_CONVS[head][1] if decoder_convs is None else decoder_convs
     if head == "deeplabv3plus":
-        decoder: nn.Module = DeepLabV3PlusDecoder(trunk.low_level_channels, convs=convs)
+        decoder: nn.Module = DeepLabV3PlusDecoder(trunk.low_level_channels, aspp_channels, convs=convs,
+                                                  separable=separable_convs)
     else:
-        decoder = DeepLabV3Decoder(convs=convs)
+        decoder = DeepLabV3Decoder(aspp_channels, convs, separable_convs)
     aux_head = FCNHead(trunk.aux_channels, num_classes) if aux_loss else None
-    return DeepLabV3(trunk, aspp, decoder, num_classes, aux_head)
+    return DeepLabV3(trunk, aspp, decoder, num_classes, aux_head, aspp_channels, classifier_dropout)

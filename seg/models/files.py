@@ -12,9 +12,9 @@ from typing import Any, Optional, Tuple, Union
 
 from torch import nn
 
-from seg.io import describe, safe_load
+from seg.io import describe
 from seg.models.deeplab import build_model
-from seg.models.layouts import Foreign, recognise
+from seg.models.layouts import Foreign, load_file, recognise
 from seg.models.spec import arguments_from_config
 from seg.models.weights import EXPECTED, LoadReport, WeightsError, is_own_checkpoint
 
@@ -50,7 +50,7 @@ def build_from_file(record: Foreign, source: Union[str, Path], output_stride: Op
 
 def model_from_file(path: Union[str, Path], output_stride: Optional[int] = None) -> Tuple[nn.Module, LoadReport]:
     """``(model in eval mode, load report naming the layout)`` from any supported weights file."""
-    record = read_model_file(safe_load(path, what="model weights"), path)
+    record = read_model_file(load_file(path, what="model weights"), path)
     model = build_from_file(record, path, output_stride)
     report = LoadReport(loaded=list(record.state), layout=record.layout)
     return model, report

@@ -20,6 +20,11 @@ CONFIG_KEYS: Dict[str, tuple] = {
     "dropout": ("model", "dropout", 0.1),
     "contract_dilation": ("model", "contract_dilation", False),
     "decoder_convs": ("model", "decoder_convs", None),
+    "stem": ("backbone", "stem", "standard"),
+    "aspp_channels": ("model", "aspp_channels", 256),
+    "aspp_projection_kernel": ("model", "aspp_projection_kernel", 1),
+    "separable_convs": ("model", "separable_convs", False),
+    "classifier_dropout": ("model", "classifier_dropout", 0.0),
 }
 
 

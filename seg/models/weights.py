@@ -17,10 +17,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from seg.errors import UserError
-from seg.io import describe, safe_load
-from seg.models.layouts import Foreign, recognise
-from seg.models.layouts.base import strip_prefix, tensors_only
+from seg.io import describe
+from seg.models.layouts import Foreign, load_file, recognise
+from seg.models.layouts.base import WeightsError, strip_prefix, tensors_only
 from seg.models.spec import config_from_arguments, config_key
 
 log = logging.getLogger(__name__)
@@ -29,11 +28,6 @@ EXPECTED = ("a checkpoint of this project, a state dict of this project's model,
             "(deeplabv3_resnet50/101, deeplabv3/lraspp_mobilenet_v3_large) or VainF/DeepLabV3Plus-Pytorch (see "
             "docs/peers.md)")
 CLASSIFIERS = ("classifier.", "aux_head.")  # sized by the number of classes
-
-
-class WeightsError(UserError, ValueError):
-    """Weights that cannot initialise the model: not a state dict, a part of the model they leave uninitialised,
-    or (backbone weights) not the configured ResNet."""
 
 
 @dataclass
@@ -92,7 +86,7 @@ def load_weights(model: nn.Module, path_or_state_dict: Union[str, Path, Mapping]
     source = path_or_state_dict
     name = f"model weights {source}" if isinstance(source, (str, Path)) else "the given state dict"
     if isinstance(source, (str, Path)):
-        source = safe_load(source, what="model weights")
+        source = load_file(source, what="model weights")
     state, foreign = read_weights(source, name)
     own = model.state_dict()
     report = LoadReport(layout=foreign.layout if foreign else "this project")

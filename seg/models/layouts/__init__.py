@@ -5,12 +5,14 @@ Order matters only where two layouts could claim one file; none can today (their
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Optional, Union
 
-from seg.models.layouts import torchvision, torchvision_mobilenet, vainf
-from seg.models.layouts.base import Foreign
+from seg.io import NeedsCodeError, load_foreign, safe_load
+from seg.models.layouts import mmseg, torchvision, torchvision_mobilenet, vainf
+from seg.models.layouts.base import Foreign, WeightsError
 
-RECOGNISERS = (torchvision.recognise, torchvision_mobilenet.recognise, vainf.recognise)
+RECOGNISERS = (torchvision.recognise, torchvision_mobilenet.recognise, vainf.recognise, mmseg.recognise)
 
 
 def recognise(obj: Any) -> Optional[Foreign]:
@@ -22,4 +24,21 @@ def recognise(obj: Any) -> Optional[Foreign]:
     return None
 
 
-__all__ = ["Foreign", "recognise"]
+def load_file(path: Union[str, Path], what: str = "model weights") -> Any:
+    """What a weights file holds, read without running code from it.
+
+    ``safe_load`` first (``weights_only=True``). A file it refuses for naming classes or functions of another
+    framework (mmengine's ``HistoryBuffer``, VainF's NumPy ``best_score``) is read again with ``load_foreign``,
+    which keeps such objects as inert records, and kept only if a layout recognises it: anything else stays
+    refused with ``safe_load``'s message.
+    """
+    try:
+        return safe_load(path, what=what)
+    except NeedsCodeError as refusal:
+        obj = load_foreign(path, what=what)
+        if recognise(obj) is None:
+            raise refusal from None
+        return obj
+
+
+__all__ = ["Foreign", "WeightsError", "load_file", "recognise"]

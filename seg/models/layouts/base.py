@@ -12,6 +12,13 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
+from seg.errors import UserError
+
+
+class WeightsError(UserError, ValueError):
+    """Weights that cannot initialise the model: not a state dict, a part of the model they leave uninitialised,
+    a file of another project this one does not build, or (backbone weights) not the configured backbone."""
+
 
 @dataclass
 class Foreign:
