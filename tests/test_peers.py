@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import compose_config, tiny_overrides
+from mmseg_reference import EncoderDecoder
 from torch import nn
 from torchvision.models.segmentation import (
     deeplabv3_mobilenet_v3_large,
@@ -119,7 +120,9 @@ def test_half_loads_are_errors(tmp_path):
     lambda: deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True),
     lambda: deeplabv3_resnet101(weights=None, weights_backbone=None, num_classes=21, aux_loss=True),
     lambda: deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21, aux_loss=True),
-    lambda: lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21)])
+    lambda: lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21),
+    *[lambda plus=plus, depth=depth: EncoderDecoder(depth, 21, plus=plus, aux=True)
+      for plus in (False, True) for depth in (50, 101)]])
 def test_each_layout_has_a_preset_that_builds_it(maker):
     """The preset a load error names composes to exactly the architecture the file needs."""
     record = recognise(maker().state_dict())
