@@ -35,6 +35,7 @@ MODEL_KEYS = {"backbone": "backbone.name", "num_classes": "dataset.num_classes",
 # inference.accumulate -> segment's ``accumulate``: the dtype of the buffer probabilities are summed into
 ACCUMULATE = {"float32": torch.float32, "float16": torch.float16}
 EXPORT_FORMATS = ("torchscript", "onnx", "export")
+BACKBONE_SOURCES = ("torchvision", "timm")  # backbone.source: the built-in ResNets, or any timm encoder
 PREDICT_FORMATS = ("default", "cityscapes")  # predict.py's ``format``: its own files, or a Cityscapes submission
 # dataset keys that describe the run rather than how to read the files
 DATASET_RUN_KEYS = ("val_split", "ignore_index")
@@ -50,11 +51,12 @@ class ConfigError(UserError, ValueError):
 class BackboneKeys:
     name: str
     pretrained: str  # imagenet | none | a path
+    source: str = "torchvision"  # torchvision (the built-in ResNets) | timm; checkpoints before it lack the key
 
 
 @dataclass
 class ModelKeys:
-    multi_grid: List[int]
+    multi_grid: Optional[List[int]]  # null: none (encoders without ResNet-like stages)
     aspp_rates: Optional[List[int]]
     head: str
     aux_loss: bool
@@ -286,9 +288,18 @@ def check_output_stride(value, key: str = "os", optional: bool = False) -> None:
         in_config_terms(_check_output_stride, value, keys={"output_stride": key})
 
 
+def backbone_name(cfg: Mapping) -> str:
+    """``build_model``'s ``backbone`` from ``backbone.source`` and ``backbone.name``: ``"resnet50"`` or
+    ``"timm:<name>"`` (checkpoints written before ``backbone.source`` existed are torchvision's)."""
+    backbone = cfg["backbone"]
+    source = backbone.get("source", "torchvision")
+    choice(source, "backbone.source", BACKBONE_SOURCES)
+    return f"timm:{backbone['name']}" if source == "timm" else backbone["name"]
+
+
 def _check_model(cfg: Mapping) -> None:
     model = cfg["model"]
-    in_config_terms(check_arguments, cfg["backbone"]["name"], output_stride=cfg["os"],
+    in_config_terms(check_arguments, backbone_name(cfg), output_stride=cfg["os"],
                     multi_grid=model["multi_grid"], aspp_rates=model.get("aspp_rates"), head=model["head"])
     if "dropout" in model:
         number(model["dropout"], "model.dropout", strict=False, below=1)
@@ -354,10 +365,10 @@ def model_kwargs(cfg: Mapping, num_classes: int, pretrained: Optional[str] = Non
     """Arguments of ``seg.models.build_model`` from a configuration."""
     model = cfg["model"]
     return dict(
-        backbone=cfg["backbone"]["name"],
+        backbone=backbone_name(cfg),
         num_classes=num_classes,
         output_stride=cfg["os"],
-        multi_grid=tuple(model["multi_grid"]),
+        multi_grid=None if model.get("multi_grid", ()) is None else tuple(model["multi_grid"]),
         aspp_rates=tuple(model["aspp_rates"]) if model.get("aspp_rates") else None,
         head=model["head"],
         aux_loss=bool(model["aux_loss"]),

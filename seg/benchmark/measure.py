@@ -181,12 +181,20 @@ def _aspp(model: nn.Module) -> nn.Module:
     return model.aspp if hasattr(model, "aspp") else model.classifier[0]  # ours / torchvision's DeepLabHead
 
 
+def _stages(backbone: nn.Module) -> Dict[str, nn.Module]:
+    """Stages 2-4 of a built-in ResNet; the top-level parts of a timm encoder's feature network otherwise."""
+    if all(hasattr(backbone, stage) for stage in ("layer2", "layer3", "layer4")):
+        return {stage: getattr(backbone, stage) for stage in ("layer2", "layer3", "layer4")}
+    return dict(getattr(backbone, "body", backbone).named_children())
+
+
 def structure(model: nn.Module) -> Dict:
-    """The ASPP rates and the dilation of every 3x3 convolution of stages 2-4, in order (a BasicBlock unit has two)."""
+    """The ASPP rates and the dilation of every spatial (k x k, k > 1) convolution of stages 2-4 of a ResNet (a
+    BasicBlock unit has two), in order; for a timm encoder, of each part of its feature network that has one."""
+    dilations = {name: [m.dilation[0] for m in stage.modules() if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1]
+                 for name, stage in _stages(model.backbone).items()}
     return {"aspp_rates": [_aspp(model).convs[i][0].dilation[0] for i in (1, 2, 3)],
-            "dilations": {stage: [m.dilation[0] for m in getattr(model.backbone, stage).modules()
-                                  if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
-                          for stage in ("layer2", "layer3", "layer4")}}
+            "dilations": {name: rates for name, rates in dilations.items() if rates}}
 
 
 def _flops(model: nn.Module, batch: int, hw: Tuple[int, int], backward: bool = False) -> int:

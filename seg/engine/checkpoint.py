@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("model", "config", "class_names", "iteration")
 # Config entries that change the model's parameters: resuming with another value cannot work.
-SHAPE_KEYS = (("backbone", "name"), ("model", "head"), ("model", "aux_loss"), ("dataset", "num_classes"))
+SHAPE_KEYS = (("backbone", "source"), ("backbone", "name"), ("model", "head"), ("model", "aux_loss"),
+              ("dataset", "num_classes"))
+SHAPE_DEFAULTS = {("backbone", "source"): "torchvision"}  # keys that checkpoints written before them lack
 # Config entries that only choose a new run's initial weights: a resume loads the checkpoint's instead.
 INITIAL_WEIGHT_KEYS = ("backbone.pretrained", "model.weights")
 
@@ -202,7 +204,8 @@ def restore(path: Union[str, Path], output_stride: Optional[int] = None) -> Tupl
 def check_resume_config(saved: Mapping, current: Mapping, path) -> None:
     """Refuse a resume whose config changes the model's shape."""
     for section, key in SHAPE_KEYS:
-        old, new = saved.get(section, {}).get(key), current.get(section, {}).get(key)
+        default = SHAPE_DEFAULTS.get((section, key))
+        old, new = saved.get(section, {}).get(key, default), current.get(section, {}).get(key, default)
         if new is not None and old != new:
             raise CheckpointError(
                 f"cannot resume {path}: {section}.{key} was {old!r} in that run and is {new!r} now; "

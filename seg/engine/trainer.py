@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from seg.config import (
+    backbone_name,
     crop_hw,
     dataset_kwargs,
     excluded_classes,
@@ -53,7 +54,7 @@ from seg.engine.step import TrainStep
 from seg.errors import UserError, record_in_log_files
 from seg.io import DiskFullError, is_disk_full
 from seg.models import build_model, load_weights
-from seg.models.backbone import fetch_imagenet_weights
+from seg.models.deeplab import fetch_backbone_weights
 from seg.visualize import overlay
 
 log = logging.getLogger("seg.train")
@@ -128,7 +129,7 @@ class Trainer:
 
         resume_state = load_checkpoint(cfg["resume"]) if cfg.get("resume") else None
         if cfg["backbone"]["pretrained"] == "imagenet" and not resume_state and distributed.is_main():
-            fetch_imagenet_weights(cfg["backbone"]["name"])  # fail before any work when they cannot be had
+            fetch_backbone_weights(backbone_name(cfg))  # fail before any work when they cannot be had
         distributed.barrier()
         if resume_state is not None:
             reuse_recorded(resume_state["config"], cfg)

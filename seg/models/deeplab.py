@@ -8,13 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seg.models import timm_backbone
 from seg.models.aspp import ASPP, check_aspp_rates, conv_bn_relu, default_aspp_rates
 from seg.models.backbone import (
-    ResNetBackbone,
     build_backbone,
     check_backbone,
     check_multi_grid,
     check_output_stride,
+    fetch_imagenet_weights,
 )
 
 HEADS = ("deeplabv3", "deeplabv3plus")
@@ -64,7 +65,7 @@ class FCNHead(nn.Sequential):
 class DeepLabV3(nn.Module):
     """``forward(x)`` returns ``{"out": logits}`` (plus ``"aux"``) at the input's height and width."""
 
-    def __init__(self, backbone: ResNetBackbone, aspp: ASPP, decoder: nn.Module, num_classes: int,
+    def __init__(self, backbone: nn.Module, aspp: ASPP, decoder: nn.Module, num_classes: int,
                  aux_head: Optional[nn.Module] = None, channels: int = 256):
         super().__init__()
         self.backbone = backbone
@@ -104,36 +105,67 @@ class DeepLabV3(nn.Module):
 
 
 def check_arguments(backbone: str, num_classes: Optional[int] = None, output_stride: int = 16,
-                    multi_grid: Sequence[int] = (1, 2, 4), aspp_rates: Optional[Sequence[int]] = None,
+                    multi_grid: Optional[Sequence[int]] = (1, 2, 4), aspp_rates: Optional[Sequence[int]] = None,
                     head: str = "deeplabv3") -> None:
     """Raise a ``ValueError`` that starts with the name of the first bad argument of ``build_model``.
 
     ``build_model`` calls this first; ``seg.config`` calls it on a configuration before any work and words the
-    error in config keys, so each rule is written once. ``num_classes=None`` skips that check.
+    error in config keys, so each rule is written once. ``num_classes=None`` skips that check. A timm encoder
+    (``"timm:<name>"``) is checked against timm's model list, and built on the meta device to check that it has
+    feature maps at ``output_stride`` and, for a multi-grid, ResNet stages.
     """
-    check_backbone(backbone)
+    timm = timm_backbone.is_timm(backbone)
+    if timm:
+        timm_backbone.check_timm_name(backbone[len(timm_backbone.PREFIX):])
+    else:
+        check_backbone(backbone)
     if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool)
                                     or num_classes < 1):
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     check_output_stride(output_stride)
-    check_multi_grid(multi_grid)
+    if multi_grid is not None:
+        check_multi_grid(multi_grid)
+    if timm:
+        timm_backbone.check_timm_arguments(backbone[len(timm_backbone.PREFIX):], output_stride, multi_grid)
     if aspp_rates is not None:
         check_aspp_rates(aspp_rates)
     if head not in HEADS:
         raise ValueError(f"head must be one of {list(HEADS)}, got {head!r}")
 
 
-def build_model(backbone: str, num_classes: int, output_stride: int = 16, multi_grid: Sequence[int] = (1, 2, 4),
-                aspp_rates: Optional[Sequence[int]] = None, head: str = "deeplabv3", aux_loss: bool = False,
-                pretrained: str = "none", dropout: float = 0.1) -> DeepLabV3:
-    """Build DeepLabv3 / v3+ on an atrous ResNet.
+def build_encoder(backbone: str, output_stride: int = 16, multi_grid: Optional[Sequence[int]] = (1, 2, 4),
+                  pretrained: str = "none") -> nn.Module:
+    """The encoder ``backbone`` names: a built-in ResNet (``"resnet50"``) or a timm model (``"timm:<name>"``).
 
-    ``pretrained`` applies to the backbone: ``"imagenet"`` (torchvision's weights and cache), ``"none"``, or a
-    path to a local ResNet state dict. Whole-model weights are loaded afterwards with ``load_weights``.
+    ``multi_grid=None``: no multi-grid (a built-in ResNet then uses the stage rate in every unit).
+    """
+    if timm_backbone.is_timm(backbone):
+        return timm_backbone.TimmBackbone(backbone[len(timm_backbone.PREFIX):], output_stride, multi_grid,
+                                          pretrained)
+    return build_backbone(backbone, output_stride, (1,) if multi_grid is None else multi_grid, pretrained)
+
+
+def fetch_backbone_weights(backbone: str) -> None:
+    """Bring the ImageNet weights of ``backbone`` into their cache, or stop with what to do (see the encoders)."""
+    if timm_backbone.is_timm(backbone):
+        timm_backbone.fetch_imagenet_weights(backbone[len(timm_backbone.PREFIX):])
+    else:
+        fetch_imagenet_weights(backbone)
+
+
+def build_model(backbone: str, num_classes: int, output_stride: int = 16,
+                multi_grid: Optional[Sequence[int]] = (1, 2, 4), aspp_rates: Optional[Sequence[int]] = None,
+                head: str = "deeplabv3", aux_loss: bool = False, pretrained: str = "none",
+                dropout: float = 0.1) -> DeepLabV3:
+    """Build DeepLabv3 / v3+ on an atrous ResNet or a timm encoder (``backbone="timm:<timm model name>"``).
+
+    ``pretrained`` applies to the backbone: ``"imagenet"`` (torchvision's weights and cache; timm's for a timm
+    encoder), ``"none"``, or a path to a local state dict of the classification network. Whole-model weights are
+    loaded afterwards with ``load_weights``.
     """
     check_arguments(backbone, num_classes, output_stride, multi_grid, aspp_rates, head)
     rates = list(aspp_rates) if aspp_rates else default_aspp_rates(output_stride)
-    trunk = build_backbone(backbone, output_stride, multi_grid, pretrained)
+    trunk = build_encoder(backbone, output_stride, multi_grid, pretrained)
     aspp = ASPP(trunk.out_channels, rates, dropout=dropout)
     if head == "deeplabv3plus":
         decoder: nn.Module = DeepLabV3PlusDecoder(trunk.low_level_channels)
