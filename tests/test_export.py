@@ -1,5 +1,4 @@
 import errno
-import importlib
 import json
 import os
 import re
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import compose_config, run_script, tiny_checkpoint
+from helpers import compose_config, needed, run_script, tiny_checkpoint
 
 import seg
 from seg import export as export_module
@@ -47,14 +46,6 @@ def assert_metadata(metadata):
     assert metadata["input"] == "float32 RGB [N, 3, H, W] in [0, 1]"
     assert metadata["mean"] == [0.485, 0.456, 0.406] and metadata["std"] == [0.229, 0.224, 0.225]
     assert metadata["seg_version"] == seg.__version__
-
-
-def needed(name):
-    """Import a package the ONNX tests need: skipped where it is missing, but a failure in CI (``CI`` is set),
-    where the dev extra installs it and a skip would hide a broken export."""
-    if os.environ.get("CI"):
-        return importlib.import_module(name)
-    return pytest.importorskip(name)
 
 
 @pytest.fixture(scope="module")

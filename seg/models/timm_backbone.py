@@ -75,7 +75,7 @@ def check_timm_arguments(name: str, output_stride: int, multi_grid: Optional[Seq
     _check_stride(name, output_stride, feature_cls)
     if multi_grid is not None and not _has_resnet_stages(name):
         raise ValueError(f"multi_grid applies to ResNet-like last stages (timm's ResNet family); the timm model "
-                         f"{name} has none: use null")
+                         f"{name} has none: set it to null (None)")
 
 
 @functools.lru_cache(maxsize=None)
