@@ -193,6 +193,24 @@ def check_parity(reference: nn.Module, exported: Callable, sizes: Sequence[Seque
     return results
 
 
+def _write(format: str, module: ExportedModel, path: Path, metadata: str) -> None:
+    """``WRITERS[format]``; a model the format's compiler cannot take is one line naming the formats to try.
+
+    E.g. TorchScript cannot compile a timm encoder whose feature extractor uses hooks, and torch.export cannot
+    keep height and width free where a layer's output size needs a guard it cannot prove for every size
+    (ceil-mode pooling, "same" padding: timm's ResNet-D and ConvNeXt).
+    """
+    try:
+        WRITERS[format](module, path, metadata)
+    except (UserError, OSError):
+        raise
+    except Exception as error:
+        lines = str(error).strip().splitlines()
+        others = " or ".join(f"format={f}" for f in EXPORT_FORMATS if f != format)
+        raise ExportError(f"format={format} cannot export this model ({type(error).__name__}: "
+                          f"{lines[0][:200] if lines else 'no message'}): try {others}") from None
+
+
 def export_model(model: nn.Module, path: Union[str, Path], format: str = "torchscript",
                  metadata: Optional[Mapping] = None, check_sizes: Sequence[Sequence[int]] = CHECK_SIZES,
                  rtol: float = 1e-4, atol: float = 1e-4) -> Dict:
@@ -207,7 +225,7 @@ def export_model(model: nn.Module, path: Union[str, Path], format: str = "torchs
     if format == "onnx":
         info["onnx_opset"] = ONNX_OPSET
     with replacing(path, hint="free some space and export again") as temporary:  # only a checked file lands
-        WRITERS[format](module, temporary, json.dumps(info))
+        _write(format, module, temporary, json.dumps(info))
         exported, _ = LOADERS[format](temporary)
         parity = check_parity(module, exported, check_sizes, rtol, atol)
     return {"path": str(path), "format": format, "parity": parity}

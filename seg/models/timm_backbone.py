@@ -93,8 +93,18 @@ def _create(name: str, output_stride: int, feature_cls: Optional[str] = None, **
 
 
 def _meta(name: str, output_stride: int, feature_cls: Optional[str] = None, **kwargs) -> nn.Module:
-    """The feature network built on the meta device: its structure and ``feature_info`` without weights or memory."""
-    with torch.device("meta"):
+    """The feature network built on the meta device: its structure and ``feature_info`` without weights or memory.
+
+    Some models' initialisation reads tensor values (ConvNeXt in timm 1.0.3: "Cannot copy out of meta tensor"):
+    those are built on the CPU instead, with random weights that are never used.
+    """
+    try:
+        with torch.device("meta"):
+            return _create(name, output_stride, feature_cls, **kwargs)
+    except (RuntimeError, NotImplementedError) as error:
+        if "meta" not in str(error):
+            raise
+    with torch.device("cpu"):
         return _create(name, output_stride, feature_cls, **kwargs)
 
 
@@ -132,15 +142,19 @@ def _feature_plan(name: str) -> Tuple[Optional[str], Tuple[int, int, int], Tuple
     timm = import_timm()
     try:
         body = _meta(name, 32)
-    except RuntimeError as error:  # "features_only not implemented for ..."
+    except RuntimeError as error:  # "features_only not implemented for <name>"
+        if "features_only" not in str(error):
+            raise
         raise ValueError(f"backbone {PREFIX}{name} cannot be used: timm builds no feature maps for it "
                          f"({str(error).splitlines()[0]})") from None
     feature_cls = None
     if isinstance(body, timm.models.FeatureHookNet):
         try:
-            body, feature_cls = _meta(name, 32, "getter"), "getter"
+            getter = _meta(name, 32, "getter")
         except Exception:
-            pass
+            getter = None
+        if hasattr(getattr(getter, "model", None), "forward_intermediates"):  # timm < 1.0.4 builds it without
+            body, feature_cls = getter, "getter"
     reductions = tuple(body.feature_info.reduction())
     channels = tuple(body.feature_info.channels())
     if 4 not in reductions or len(reductions) < 3 or reductions.index(4) >= len(reductions) - 2:
@@ -215,7 +229,10 @@ class TimmBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         features = self.body(x)
-        return features[0], features[1], features[2]
+        # timm's getter extractor is typed Union[list, tuple] for TorchScript; with features_only it returns a list
+        if torch.jit.isinstance(features, List[torch.Tensor]):
+            return features[0], features[1], features[2]
+        raise RuntimeError("timm's feature network returned no list of feature maps")
 
 
 class _Unswitchable(Exception):
