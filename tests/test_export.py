@@ -196,6 +196,17 @@ def test_onnx_runs_in_onnxruntime_with_dynamic_batch_height_and_width(model, tmp
     assert_parity(lambda images: session.run(None, {"images": images.numpy()})[0], model)
 
 
+def test_a_format_that_cannot_take_the_model_is_one_line(model, tmp_path, monkeypatch):
+    def failing(module, path, metadata):  # e.g. torch.export's guards, TorchScript's compiler
+        raise RuntimeError("Constraints violated (height, width)!\n  - Not all values of height ...")
+
+    monkeypatch.setitem(export_module.WRITERS, "torchscript", failing)
+    with pytest.raises(ExportError, match=r"^format=torchscript cannot export this model \(RuntimeError: Constraints "
+                                          r"violated \(height, width\)!\): try format=onnx or format=export$"):
+        export_model(model, tmp_path / "model.ts", check_sizes=[[64, 64]])
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_missing_onnx_packages_say_what_to_install(model, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     with pytest.raises(ExportError, match=r'pip install -e "\.\[onnx\]"'):

@@ -19,7 +19,7 @@ from seg.engine.checkpoint import restore
 from seg.engine.evaluation import evaluate_checkpoint
 from seg.engine.predict import predict
 from seg.engine.trainer import train
-from seg.export import DYNAMIC_EXPORT_TORCH, export_checkpoint, load_torchscript
+from seg.export import DYNAMIC_EXPORT_TORCH, ExportError, export_checkpoint, export_model, load_torchscript
 from seg.io import UnsafeFileError
 from seg.models import build_model
 from seg.models.deeplab import fetch_backbone_weights
@@ -278,6 +278,16 @@ def test_timm_checkpoint_exports_with_free_height_and_width(timm_run, tmp_path, 
                                                          "check.sizes=[[64,64],[48,80],[65,97]]"]))
     assert [r["input"] for r in report["parity"]] == [[1, 3, 64, 64], [2, 3, 48, 80], [1, 3, 65, 97]]
     assert all(r["max_abs_diff"] <= 1e-4 for r in report["parity"]) and output.is_file()
+
+
+@pytest.mark.skipif(OLD_TORCH, reason=f"torch.export keeps H, W free from torch {DYNAMIC_EXPORT_TORCH} on")
+def test_a_format_an_encoder_cannot_take_is_one_line(tmp_path):
+    """torch.export cannot prove its size guards for ResNet-D's ceil-mode shortcut pooling (docs/models.md)."""
+    model = build_model("timm:resnet18d", 3, multi_grid=None).eval()
+    with pytest.raises(ExportError, match=r"^format=export cannot export this model \(\w+: Constraints violated "
+                                          r"\(height, width\)!.*\): try format=torchscript or format=onnx$"):
+        export_model(model, tmp_path / "model.pt2", "export", check_sizes=[[64, 64]])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_benchmark_runs_a_timm_encoder(tmp_path):
