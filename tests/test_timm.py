@@ -115,8 +115,10 @@ def test_a_stride_timm_cannot_build_is_one_line(name, cfg_train):
         validate_train(cfg_train(backbone="timm", **{"backbone.name": name, "os": 8}))
     model = build_model(f"timm:{name}", 3, output_stride=32, multi_grid=None).eval()
     assert measured_strides(model.backbone) == [4, 16, 32]
+    rates = model.aspp.get_rates()
     with pytest.raises(ValueError, match=rf"^output_stride 8 is not supported by the timm model {name}"):
         model.set_output_stride(8)
+    assert model.output_stride == 32 and model.aspp.get_rates() == rates  # nothing half-switched
 
 
 def test_configs_build_the_timm_name(cfg_train):

@@ -89,9 +89,9 @@ class DeepLabV3(nn.Module):
         The backbone's strides and dilations change, and the ASPP rates scale inversely with the stride.
         """
         check_output_stride(output_stride)
+        self.backbone.set_output_stride(output_stride)  # first: an encoder that cannot switch leaves all unchanged
         scale = self.configured_stride / output_stride
         self.aspp.set_rates([max(1, round(r * scale)) for r in self.configured_rates])
-        self.backbone.set_output_stride(output_stride)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         size = x.shape[-2:]
