@@ -37,7 +37,7 @@ def test_bad_values_are_one_line_before_any_work(tmp_path, override, message):
     ("train.iters=1.5", "train.iters must be an integer, got 1.5"),
     ("train.weight_decay=nan", "train.weight_decay must be a finite number >= 0, got nan"),
     ("train.color_jitter=sometimes", "train.color_jitter must be true or false, got 'sometimes'"),
-    ("model.multi_grid=[1,two]", "model.multi_grid must be a list of integers, got [1, 'two']"),
+    ("model.multi_grid=[1,two]", "model.multi_grid must be a list of integers or null, got [1, 'two']"),
     ("model.dropout=1.0", "model.dropout must be a finite number >= 0 and < 1, got 1.0"),
     ("os=abc", "os must be an integer, got 'abc'"),
     ("dataset.num_classes=six", "dataset.num_classes must be an integer or null, got 'six'"),
