@@ -15,7 +15,7 @@ from helpers import CONFIGS, compose_config, needed, run_script, tiny_overrides
 
 from seg.benchmark.run import run_benchmark
 from seg.config import ConfigError, model_kwargs, validate_train
-from seg.engine.checkpoint import restore
+from seg.engine.checkpoint import CheckpointError, check_resume_config, restore
 from seg.engine.evaluation import evaluate_checkpoint
 from seg.engine.predict import predict
 from seg.engine.trainer import train
@@ -134,6 +134,14 @@ def test_configs_build_the_timm_name(cfg_train):
     old = cfg_train()  # a checkpoint's config written before backbone.source: torchvision's
     del old["backbone"]["source"]
     assert model_kwargs(old, 3)["backbone"] == "resnet18"
+
+
+def test_resume_reads_a_checkpoint_without_backbone_source_as_torchvision():
+    old = {"backbone": {"name": "resnet18"}}  # written before backbone.source existed
+    check_resume_config(old, {"backbone": {"source": "torchvision", "name": "resnet18"}}, "last.pt")
+    with pytest.raises(CheckpointError, match=r"^cannot resume last\.pt: backbone\.source was 'torchvision' in that "
+                                              r"run and is 'timm' now"):
+        check_resume_config(old, {"backbone": {"source": "timm", "name": "resnet18"}}, "last.pt")
 
 
 def test_unknown_timm_model_names_the_key_and_close_names(cfg_train):
