@@ -173,6 +173,10 @@ def test_local_weights_file_loads_through_timms_pretrained_loading(tmp_path):
     assert len(loaded) == len(expected) - 2  # all but the classifier (fc.weight, fc.bias)
     for key, value in loaded.items():
         assert torch.equal(value, expected[key]), key
+    safetensors = pytest.importorskip("safetensors.torch")  # installed with timm
+    safetensors.save_file(classifier.state_dict(), str(tmp_path / "resnet18d.safetensors"))
+    model = build_model("timm:resnet18d", 3, multi_grid=None, pretrained=str(tmp_path / "resnet18d.safetensors"))
+    assert all(torch.equal(v, expected[k]) for k, v in model.backbone.body.state_dict().items())
     with pytest.raises(WeightsError, match=r"^backbone weights for the timm model mobilenetv3_large_100 "
                                            r"\(backbone\.pretrained\) .*resnet18d\.pth do not fit it: "):
         build_model(f"timm:{SMALL}", 3, multi_grid=None, pretrained=str(path))

@@ -7,9 +7,12 @@ before the last (the auxiliary head's, stage 3 of a ResNet) and the last (the AS
 
 timm fixes strides and dilations while it builds; to run the same weights at another output stride,
 ``set_output_stride`` builds the network again on the meta device (no memory, no weights) at the new stride and
-copies its plain attributes (strides, dilations, paddings, skip flags) into the live modules: the re-dilation is
-timm's own and no parameter is touched. An encoder whose layers differ between strides cannot switch in place and
-says so. Multi-grid means something only for ResNet-like last stages (timm's ``ResNet`` family): there the 3x3
+copies its plain attributes (strides, dilations, paddings, skip flags) into the live modules; a layer timm builds
+differently at the new stride (ResNet-D's shortcut pooling, ConvNeXt's "same"-padded downsampling) is replaced by
+the new one, which takes over the live layer's tensors. The re-dilation is timm's own and no parameter is copied or
+changed. An encoder whose tensors differ between strides cannot switch in place and says so.
+
+Multi-grid means something only for ResNet-like last stages (timm's ``ResNet`` family): there the 3x3
 convolutions of the last stage's units get ``rate * multi_grid[i]``, as ``seg.models.backbone`` does.
 
 timm is an optional dependency (``pip install -e ".[timm]"``): it is imported only when a timm encoder is used.
@@ -301,8 +304,8 @@ def _pretrained_options(name: str, pretrained: str) -> dict:
     """timm's own pretrained loading: ``imagenet`` from timm's source (the HF hub), a path through
     ``pretrained_cfg_overlay=dict(file=...)``.
 
-    A torch file is opened once here with ``weights_only=True`` (timm versions before 1.0.20 load files with
-    full pickle): what is not a state dict is refused with a line saying what it holds.
+    A torch file is opened once here with ``weights_only=True`` (older timm, e.g. 1.0.3, loads files with full
+    pickle, which can run code): what is not a state dict is refused with a line saying what it holds.
     """
     if pretrained in (None, "none"):
         return {"pretrained": False}
