@@ -5,6 +5,7 @@ dicts of timm's classification models saved from random weights. timm is the ``t
 without it, and fail in CI (``CI`` set), where the dev extra installs it.
 """
 
+import copy
 import json
 import runpy
 import sys
@@ -22,7 +23,7 @@ from seg.engine.trainer import train
 from seg.export import DYNAMIC_EXPORT_TORCH, ExportError, export_checkpoint, export_model, load_torchscript
 from seg.io import UnsafeFileError
 from seg.models import build_model
-from seg.models.deeplab import fetch_backbone_weights
+from seg.models.deeplab import convert_sync_batchnorm, fetch_backbone_weights
 from seg.models.timm_backbone import TimmBackbone, TimmMissingError, WeightsUnavailableError
 from seg.models.weights import WeightsError
 
@@ -201,6 +202,23 @@ def test_offline_imagenet_weights_say_what_was_looked_for_and_where(tmp_path, mo
     with pytest.raises(WeightsUnavailableError, match=message):  # train.py stops before any work
         train(cfg_train(backbone=SMALL, **{"backbone.pretrained": "imagenet"}), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_sync_batchnorm_keeps_timms_norm_and_activation_layers():
+    """DDP on CUDA converts BatchNorms; torch's converter would drop the activation inside timm's BatchNormAct2d."""
+    torch.manual_seed(0)
+    model = build_model("timm:efficientnet_b0", 3, multi_grid=None).eval()
+    images = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        expected = model(images)["out"]
+    torch_converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(model)).eval()
+    converted = convert_sync_batchnorm(model).eval()
+    kinds = {type(m).__name__ for m in converted.modules()}
+    assert "SyncBatchNormAct" in kinds and "BatchNormAct2d" not in kinds and "BatchNorm2d" not in kinds
+    with torch.inference_mode():  # eval: SyncBatchNorm normalises with its running statistics, no process group
+        torch.testing.assert_close(converted(images)["out"], expected, rtol=0, atol=0)
+        # why timm's converter is used: torch's keeps the activation modules but never calls them
+        assert not torch.allclose(torch_converted(images)["out"], expected, atol=1e-3)
 
 
 def test_receptive_field_tool_says_it_covers_the_resnets(capsys):

@@ -54,7 +54,7 @@ from seg.engine.step import TrainStep
 from seg.errors import UserError, record_in_log_files
 from seg.io import DiskFullError, is_disk_full
 from seg.models import build_model, load_weights
-from seg.models.deeplab import fetch_backbone_weights
+from seg.models.deeplab import convert_sync_batchnorm, fetch_backbone_weights
 from seg.visualize import overlay
 
 log = logging.getLogger("seg.train")
@@ -217,7 +217,7 @@ class Trainer:
         if resume_state:
             model.load_state_dict(resume_state["model"])
         if self.world > 1 and self.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = convert_sync_batchnorm(model)
         elif self.world > 1:
             log.info("SyncBatchNorm needs CUDA: on the CPU each process keeps its own BatchNorm statistics")
         place(model, self.device)

@@ -153,6 +153,18 @@ def fetch_backbone_weights(backbone: str) -> None:
         fetch_imagenet_weights(backbone)
 
 
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """Every BatchNorm of ``model`` as a SyncBatchNorm (DDP on CUDA).
+
+    A timm encoder goes through timm's converter: torch's turns timm's ``BatchNormAct2d`` (normalisation and
+    activation in one module: EfficientNet, MobileNetV3, Xception) into a plain ``SyncBatchNorm`` and so drops
+    the activation.
+    """
+    if any(isinstance(module, timm_backbone.TimmBackbone) for module in model.modules()):
+        return timm_backbone.import_timm().layers.convert_sync_batchnorm(model)
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def build_model(backbone: str, num_classes: int, output_stride: int = 16,
                 multi_grid: Optional[Sequence[int]] = (1, 2, 4), aspp_rates: Optional[Sequence[int]] = None,
                 head: str = "deeplabv3", aux_loss: bool = False, pretrained: str = "none",

@@ -156,7 +156,7 @@ def _feature_plan(name: str) -> Tuple[Optional[str], Tuple[int, int, int], Tuple
             getter = _meta(name, 32, "getter")
         except Exception:
             getter = None
-        if hasattr(getattr(getter, "model", None), "forward_intermediates"):  # timm < 1.0.4 builds it without
+        if hasattr(getattr(getter, "model", None), "forward_intermediates"):  # timm 1.0.3: xception65 has none
             body, feature_cls = getter, "getter"
     reductions = tuple(body.feature_info.reduction())
     channels = tuple(body.feature_info.channels())
