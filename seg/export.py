@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from seg import __version__
-from seg.config import EXPORT_FORMATS, crop_hw, to_plain, validate_export
+from seg.config import EXPORT_FORMATS, backbone_name, crop_hw, to_plain, validate_export
 from seg.data import IMAGENET_MEAN, IMAGENET_STD
 from seg.engine.checkpoint import num_classes_of, palette_of, restore
 from seg.errors import UserError
@@ -240,7 +240,7 @@ def export_checkpoint(config: Mapping) -> Dict:
     trained = state["config"]
     metadata = {
         "class_names": list(state["class_names"]), "num_classes": num_classes_of(state),
-        "palette": palette_of(state).tolist(), "backbone": trained["backbone"]["name"],
+        "palette": palette_of(state).tolist(), "backbone": backbone_name(trained),
         "head": trained["model"]["head"], "output_stride": model.output_stride,
         "crop_size": list(crop_hw(trained["train"]["crop_size"])), "iteration": state["iteration"],
         "checkpoint": str(cfg["ckpt"]), "versions": state.get("versions"),

@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers import CONFIGS, compose_config, needed, run_script, tiny_overrides
 
-from seg.benchmark.run import run_benchmark
+from seg.benchmark.run import run_benchmark, validate_benchmark
 from seg.config import ConfigError, model_kwargs, validate_train
 from seg.engine.checkpoint import CheckpointError, check_resume_config, restore
 from seg.engine.evaluation import evaluate_checkpoint
@@ -312,6 +312,13 @@ def test_timm_checkpoint_exports_with_free_height_and_width(timm_run, tmp_path, 
     assert all(r["max_abs_diff"] <= 1e-4 for r in report["parity"]) and output.is_file()
 
 
+def test_benchmark_compares_only_the_built_in_resnets_with_torchvision():
+    cfg = compose_config("benchmark", ["backbone=timm", "backbone.name=resnet50", "compare=torchvision"])
+    with pytest.raises(ConfigError, match=r"^compare=torchvision supports backbone \['resnet50', 'resnet101'\] .*"
+                                          r"got 'timm:resnet50'"):
+        validate_benchmark(cfg)
+
+
 @pytest.mark.skipif(OLD_TORCH, reason=f"torch.export keeps H, W free from torch {DYNAMIC_EXPORT_TORCH} on")
 def test_a_format_an_encoder_cannot_take_is_one_line(tmp_path):
     """torch.export cannot prove its size guards for ResNet-D's ceil-mode shortcut pooling (docs/models.md)."""
@@ -327,7 +334,7 @@ def test_benchmark_runs_a_timm_encoder(tmp_path):
                                        "steps=1", "warmup=0", "num_workers=0", "data_steps=0", "device=cpu",
                                        "cpu_threads=1", "micro=false", "output=null"])
     result = run_benchmark(cfg, tmp_path, echo=False)
-    assert result["settings"]["backbone"] == SMALL and result["train"]["images_per_s"] > 0
+    assert result["settings"]["backbone"] == f"timm:{SMALL}" and result["train"]["images_per_s"] > 0
     assert result["inference"]["images_per_s"] > 0  # at eval_os 8: the model re-strided in place
     dilations = result["model"]["dilations"]  # the training model, at os=16: timm dilates its last stage by 2
     assert result["settings"]["os"] == 16 and max(max(rates) for rates in dilations.values()) == 2
