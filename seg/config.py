@@ -24,7 +24,7 @@ from seg.errors import UserError
 from seg.metrics import check_exclude
 from seg.models import check_arguments
 from seg.models.backbone import check_output_stride as _check_output_stride
-from seg.models.spec import CONFIG_KEYS, arguments_from_config, config_key
+from seg.models.spec import CONFIG_KEYS, arguments_from_config, config_key, encoder_name
 
 AMP_MODES = ("auto", "fp16", "bf16", "off")
 DEVICES = ("auto", "cpu", "cuda")
@@ -35,6 +35,7 @@ MODEL_KEYS = {**{argument: config_key(argument) for argument in CONFIG_KEYS}, "n
 # inference.accumulate -> segment's ``accumulate``: the dtype of the buffer probabilities are summed into
 ACCUMULATE = {"float32": torch.float32, "float16": torch.float16}
 EXPORT_FORMATS = ("torchscript", "onnx", "export")
+BACKBONE_SOURCES = ("torchvision", "timm")  # backbone.source: the built-in ResNets, or any timm encoder
 PREDICT_FORMATS = ("default", "cityscapes")  # predict.py's ``format``: its own files, or a Cityscapes submission
 # dataset keys that describe the run rather than how to read the files
 DATASET_RUN_KEYS = ("val_split", "ignore_index")
@@ -51,6 +52,7 @@ class BackboneKeys:
     name: str
     pretrained: str  # imagenet | none | a path
     stem: str = "standard"  # standard | deep
+    source: str = "torchvision"  # torchvision (the built-in encoders) | timm; checkpoints before it lack the key
 
 
 @dataclass
@@ -293,10 +295,17 @@ def check_output_stride(value, key: str = "os", optional: bool = False) -> None:
         in_config_terms(_check_output_stride, value, keys={"output_stride": key})
 
 
+def backbone_name(cfg: Mapping) -> str:
+    """``build_model``'s ``backbone`` from ``backbone.source`` and ``backbone.name`` (``seg.models.spec``), the
+    source checked first."""
+    choice(cfg["backbone"].get("source", "torchvision"), "backbone.source", BACKBONE_SOURCES)
+    return encoder_name(cfg["backbone"])
+
+
 def _check_model(cfg: Mapping) -> None:
     model = cfg["model"]
     backbone = cfg["backbone"]
-    in_config_terms(check_arguments, backbone["name"], output_stride=cfg["os"],
+    in_config_terms(check_arguments, backbone_name(cfg), output_stride=cfg["os"],
                     multi_grid=model["multi_grid"], aspp_rates=model.get("aspp_rates"), head=model["head"],
                     decoder_convs=model.get("decoder_convs"), aux_loss=model["aux_loss"],
                     stem=backbone.get("stem", "standard"),

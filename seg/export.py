@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from seg import __version__
-from seg.config import EXPORT_FORMATS, crop_hw, to_plain, validate_export
+from seg.config import EXPORT_FORMATS, backbone_name, crop_hw, to_plain, validate_export
 from seg.data import IMAGENET_MEAN, IMAGENET_STD
 from seg.engine.checkpoint import num_classes_of, palette_of, restore
 from seg.errors import UserError
@@ -193,6 +193,24 @@ def check_parity(reference: nn.Module, exported: Callable, sizes: Sequence[Seque
     return results
 
 
+def _write(format: str, module: ExportedModel, path: Path, metadata: str) -> None:
+    """``WRITERS[format]``; a model the format's compiler cannot take is one line naming the formats to try.
+
+    E.g. TorchScript cannot compile a timm encoder whose feature extractor uses hooks, and torch.export cannot
+    keep height and width free where a layer's output size needs a guard it cannot prove for every size
+    (ceil-mode pooling, "same" padding: timm's ResNet-D and ConvNeXt).
+    """
+    try:
+        WRITERS[format](module, path, metadata)
+    except (UserError, OSError):
+        raise
+    except Exception as error:
+        lines = str(error).strip().splitlines()
+        others = " or ".join(f"format={f}" for f in EXPORT_FORMATS if f != format)
+        raise ExportError(f"format={format} cannot export this model ({type(error).__name__}: "
+                          f"{lines[0][:200] if lines else 'no message'}): try {others}") from None
+
+
 def export_model(model: nn.Module, path: Union[str, Path], format: str = "torchscript",
                  metadata: Optional[Mapping] = None, check_sizes: Sequence[Sequence[int]] = CHECK_SIZES,
                  rtol: float = 1e-4, atol: float = 1e-4) -> Dict:
@@ -207,7 +225,7 @@ def export_model(model: nn.Module, path: Union[str, Path], format: str = "torchs
     if format == "onnx":
         info["onnx_opset"] = ONNX_OPSET
     with replacing(path, hint="free some space and export again") as temporary:  # only a checked file lands
-        WRITERS[format](module, temporary, json.dumps(info))
+        _write(format, module, temporary, json.dumps(info))
         exported, _ = LOADERS[format](temporary)
         parity = check_parity(module, exported, check_sizes, rtol, atol)
     return {"path": str(path), "format": format, "parity": parity}
@@ -222,7 +240,7 @@ def export_checkpoint(config: Mapping) -> Dict:
     trained = state["config"]
     metadata = {
         "class_names": list(state["class_names"]), "num_classes": num_classes_of(state),
-        "palette": palette_of(state).tolist(), "backbone": trained["backbone"]["name"],
+        "palette": palette_of(state).tolist(), "backbone": backbone_name(trained),
         "head": trained["model"]["head"], "output_stride": model.output_stride,
         "crop_size": list(crop_hw(trained["train"]["crop_size"])), "iteration": state["iteration"],
         "checkpoint": str(cfg["ckpt"]), "versions": state.get("versions"),

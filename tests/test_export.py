@@ -1,5 +1,4 @@
 import errno
-import importlib
 import json
 import os
 import re
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import compose_config, run_script, tiny_checkpoint
+from helpers import compose_config, needed, run_script, tiny_checkpoint
 
 import seg
 from seg import export as export_module
@@ -47,14 +46,6 @@ def assert_metadata(metadata):
     assert metadata["input"] == "float32 RGB [N, 3, H, W] in [0, 1]"
     assert metadata["mean"] == [0.485, 0.456, 0.406] and metadata["std"] == [0.229, 0.224, 0.225]
     assert metadata["seg_version"] == seg.__version__
-
-
-def needed(name):
-    """Import a package the ONNX tests need: skipped where it is missing, but a failure in CI (``CI`` is set),
-    where the dev extra installs it and a skip would hide a broken export."""
-    if os.environ.get("CI"):
-        return importlib.import_module(name)
-    return pytest.importorskip(name)
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +196,17 @@ def test_onnx_runs_in_onnxruntime_with_dynamic_batch_height_and_width(model, tmp
     assert metadata["onnx_opset"] == 18
     assert [i.name for i in session.get_inputs()] == ["images"] and session.get_outputs()[0].name == "logits"
     assert_parity(lambda images: session.run(None, {"images": images.numpy()})[0], model)
+
+
+def test_a_format_that_cannot_take_the_model_is_one_line(model, tmp_path, monkeypatch):
+    def failing(module, path, metadata):  # e.g. torch.export's guards, TorchScript's compiler
+        raise RuntimeError("Constraints violated (height, width)!\n  - Not all values of height ...")
+
+    monkeypatch.setitem(export_module.WRITERS, "torchscript", failing)
+    with pytest.raises(ExportError, match=r"^format=torchscript cannot export this model \(RuntimeError: Constraints "
+                                          r"violated \(height, width\)!\): try format=onnx or format=export$"):
+        export_model(model, tmp_path / "model.ts", check_sizes=[[64, 64]])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_onnx_packages_say_what_to_install(model, tmp_path, monkeypatch):

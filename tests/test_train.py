@@ -39,7 +39,8 @@ def test_paper_recipes_compose(experiment):
 def test_real_dataset_selects_its_recipe(dataset, crop, iters):
     cfg = compose_config("train", [f"dataset={dataset}", "dataset.root=/data", "backbone=resnet101"])
     validate_train(cfg)
-    assert cfg["backbone"] == {"name": "resnet101", "pretrained": "imagenet", "stem": "standard"}
+    assert cfg["backbone"] == {"source": "torchvision", "name": "resnet101", "pretrained": "imagenet",
+                               "stem": "standard"}
     assert (cfg["train"]["crop_size"], cfg["train"]["iters"]) == (crop, iters)
     override = compose_config("train", [f"dataset={dataset}", "dataset.root=/data", "train.crop_size=321"])
     assert override["train"]["crop_size"] == 321  # the command line wins over the recipe

@@ -137,12 +137,16 @@ def analyse_model(model: nn.Module, name: str = "model", input_size: int = 513,
 def analyse_config(backbone: str, output_stride: int = 16, multi_grid: Sequence[int] = (1, 2, 4),
                    aspp_rates: Optional[Sequence[int]] = None, input_size: int = 513,
                    feature_size: Optional[int] = None) -> Dict:
-    """Build the model a config describes (random weights, two classes) and analyse it (ResNets only)."""
+    """Build the model a config describes (random weights, two classes) and analyse it.
+
+    Only the built-in ResNets: the walk of the main path reads their units' convolutions (timm encoders,
+    MobileNetV3 and other networks have no such fixed layout).
+    """
     from seg.models import BACKBONES, build_model
 
-    if backbone not in BACKBONES:  # the walk over conv1 / maxpool / layer1-4 is a ResNet's
-        raise ValueError(f"the receptive-field analysis covers only the ResNets {list(BACKBONES)}, "
-                         f"not backbone {backbone}")
+    if backbone not in BACKBONES:
+        raise ValueError(f"the receptive-field analysis covers only the built-in ResNets ({', '.join(BACKBONES)}), "
+                         f"not {backbone!r} (MobileNetV3 and timm encoders included)")
 
     model = build_model(backbone, num_classes=2, output_stride=output_stride, multi_grid=multi_grid,
                         aspp_rates=aspp_rates)

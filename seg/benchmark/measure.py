@@ -185,20 +185,25 @@ def _aspp(model: nn.Module) -> Optional[nn.Module]:
 
 
 def _stages(backbone: nn.Module) -> Dict[str, List[nn.Module]]:
-    """The stages an output stride strides or dilates: a ResNet's layer2-4, MobileNetV3's C2-C4 (``stages()``)."""
+    """The stages an output stride strides or dilates: a ResNet's layer2-4, MobileNetV3's C2-C4 (``stages()``);
+    the top-level parts of a timm encoder's feature network."""
     if hasattr(backbone, "stages"):
         return backbone.stages()
-    return {stage: [getattr(backbone, stage)] for stage in ("layer2", "layer3", "layer4")}
+    if all(hasattr(backbone, stage) for stage in ("layer2", "layer3", "layer4")):
+        return {stage: [getattr(backbone, stage)] for stage in ("layer2", "layer3", "layer4")}
+    return {name: [part] for name, part in getattr(backbone, "body", backbone).named_children()}
 
 
 def structure(model: nn.Module) -> Dict:
-    """The ASPP rates (null without an ASPP) and the dilation of every spatial (3x3; MobileNetV3: depthwise 3x3 or
-    5x5) convolution of the strided or dilated stages, in order (a BasicBlock unit has two)."""
+    """The ASPP rates (null without an ASPP) and the dilation of every spatial (k x k, k > 1) convolution of the
+    strided or dilated stages, in order (a BasicBlock unit has two); for a timm encoder, of each part of its
+    feature network that has one."""
     aspp = _aspp(model)
+    dilations = {stage: [m.dilation[0] for block in blocks for m in block.modules()
+                         if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1]
+                 for stage, blocks in _stages(model.backbone).items()}
     return {"aspp_rates": None if aspp is None else [aspp.convs[i][0].dilation[0] for i in (1, 2, 3)],
-            "dilations": {stage: [m.dilation[0] for block in blocks for m in block.modules()
-                                  if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1]
-                          for stage, blocks in _stages(model.backbone).items()}}
+            "dilations": {name: rates for name, rates in dilations.items() if rates}}
 
 
 def _flops(model: nn.Module, batch: int, hw: Tuple[int, int], backward: bool = False) -> int:

@@ -67,10 +67,10 @@ def validate_benchmark(cfg: Mapping) -> None:
     for key in ("crop_size", "eval_size"):
         config.crop_hw(cfg[key], key)
     config.validate_train(cfg)
-    if cfg["compare"] and (cfg["backbone"]["name"] not in measure.BACKBONES or cfg["model"]["head"] != "deeplabv3"):
+    if cfg["compare"] and (config.backbone_name(cfg) not in measure.BACKBONES or cfg["model"]["head"] != "deeplabv3"):
         raise config.ConfigError(f"compare=torchvision supports backbone {list(measure.BACKBONES)} and model.head="
-                                 f"deeplabv3, got {cfg['backbone']['name']!r} and {cfg['model']['head']!r} "
-                                 "(torchvision has no DeepLabV3 for resnet18/34 nor DeepLabV3+)")
+                                 f"deeplabv3, got {config.backbone_name(cfg)!r} and {cfg['model']['head']!r} "
+                                 "(torchvision has no DeepLabV3 for resnet18/34, timm encoders nor DeepLabV3+)")
 
 
 def run_benchmark(cfg: Any, run_dir: Optional[Path] = None, echo: bool = True) -> Dict:
@@ -136,7 +136,7 @@ def make_setup(cfg: Mapping, num_classes: int) -> Tuple[measure.Setup, Dict]:
         batch=cfg["batch_size"], crop=config.crop_hw(cfg["crop_size"], "crop_size"),
         eval_batch=cfg["eval_batch_size"] or cfg["batch_size"], eval_hw=config.crop_hw(cfg["eval_size"], "eval_size"),
         num_classes=num_classes, ignore_index=cfg["dataset"].get("ignore_index", 255))
-    return s, {"backbone": cfg["backbone"]["name"], "os": cfg["os"], "head": cfg["model"]["head"],
+    return s, {"backbone": config.backbone_name(cfg), "os": cfg["os"], "head": cfg["model"]["head"],
                "aux_loss": cfg["model"]["aux_loss"], "batch_size": s.batch, "crop_size": list(s.crop),
                "num_classes": num_classes, "amp": cfg["amp"], "channels_last": s.channels_last,
                "amp_dtype": amp_dtype and str(amp_dtype).removeprefix("torch."), "compile": cfg["compile"],

@@ -27,11 +27,12 @@ log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("model", "config", "class_names", "iteration")
 # Config entries that change the model's parameters: resuming with another value cannot work.
-SHAPE_KEYS = (("backbone", "name"), ("model", "head"), ("model", "aux_loss"), ("dataset", "num_classes"),
-              ("backbone", "stem"), ("model", "aspp_channels"), ("model", "aspp_projection_kernel"),
-              ("model", "separable_convs"))
+SHAPE_KEYS = (("backbone", "source"), ("backbone", "name"), ("model", "head"), ("model", "aux_loss"),
+              ("dataset", "num_classes"), ("backbone", "stem"), ("model", "aspp_channels"),
+              ("model", "aspp_projection_kernel"), ("model", "separable_convs"))
 # What a config written before a key existed meant by it (seg.models.spec), e.g. backbone.stem: standard.
-SHAPE_DEFAULTS = {(section, key): default for section, key, default in CONFIG_KEYS.values()}
+SHAPE_DEFAULTS = {**{(section, key): default for section, key, default in CONFIG_KEYS.values()},
+                  ("backbone", "source"): "torchvision"}
 # Config entries that only choose a new run's initial weights: a resume loads the checkpoint's instead.
 INITIAL_WEIGHT_KEYS = ("backbone.pretrained", "model.weights")
 
@@ -248,8 +249,8 @@ def restore(path: Union[str, Path], output_stride: Optional[int] = None) -> Tupl
 def check_resume_config(saved: Mapping, current: Mapping, path) -> None:
     """Refuse a resume whose config changes the model's shape."""
     for section, key in SHAPE_KEYS:
-        old = saved.get(section, {}).get(key, SHAPE_DEFAULTS.get((section, key)))
-        new = current.get(section, {}).get(key)
+        default = SHAPE_DEFAULTS.get((section, key))
+        old, new = saved.get(section, {}).get(key, default), current.get(section, {}).get(key, default)
         if new is not None and old != new:
             raise CheckpointError(
                 f"cannot resume {path}: {section}.{key} was {old!r} in that run and is {new!r} now; "

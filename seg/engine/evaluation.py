@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from seg.config import (
     ConfigError,
+    backbone_name,
     crop_hw,
     dataset_kwargs,
     excluded_classes,
@@ -164,7 +165,7 @@ def _evaluate(cfg: Dict, run_dir: Path, device) -> Dict:
     amp = cfg["amp"] if cfg["amp"] is not None else trained["train"]["amp"]
     amp_dtype = resolve_amp(amp, device.type, key="amp")
     log.info("evaluating %s (iteration %d, %s, output stride %d) on %s: %d images; %s, amp %s",
-             cfg["ckpt"], state["iteration"], trained["backbone"]["name"], model.output_stride, where, len(dataset),
+             cfg["ckpt"], state["iteration"], backbone_name(trained), model.output_stride, where, len(dataset),
              _describe(options), amp)
     metrics, matrix, _ = evaluate(model, dataset, device, predictor=functools.partial(segment, **options),
                                batch_size=cfg["batch_size"], num_workers=cfg["num_workers"], amp_dtype=amp_dtype,

@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from seg.config import (
+    backbone_name,
     crop_hw,
     dataset_kwargs,
     excluded_classes,
@@ -53,7 +54,7 @@ from seg.engine.step import TrainStep
 from seg.errors import UserError, record_in_log_files
 from seg.io import DiskFullError, is_disk_full
 from seg.models import build_model, load_weights
-from seg.models.backbone import fetch_imagenet_weights
+from seg.models.deeplab import convert_sync_batchnorm, fetch_backbone_weights
 from seg.visualize import overlay
 
 log = logging.getLogger("seg.train")
@@ -128,7 +129,7 @@ class Trainer:
 
         resume_state = load_checkpoint(cfg["resume"]) if cfg.get("resume") else None
         if cfg["backbone"]["pretrained"] == "imagenet" and not resume_state and distributed.is_main():
-            fetch_imagenet_weights(cfg["backbone"]["name"])  # fail before any work when they cannot be had
+            fetch_backbone_weights(backbone_name(cfg))  # fail before any work when they cannot be had
         distributed.barrier()
         if resume_state is not None:
             reuse_recorded(resume_state["config"], cfg)
@@ -216,7 +217,7 @@ class Trainer:
         if resume_state:
             model.load_state_dict(resume_state["model"])
         if self.world > 1 and self.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = convert_sync_batchnorm(model)
         elif self.world > 1:
             log.info("SyncBatchNorm needs CUDA: on the CPU each process keeps its own BatchNorm statistics")
         place(model, self.device)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seg.models import timm_backbone
 from seg.models.aspp import (
     ASPP,
     check_aspp_rates,
@@ -18,14 +19,14 @@ from seg.models.aspp import (
 )
 from seg.models.backbone import (
     BACKBONES,
-    ResNetBackbone,
     build_backbone,
     check_multi_grid,
     check_output_stride,
     check_stem,
+    fetch_imagenet_weights,
 )
 from seg.models.lraspp import LRASPP
-from seg.models.mobilenet import MOBILENETS, MobileNetV3Encoder, build_mobilenet
+from seg.models.mobilenet import MOBILENETS, build_mobilenet
 
 HEADS = ("deeplabv3", "deeplabv3plus", "lraspp")
 ENCODERS = (*BACKBONES, *MOBILENETS)  # backbone names: the atrous ResNets, then torchvision's MobileNetV3
@@ -83,9 +84,8 @@ class FCNHead(nn.Sequential):
 class DeepLabV3(nn.Module):
     """``forward(x)`` returns ``{"out": logits}`` (plus ``"aux"``) at the input's height and width."""
 
-    def __init__(self, backbone: Union[ResNetBackbone, MobileNetV3Encoder], aspp: ASPP, decoder: nn.Module,
-                 num_classes: int, aux_head: Optional[nn.Module] = None, channels: int = 256,
-                 classifier_dropout: float = 0.0):
+    def __init__(self, backbone: nn.Module, aspp: ASPP, decoder: nn.Module, num_classes: int,
+                 aux_head: Optional[nn.Module] = None, channels: int = 256, classifier_dropout: float = 0.0):
         super().__init__()
         self.backbone = backbone
         self.aspp = aspp
@@ -110,9 +110,9 @@ class DeepLabV3(nn.Module):
         The backbone's strides and dilations change, and the ASPP rates scale inversely with the stride.
         """
         check_output_stride(output_stride)
+        self.backbone.set_output_stride(output_stride)  # first: an encoder that cannot switch leaves all unchanged
         scale = self.configured_stride / output_stride
         self.aspp.set_rates([max(1, round(r * scale)) for r in self.configured_rates])
-        self.backbone.set_output_stride(output_stride)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         size = x.shape[-2:]
@@ -133,10 +133,15 @@ def check_arguments(backbone: str, num_classes: Optional[int] = None, output_str
     """Raise a ``ValueError`` that starts with the name of the first bad argument of ``build_model``.
 
     ``build_model`` calls this first; ``seg.config`` calls it on a configuration before any work and words the
-    error in config keys, so each rule is written once. ``num_classes=None`` skips that check.
+    error in config keys, so each rule is written once. ``num_classes=None`` skips that check. A timm encoder
+    (``"timm:<name>"``) is checked against timm's model list, and built on the meta device to check that it has
+    feature maps at ``output_stride`` and, for a multi-grid, ResNet stages.
     """
-    if backbone not in ENCODERS:
-        raise ValueError(f"backbone must be one of {list(ENCODERS)}, got {backbone!r}")
+    timm = timm_backbone.is_timm(backbone)
+    if timm:
+        timm_backbone.check_timm_name(backbone[len(timm_backbone.PREFIX):])
+    elif backbone not in ENCODERS:
+        raise ValueError(f"backbone must be one of {list(ENCODERS)} or timm:<timm model>, got {backbone!r}")
     if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool)
                                     or num_classes < 1):
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
@@ -146,6 +151,8 @@ def check_arguments(backbone: str, num_classes: Optional[int] = None, output_str
                          f"apply a grid to), got {list(multi_grid)!r}")
     if multi_grid is not None:
         check_multi_grid(multi_grid)
+    if timm:
+        timm_backbone.check_timm_arguments(backbone[len(timm_backbone.PREFIX):], output_stride, multi_grid)
     if aspp_rates is not None:
         check_aspp_rates(aspp_rates)
     if head not in HEADS:
@@ -174,18 +181,54 @@ def check_arguments(backbone: str, num_classes: Optional[int] = None, output_str
         raise ValueError(f"classifier_dropout must be a number in [0, 1), got {classifier_dropout!r}")
 
 
+def build_encoder(backbone: str, output_stride: int = 16, multi_grid: Optional[Sequence[int]] = (1, 2, 4),
+                  pretrained: str = "none", contract_dilation: bool = False, stem: str = "standard") -> nn.Module:
+    """The encoder ``backbone`` names: a built-in ResNet (``"resnet50"``), torchvision's MobileNetV3
+    (``"mobilenet_v3_large"``) or a timm model (``"timm:<name>"``).
+
+    ``multi_grid=None``: no multi-grid (a built-in ResNet then uses the stage rate in every unit).
+    """
+    if timm_backbone.is_timm(backbone):
+        return timm_backbone.TimmBackbone(backbone[len(timm_backbone.PREFIX):], output_stride, multi_grid,
+                                          pretrained)
+    if backbone in MOBILENETS:
+        return build_mobilenet(backbone, output_stride, pretrained)
+    return build_backbone(backbone, output_stride, multi_grid, pretrained, contract_dilation, stem)
+
+
+def fetch_backbone_weights(backbone: str) -> None:
+    """Bring the ImageNet weights of ``backbone`` into their cache, or stop with what to do (see the encoders)."""
+    if timm_backbone.is_timm(backbone):
+        timm_backbone.fetch_imagenet_weights(backbone[len(timm_backbone.PREFIX):])
+    else:
+        fetch_imagenet_weights(backbone)
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """Every BatchNorm of ``model`` as a SyncBatchNorm (DDP on CUDA).
+
+    A timm encoder goes through timm's converter: torch's turns timm's ``BatchNormAct2d`` (normalisation and
+    activation in one module: EfficientNet, MobileNetV3, Xception) into a plain ``SyncBatchNorm`` and so drops
+    the activation.
+    """
+    if any(isinstance(module, timm_backbone.TimmBackbone) for module in model.modules()):
+        return timm_backbone.import_timm().layers.convert_sync_batchnorm(model)
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def build_model(backbone: str, num_classes: int, output_stride: int = 16,
                 multi_grid: Optional[Sequence[int]] = (1, 2, 4), aspp_rates: Optional[Sequence[int]] = None,
                 head: str = "deeplabv3", aux_loss: bool = False, pretrained: str = "none", dropout: float = 0.1,
                 contract_dilation: bool = False, decoder_convs: Optional[int] = None, stem: str = "standard",
                 aspp_channels: int = 256, aspp_projection_kernel: int = 1, separable_convs: bool = False,
                 classifier_dropout: float = 0.0) -> Union[DeepLabV3, LRASPP]:
-    """Build DeepLabv3 / v3+ on an atrous ResNet or MobileNetV3, or LR-ASPP on MobileNetV3.
+    """Build DeepLabv3 / v3+ on an atrous ResNet, torchvision's MobileNetV3 or a timm encoder
+    (``backbone="timm:<timm model name>"``), or LR-ASPP on MobileNetV3.
 
-    ``pretrained`` applies to the backbone: ``"imagenet"`` (torchvision's weights and cache), ``"none"``, or a
-    path to a local state dict of torchvision's classification network. ``multi_grid=None``: no multi-grid (unit
-    rates on a ResNet; the only value for MobileNetV3). Whole-model weights are loaded afterwards with
-    ``load_weights``. ``contract_dilation`` and ``decoder_convs`` (None: the head's default) describe other
+    ``pretrained`` applies to the backbone: ``"imagenet"`` (torchvision's weights and cache; timm's for a timm
+    encoder), ``"none"``, or a path to a local state dict of the classification network. ``multi_grid=None``: no
+    multi-grid (unit rates on a ResNet; the only value for MobileNetV3). Whole-model weights are loaded afterwards
+    with ``load_weights``. ``contract_dilation`` and ``decoder_convs`` (None: the head's default) describe other
     projects' variants of the architecture (``seg.models.layouts``): the first unit of a dilated stage at half the
     rate, and the number of 3x3 convolutions before the classifier. mmsegmentation's D8 models need the rest:
     ``stem="deep"`` (``ResNetV1c``), ``aspp_channels=512`` (its heads' ``channels``, the width of the ASPP branches
@@ -195,10 +238,7 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
     """
     check_arguments(backbone, num_classes, output_stride, multi_grid, aspp_rates, head, aux_loss, decoder_convs,
                     stem, pretrained, aspp_channels, aspp_projection_kernel, classifier_dropout)
-    if backbone in MOBILENETS:
-        trunk: nn.Module = build_mobilenet(backbone, output_stride, pretrained)
-    else:
-        trunk = build_backbone(backbone, output_stride, multi_grid, pretrained, contract_dilation, stem)
+    trunk = build_encoder(backbone, output_stride, multi_grid, pretrained, contract_dilation, stem)
     if head == "lraspp":
         return LRASPP(trunk, num_classes)
     rates = list(aspp_rates) if aspp_rates else default_aspp_rates(output_stride)

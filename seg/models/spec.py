@@ -28,6 +28,16 @@ CONFIG_KEYS: Dict[str, tuple] = {
 }
 
 
+TIMM_PREFIX = "timm:"  # build_model's name of a timm encoder: "timm:<timm model>" (seg.models.timm_backbone)
+
+
+def encoder_name(backbone: Mapping) -> str:
+    """``build_model``'s ``backbone`` from the ``backbone`` section: ``"resnet50"``, or ``"timm:<name>"`` with
+    ``source: timm`` (configs written before ``backbone.source`` existed are torchvision's)."""
+    source = backbone.get("source", "torchvision")
+    return f"{TIMM_PREFIX}{backbone['name']}" if source == "timm" else backbone["name"]
+
+
 def config_key(argument: str) -> str:
     section, key, _ = CONFIG_KEYS[argument]
     return f"{section}.{key}" if section else key
@@ -39,6 +49,7 @@ def arguments_from_config(config: Mapping, num_classes: int, pretrained: Optiona
     for argument, (section, key, default) in CONFIG_KEYS.items():
         value = (config.get(section, {}) if section else config).get(key, default)
         arguments[argument] = tuple(value) if isinstance(value, (list, tuple)) else value
+    arguments["backbone"] = encoder_name(config["backbone"])
     arguments["aux_loss"] = bool(arguments["aux_loss"])
     arguments["pretrained"] = config["backbone"].get("pretrained", "none") if pretrained is None else pretrained
     return arguments
@@ -51,4 +62,7 @@ def config_from_arguments(arguments: Mapping[str, Any]) -> Dict[str, Any]:
         value = arguments.get(argument, default)
         value = list(value) if isinstance(value, tuple) else value
         (config.setdefault(section, {}) if section else config)[key] = value
+    name = config["backbone"]["name"]
+    if name.startswith(TIMM_PREFIX):
+        config["backbone"].update(source="timm", name=name[len(TIMM_PREFIX):])
     return config
