@@ -236,8 +236,8 @@ def test_script_model_text_and_errors(capsys):
     with pytest.raises(SystemExit):
         main(["backbone=mobilenet_v3_large"])
     assert capsys.readouterr().err.strip().endswith(
-        "error: the receptive-field analysis covers only the ResNets ['resnet18', 'resnet34', 'resnet50', "
-        "'resnet101'], not backbone mobilenet_v3_large")
+        "error: the receptive-field analysis covers only the built-in ResNets (resnet18, resnet34, resnet50, "
+        "resnet101), not 'mobilenet_v3_large' (MobileNetV3 and timm encoders included)")
 
 
 def test_script_model_png(tmp_path, capsys):

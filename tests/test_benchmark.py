@@ -290,3 +290,18 @@ def test_time_loader_counts_batches():
     assert 0 <= first and 0 <= waited <= wall
     with pytest.raises(StopIteration):  # asks for no more batches than warm-up + timed
         measure.time_loader([(0, 0)] * 3, 2, 2, s)
+
+
+def test_models_table_rows():
+    """scripts/models_table.py's rows: parameters as torchvision counts them, resnet50 the time baseline."""
+    from torchvision.models.segmentation import deeplabv3_resnet50
+
+    from seg.benchmark.models import markdown, model_rows
+
+    rows = model_rows(size=32, rounds=1, warmup=0, include_timm=False, names=["mobilenet_v3_large, LR-ASPP"])
+    assert [row["name"] for row in rows] == ["resnet50", "mobilenet_v3_large, LR-ASPP"]
+    theirs = sum(p.numel() for p in deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21,
+                                                       aux_loss=False).parameters())
+    assert rows[0]["params_m"] == theirs / 1e6 and rows[0]["ratio"] == 1.0
+    assert rows[1]["head"] == "lraspp" and 0 < rows[1]["gflops"] < rows[0]["gflops"]
+    assert markdown(rows, 32, "CPU").count("\n") == 3

@@ -231,7 +231,7 @@ def test_receptive_field_tool_says_it_covers_the_resnets(capsys):
     assert exited.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(  # "<program>: error: ..."
         ": error: the receptive-field analysis covers only the built-in ResNets (resnet18, "
-        "resnet34, resnet50, resnet101), not 'mobilenetv3_large_100' (timm encoders included)")
+        "resnet34, resnet50, resnet101), not 'mobilenetv3_large_100' (MobileNetV3 and timm encoders included)")
 
 
 # -- everything the built-in ResNets do: train, resume, evaluate with TTA, predict, export, benchmark --------------

@@ -206,7 +206,7 @@ def structure(model: nn.Module) -> Dict:
             "dilations": {name: rates for name, rates in dilations.items() if rates}}
 
 
-def _flops(model: nn.Module, batch: int, hw: Tuple[int, int], backward: bool = False) -> int:
+def count_flops(model: nn.Module, batch: int, hw: Tuple[int, int], backward: bool = False) -> int:
     counter = FlopCounterMode(display=False)
     with counter, torch.set_grad_enabled(backward):
         outputs = model(torch.zeros(batch, 3, *hw, device="meta"))
@@ -224,14 +224,14 @@ def describe(train_model: Callable[[], nn.Module], eval_model: Callable[[], nn.M
     for model in (train, evaluation):
         if _aspp(model) is not None:
             _aspp(model).register_forward_pre_hook(lambda _m, args: shapes.append(list(args[0].shape[1:])))
-    forward, eval_forward = _flops(train.eval(), 1, s.crop), _flops(evaluation.eval(), 1, s.eval_hw)
+    forward, eval_forward = count_flops(train.eval(), 1, s.crop), count_flops(evaluation.eval(), 1, s.eval_hw)
     info = {"params": sum(p.numel() for p in train.parameters()), **structure(train),
             "eval_aspp_rates": structure(evaluation)["aspp_rates"],
             "aspp_input_shape": [s.batch, *shapes[0]] if shapes else None,
             "eval_aspp_input_shape": [s.eval_batch, *shapes[1]] if shapes else None}
     flops = {"forward_per_image": forward, "train_per_image": TRAIN_FLOPS_MULTIPLIER * forward,
              "train_multiplier": TRAIN_FLOPS_MULTIPLIER, "eval_forward_per_image": eval_forward,
-             "train_per_image_counted": _flops(train.train(), 2, s.crop, backward=True) // 2}
+             "train_per_image_counted": count_flops(train.train(), 2, s.crop, backward=True) // 2}
     return info, flops
 
 
