@@ -13,13 +13,13 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from seg.config import model_kwargs
 from seg.data.cityscapes import CITYSCAPES_CLASSES
 from seg.data.voc import VOC_CLASSES, voc_palette
 from seg.engine.device import unwrap, versions
 from seg.errors import UserError
 from seg.io import atomic_save, describe, is_torchscript, safe_load
-from seg.models import DeepLabV3, build_model
+from seg.models import DeepLabV3
+from seg.models.files import build_from_file, read_model_file
 from seg.models.layouts import Foreign, load_file, recognise
 from seg.models.spec import CONFIG_KEYS, config_from_arguments
 
@@ -229,15 +229,7 @@ def model_from_checkpoint(state: Mapping, output_stride: Optional[int] = None,
 
     ``output_stride`` switches the trained model to another stride with the same weights (None: as trained).
     """
-    model = build_model(**model_kwargs(state["config"], num_classes_of(state), pretrained="none"))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise CheckpointError(f"the weights in {path} do not fit the model its config describes: "
-                              f"{' '.join(str(error).split())[:300]}") from None
-    if output_stride is not None:
-        model.set_output_stride(output_stride)
-    return model.eval()
+    return build_from_file(read_model_file(state, path), path, output_stride)
 
 
 def restore(path: Union[str, Path], output_stride: Optional[int] = None) -> Tuple[DeepLabV3, Dict]:
