@@ -1,6 +1,7 @@
 """The field's benchmark datasets (ADE20K, COCO-Stuff-164k, Pascal Context) on tiny files in their real layouts:
 label mappings against hand-written masks and independent tables, layouts, bad files, check, training."""
 
+import csv
 import re
 
 import numpy as np
@@ -13,6 +14,7 @@ from seg.data import DatasetError, build_dataset, check_dataset
 from seg.data.coco_stuff import COCO_STUFF_CLASSES
 from seg.data.pascal_context import CONTEXT59_CLASSES
 from seg.engine.checkpoint import load_checkpoint
+from seg.engine.evaluation import evaluate_checkpoint
 from seg.engine.trainer import train
 
 SIZE = 64
@@ -233,18 +235,45 @@ WRITERS = {"ade20k": ade, "coco_stuff": lambda root: [write_coco_stuff(root, s, 
            "pascal_context": context}
 
 
-@pytest.mark.parametrize("name", sorted(WRITERS))
-def test_trains_and_evaluates(tmp_path, monkeypatch, name):
+VAL_MASKS = {"ade20k": "ADEChallengeData2016/annotations/validation/ADE_val_00000001.png",
+             "coco_stuff": "annotations/val2017/000000000003.png",
+             "pascal_context": "VOCdevkit/VOC2010/SegmentationClassContext/2008_000007.png"}
+HAND_MAPS = {"ade20k": lambda v: None if v == 0 else v - 1, "coco_stuff": {0: 0, 12: 11, 181: 170}.get,
+             "pascal_context": lambda v: None if v in (0, 255) else v - 1,
+             "pascal_context60": lambda v: None if v == 255 else v}
+
+
+@pytest.mark.parametrize("name, options", [("ade20k", {}), ("coco_stuff", {}), ("pascal_context", {}),
+                                           ("pascal_context", {"dataset.reduce_zero_label": "false"})],
+                         ids=["ade20k", "coco_stuff", "pascal_context59", "pascal_context60"])
+def test_trains_and_evaluates(tmp_path, monkeypatch, cfg_eval, name, options):
     monkeypatch.setenv("SEG_CACHE", str(tmp_path / "cache"))
     WRITERS[name](tmp_path / "data")
     overrides = {"backbone": "resnet18", "backbone.pretrained": "none", "device": "cpu", "dataset": name,
                  "dataset.root": tmp_path / "data", "train.crop_size": SIZE, "train.batch_size": 2, "train.iters": 2,
                  "train.eval_every": 2, "train.ckpt_every": 2, "train.log_every": 1, "train.num_workers": 0,
-                 "train.tb_images": 0}
+                 "train.tb_images": 0, **options}
     cfg = compose_config("train", [f"{k}={v}" for k, v in overrides.items()])
     assert cfg["model"]["aux_loss"] and cfg["train"]["lr"] in (0.01, 0.004)  # the dataset's recipe
     summary = train(cfg, tmp_path / "run")
-    names = build_dataset(name, tmp_path / "data", "val").class_names
+    variant = {"reduce_zero_label": False} if options else {}
+    names = build_dataset(name, tmp_path / "data", "val", **variant).class_names
+    assert len(names) == {"ade20k": 150, "coco_stuff": 171, "pascal_context": 60 if options else 59}[name]
     assert summary["iteration"] == 2 and np.isfinite([loss for _, loss in summary["losses"]]).all()
     assert list(summary["last_metrics"]["per_class_dice"]) == names
-    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["class_names"] == names
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    assert load_checkpoint(ckpt)["class_names"] == names
+    # evaluate.py's path: the dataset rebuilt from the checkpoint's config, its val split, the same numbers
+    metrics = evaluate_checkpoint(cfg_eval(ckpt), tmp_path / "eval")
+    assert list(metrics["per_class_iou"]) == names
+    assert all(metrics[k] == summary["last_metrics"][k] for k in ("mIoU", "pixel_acc", "per_class_iou"))
+    # the confusion matrix counts each val pixel under its class, mapped here by hand from the raw file
+    raw = np.asarray(Image.open(tmp_path / "data" / VAL_MASKS[name]))
+    to_class = HAND_MAPS["pascal_context60" if options else name]
+    expected = {}
+    for value, count in zip(*np.unique(raw, return_counts=True)):
+        if to_class(int(value)) is not None:
+            expected[names[to_class(int(value))]] = expected.get(names[to_class(int(value))], 0) + int(count)
+    with (tmp_path / "eval" / "confusion_matrix.csv").open() as handle:
+        rows = {row[0]: sum(map(int, row[1:])) for row in list(csv.reader(handle))[1:]}
+    assert {k: v for k, v in rows.items() if v} == expected
