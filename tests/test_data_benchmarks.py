@@ -2,17 +2,20 @@
 label mappings against hand-written masks and independent tables, layouts, bad files, check, training."""
 
 import csv
+import json
 import re
 
 import numpy as np
 import pytest
 from helpers import compose_config, run_script
 from PIL import Image
+from pycocotools import mask as coco_mask
 from torchvision.models._meta import _COCO_CATEGORIES
 
 from seg.data import DatasetError, build_dataset, check_dataset
 from seg.data.coco_stuff import COCO_STUFF_CLASSES
 from seg.data.pascal_context import CONTEXT59_CLASSES
+from seg.data.pascal_context_json import prepare_pascal_context
 from seg.engine.checkpoint import load_checkpoint
 from seg.engine.evaluation import evaluate_checkpoint
 from seg.engine.trainer import train
@@ -277,3 +280,57 @@ def test_trains_and_evaluates(tmp_path, monkeypatch, cfg_eval, name, options):
     with (tmp_path / "eval" / "confusion_matrix.csv").open() as handle:
         rows = {row[0]: sum(map(int, row[1:])) for row in list(csv.reader(handle))[1:]}
     assert {k: v for k, v in rows.items() if v} == expected
+
+
+# -- Pascal Context from the official JSON (scripts/prepare_pascal_context.py) --------------------------------
+
+def rle(binary):
+    """A PASCAL in Detail segmentation: compressed RLE with the counts as a string, as the JSON stores it."""
+    encoded = coco_mask.encode(np.asfortranarray(binary.astype(np.uint8)))
+    return {"size": encoded["size"], "counts": encoded["counts"].decode("ascii")}
+
+
+def context_json(path, extra_category=None):
+    """Three 6 x 8 images: 2008_000002 with two overlapping annotations (the later one wins), 2008_000003 with
+    none (all background), 2008_000007 (val) with one; category ids of the 459 labels (2 aeroplane, 284 person,
+    458 wood)."""
+    left, right, top = (np.zeros((6, 8), bool) for _ in range(3))
+    left[:, :5], right[:, 3:], top[:2, :] = True, True, True
+    annotations = [{"id": 10, "image_id": 2008000002, "category_id": 2, "segmentation": rle(left)},
+                   {"id": 11, "image_id": 2008000007, "category_id": 458, "segmentation": rle(top)},
+                   {"id": 12, "image_id": 2008000002, "category_id": extra_category or 284, "segmentation": rle(right)}]
+    images = [{"image_id": 2008000000 + n, "file_name": f"2008_{n:06d}.jpg", "height": 6, "width": 8, "phase": phase}
+              for n, phase in ((3, "train"), (2, "train"), (7, "val"))]
+    path.write_text(json.dumps({"images": images, "annos_segmentation": annotations, "categories": []}))
+
+
+def test_prepare_pascal_context_from_the_official_json(tmp_path):
+    folder = tmp_path / "VOCdevkit" / "VOC2010"
+    for n in (2, 3, 7):
+        save(folder / "JPEGImages" / f"2008_{n:06d}.jpg", np.zeros((6, 8, 3), np.uint8))
+    context_json(folder / "trainval_merged.json")
+    result = run_script("prepare_pascal_context.py", ["--json", str(folder / "trainval_merged.json"),
+                                                      "--voc", str(tmp_path)])
+    assert "train: 2 images (the full release gives 4996)" in result.stdout
+    lists = folder / "ImageSets" / "SegmentationContext"
+    assert (lists / "train.txt").read_text() == "2008_000002\n2008_000003\n"
+    assert (lists / "val.txt").read_text() == "2008_000007\n"
+    # labels: 0 background, aeroplane 1, person 37, wood 59 (alphabetical among the 59); person painted last
+    expected = np.array([[1, 1, 1, 37, 37, 37, 37, 37]] * 6, np.uint8)
+    np.testing.assert_array_equal(np.asarray(Image.open(folder / "SegmentationClassContext/2008_000002.png")),
+                                  expected)
+    dataset = build_dataset("pascal_context", tmp_path, "train")
+    assert dataset.class_names[0] == "aeroplane" and dataset.class_names[36] == "person"
+    np.testing.assert_array_equal(dataset[0][1], expected - 1)
+    np.testing.assert_array_equal(dataset[1][1], np.full((6, 8), 255, np.uint8))  # background only
+    val = build_dataset("pascal_context", tmp_path, "val")
+    assert val.class_names[58] == "wood" and (val[0][1][:2] == 58).all() and (val[0][1][2:] == 255).all()
+    # a second run does not write over the lists; an id outside the 59 classes names the image
+    with pytest.raises(DatasetError, match=r"train\.txt exists already: pass --overwrite"):
+        prepare_pascal_context(folder / "trainval_merged.json", folder, progress=False)
+    context_json(folder / "trainval_merged.json", extra_category=1)
+    with pytest.raises(DatasetError, match=r"image 2008_000002\.jpg in \S+json has category ids \[1\] that are not"):
+        prepare_pascal_context(folder / "trainval_merged.json", tmp_path, overwrite=True, progress=False)
+    (folder / "trainval_merged.json").write_text("[]")
+    with pytest.raises(DatasetError, match=r"is not PASCAL in Detail's trainval_merged\.json"):
+        prepare_pascal_context(folder / "trainval_merged.json", tmp_path, overwrite=True, progress=False)

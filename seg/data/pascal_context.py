@@ -6,10 +6,10 @@ Layout under ``root`` (the folder that holds ``VOCdevkit/``; ``VOCdevkit/VOC2010
     VOCdevkit/VOC2010/SegmentationClassContext/<id>.png        0 = background, 1..59 = the 59 classes
     VOCdevkit/VOC2010/ImageSets/SegmentationContext/{train,val}.txt     4,996 / 5,104 ids
 
-``SegmentationClassContext/`` and the split lists are written by mmsegmentation's
-``tools/dataset_converters/pascal_context.py`` from the official ``trainval_merged.json`` (it needs the Detail
-API, which is not on PyPI; see docs/datasets.md). Its masks hold 0..59: the 59 most frequent classes in
-alphabetical order, everything else background (0).
+``SegmentationClassContext/`` and the split lists are written from the official ``trainval_merged.json`` by
+``scripts/prepare_pascal_context.py`` (``seg.data.pascal_context_json``) or by mmsegmentation's
+``tools/dataset_converters/pascal_context.py`` (which needs the Detail API, not on PyPI); see docs/datasets.md.
+The masks hold 0..59: the 59 classes in alphabetical order, everything else background (0).
 
 ``reduce_zero_label=True`` (the default) is mmsegmentation's ``PascalContextDataset59``: background becomes 255
 (ignored), 1..59 become 0..58, the 59-class benchmark. ``reduce_zero_label=False`` is ``PascalContextDataset``:
@@ -84,7 +84,7 @@ class PascalContextSegmentation(SegmentationDataset):
             split_file = folder / SPLIT_FOLDER / f"{name}.txt"
             if not split_file.is_file():
                 raise not_found(f"split file of split {name!r}", split_file,
-                                "mmsegmentation's tools/dataset_converters/pascal_context.py writes it")
+                                "scripts/prepare_pascal_context.py writes it from trainval_merged.json")
             ids += read_split_file(split_file)
         samples, problems = pair_samples(
             [(i, folder / "JPEGImages" / f"{i}.jpg") for i in ids],
