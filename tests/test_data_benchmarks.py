@@ -13,6 +13,7 @@ from pycocotools import mask as coco_mask
 from torchvision.models._meta import _COCO_CATEGORIES
 
 from seg.data import DatasetError, build_dataset, check_dataset
+from seg.data.benchmark_examples import write_benchmark_example
 from seg.data.coco_stuff import COCO_STUFF_CLASSES
 from seg.data.pascal_context import CONTEXT59_CLASSES
 from seg.data.pascal_context_json import prepare_pascal_context
@@ -334,3 +335,33 @@ def test_prepare_pascal_context_from_the_official_json(tmp_path):
     (folder / "trainval_merged.json").write_text("[]")
     with pytest.raises(DatasetError, match=r"is not PASCAL in Detail's trainval_merged\.json"):
         prepare_pascal_context(folder / "trainval_merged.json", tmp_path, overwrite=True, progress=False)
+
+
+# -- make_example_benchmark.py --------------------------------------------------------------------------------
+
+EXAMPLE_CLASSES = {"ade20k": {"wall", "sky", "tree", "person", "car"},
+                   "coco_stuff": {"person", "car", "chair", "clouds", "sky-other"},
+                   "pascal_context": {"aeroplane", "person", "car", "wood", "wall"}}
+
+
+@pytest.mark.parametrize("fmt", sorted(EXAMPLE_CLASSES))
+def test_example_writer_gives_a_clean_dataset(tmp_path, fmt):
+    write_benchmark_example(fmt, tmp_path, num_images=4, image_size=32)
+    assert len(build_dataset(fmt, tmp_path, "train")) == 3 and len(build_dataset(fmt, tmp_path, "val")) == 1
+    dataset = build_dataset(fmt, tmp_path, "all")
+    report = check_dataset(dataset, progress=False)
+    assert report.ok and report.num_samples == 4
+    present = {dataset.class_names[i] for i in np.flatnonzero(report.pixel_counts[:dataset.num_classes])}
+    assert present and present <= EXAMPLE_CLASSES[fmt]
+    assert report.pixel_counts[255] > 0  # the background: ADE20K's "other", COCO-Stuff's unlabeled, Context's 0
+    with pytest.raises(DatasetError, match="exists already"):
+        write_benchmark_example(fmt, tmp_path)
+
+
+def test_make_example_benchmark_script(tmp_path):
+    result = run_script("make_example_benchmark.py", ["format=coco_stuff", f"out={tmp_path}", "num_images=2",
+                                                      "image_size=32"])
+    assert f"dataset=coco_stuff dataset.root={tmp_path}" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "annotations" / "val2017").iterdir()) == ["000000000002.png"]
+    with pytest.raises(DatasetError, match="^format must be one of ade20k, coco_stuff, pascal_context, got 'city"):
+        write_benchmark_example("cityscapes", tmp_path / "x")
