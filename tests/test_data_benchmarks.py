@@ -256,7 +256,7 @@ def test_trains_and_evaluates(tmp_path, monkeypatch, cfg_eval, name, options):
     overrides = {"backbone": "resnet18", "backbone.pretrained": "none", "device": "cpu", "dataset": name,
                  "dataset.root": tmp_path / "data", "train.crop_size": SIZE, "train.batch_size": 2, "train.iters": 2,
                  "train.eval_every": 2, "train.ckpt_every": 2, "train.log_every": 1, "train.num_workers": 0,
-                 "train.tb_images": 0, **options}
+                 "train.tb_images": 0, "train.class_weights": "median_frequency", **options}
     cfg = compose_config("train", [f"{k}={v}" for k, v in overrides.items()])
     assert cfg["model"]["aux_loss"] and cfg["train"]["lr"] in (0.01, 0.004)  # the dataset's recipe
     summary = train(cfg, tmp_path / "run")
