@@ -12,6 +12,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 from torchvision.models._meta import _COCO_CATEGORIES
 
+from seg.config import dataset_kwargs
 from seg.data import DatasetError, build_dataset, check_dataset
 from seg.data.benchmark_examples import write_benchmark_example
 from seg.data.coco_stuff import COCO_STUFF_CLASSES
@@ -356,6 +357,9 @@ def test_example_writer_gives_a_clean_dataset(tmp_path, fmt):
     assert report.pixel_counts[255] > 0  # the background: ADE20K's "other", COCO-Stuff's unlabeled, Context's 0
     with pytest.raises(DatasetError, match="exists already"):
         write_benchmark_example(fmt, tmp_path)
+    # the same through check_dataset.py's config: configs/dataset/<fmt>.yaml's keys reach the reader
+    cfg = compose_config("check_dataset", [f"dataset={fmt}", f"dataset.root={tmp_path}", "dataset.split=val"])
+    assert len(build_dataset(**dataset_kwargs(cfg["dataset"]), strict=False)) == 1
 
 
 def test_make_example_benchmark_script(tmp_path):
