@@ -15,7 +15,7 @@ from torchvision.models._meta import _COCO_CATEGORIES
 from seg.config import dataset_kwargs
 from seg.data import DatasetError, build_dataset, check_dataset
 from seg.data.benchmark_examples import write_benchmark_example
-from seg.data.coco_stuff import COCO_STUFF_CLASSES
+from seg.data.coco_stuff import COCO_STUFF_CLASSES, RAW_LABELS
 from seg.data.pascal_context import CONTEXT59_CLASSES
 from seg.data.pascal_context_json import prepare_pascal_context
 from seg.engine.checkpoint import load_checkpoint
@@ -117,7 +117,6 @@ def test_coco_stuff_ids_follow_coco_categories():
     dataset_ids = {raw: index for index, (raw, _) in enumerate(things)}
     dataset_ids.update({raw: 80 + k for k, raw in enumerate(range(91, 182))})
     assert len(dataset_ids) == 171 and len(COCO_STUFF_CLASSES) == 171
-    from seg.data.coco_stuff import RAW_LABELS
     for raw in range(256):
         expected = dataset_ids.get(raw, 255 if raw == 255 else -1)
         assert RAW_LABELS[raw] == expected, raw
