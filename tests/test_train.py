@@ -35,7 +35,8 @@ def test_paper_recipes_compose(experiment):
 
 
 @pytest.mark.parametrize("dataset, crop, iters", [("voc_aug", 513, 30000), ("cityscapes", 769, 90000),
-                                                  ("coco", 480, 86000)])
+                                                  ("coco", 480, 86000), ("ade20k", 512, 80000),
+                                                  ("coco_stuff", 512, 80000), ("pascal_context", 480, 40000)])
 def test_real_dataset_selects_its_recipe(dataset, crop, iters):
     cfg = compose_config("train", [f"dataset={dataset}", "dataset.root=/data", "backbone=resnet101"])
     validate_train(cfg)

@@ -11,11 +11,14 @@ import inspect
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from seg.data.ade20k import ADE20K_CLASSES, ADE20KSegmentation
 from seg.data.base import IGNORE_INDEX, DatasetError, Sample, SegmentationDataset
 from seg.data.check import CheckReport, check_dataset
 from seg.data.cityscapes import CITYSCAPES_CLASSES, CityscapesSegmentation
 from seg.data.coco import COCOSegmentation
+from seg.data.coco_stuff import COCO_STUFF_CLASSES, COCOStuffSegmentation
 from seg.data.folder import FolderSegmentation
+from seg.data.pascal_context import CONTEXT59_CLASSES, PascalContextSegmentation
 from seg.data.synthetic import SYNTHETIC_CLASSES, synthetic_dataset
 from seg.data.transforms import (
     IMAGENET_MEAN,
@@ -39,6 +42,10 @@ DATASETS = {
     "cityscapes": CityscapesSegmentation,
     "coco": COCOSegmentation,
     "folder": FolderSegmentation,
+    # the field's benchmarks (mmsegmentation's layouts and label conventions)
+    "ade20k": ADE20KSegmentation,
+    "coco_stuff": COCOStuffSegmentation,
+    "pascal_context": PascalContextSegmentation,
 }
 
 
@@ -72,6 +79,8 @@ def build_dataset(name: str, root: Union[str, Path, None], split: str, num_class
 
 
 __all__ = [
+    "ADE20K_CLASSES", "ADE20KSegmentation", "COCO_STUFF_CLASSES", "COCOStuffSegmentation", "CONTEXT59_CLASSES",
+    "PascalContextSegmentation",
     "CITYSCAPES_CLASSES", "DATASETS", "FolderSegmentation", "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD",
     "MEAN_PIXEL",
     "SYNTHETIC_CLASSES", "VOC_CLASSES", "CheckReport", "CityscapesSegmentation", "COCOSegmentation", "DatasetError",
