@@ -15,6 +15,7 @@ from seg.data.base import IGNORE_INDEX, DatasetError, Sample, SegmentationDatase
 from seg.data.check import CheckReport, check_dataset
 from seg.data.cityscapes import CITYSCAPES_CLASSES, CityscapesSegmentation
 from seg.data.coco import COCOSegmentation
+from seg.data.coco_json import COCOJSONSegmentation
 from seg.data.folder import FolderSegmentation
 from seg.data.synthetic import SYNTHETIC_CLASSES, synthetic_dataset
 from seg.data.transforms import (
@@ -39,6 +40,8 @@ DATASETS = {
     "cityscapes": CityscapesSegmentation,
     "coco": COCOSegmentation,
     "folder": FolderSegmentation,
+    # annotation tools' exports (docs/datasets.md, "Annotation tools")
+    "coco_json": COCOJSONSegmentation,
 }
 
 
@@ -75,6 +78,7 @@ __all__ = [
     "CITYSCAPES_CLASSES", "DATASETS", "FolderSegmentation", "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD",
     "MEAN_PIXEL",
     "SYNTHETIC_CLASSES", "VOC_CLASSES", "CheckReport", "CityscapesSegmentation", "COCOSegmentation", "DatasetError",
+    "COCOJSONSegmentation",
     "Sample", "SegmentationDataset", "TransformedDataset", "VOCSegmentation", "build_dataset", "check_dataset",
     "dataset_options", "eval_transform", "normalize", "pad_collate", "synthetic_dataset", "train_transform",
     "worker_init_fn",

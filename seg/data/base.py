@@ -198,6 +198,7 @@ class SegmentationDataset:
 
     ignore_index = IGNORE_INDEX
     derived_splits: Optional[Dict[str, List[str]]] = None
+    classes_from_data = False  # True: the class list was found in the files (LabelMe labels), so training records it
     value_hint = ""  # appended to the "values outside the classes" error
 
     def __init__(self, root: Path, split: str, samples: Sequence[Sample], class_names: Sequence[str],

@@ -105,6 +105,33 @@ def pair_files(image_folder: Path, mask_folder: Path) -> Tuple[Dict[str, Sample]
     return pairs, problems
 
 
+def split_ids(root: Path, split: str, stems: List[str], splits, val_fraction: float, seed: int,
+              what: str = "image/mask pair") -> Tuple[List[str], List[str], Optional[Dict[str, List[str]]]]:
+    """The stems of ``split``, the problems of its list (stems without a ``what``) and the derived splits (or None).
+
+    ``all`` is every stem; ``splits`` (a run's recorded split) wins over ``<root>/<split>.txt``; without any split file,
+    ``train`` and ``val`` are derived from ``val_fraction`` and ``seed`` (``derive_split``).
+    """
+    if split == ALL_SPLIT:
+        return stems, [], None
+    if splits is not None:
+        if split not in splits:
+            raise DatasetError(f"dataset.splits has no split {split!r} (it has {sorted(splits)})")
+        listed, source = list(splits[split]), f"dataset.splits[{split!r}]"
+    elif (root / f"{split}.txt").is_file():
+        listed, source = read_split_file(root / f"{split}.txt"), str(root / f"{split}.txt")
+    elif split in DERIVED_SPLITS and not any((root / f"{s}.txt").is_file() for s in DERIVED_SPLITS):
+        derived = derive_split(stems, val_fraction, seed)
+        return derived[split], [], derived
+    else:
+        raise not_found(f"split file of split {split!r}", root / f"{split}.txt",
+                        "list one stem per line, or use dataset.split=train/val without any split file")
+    known = set(stems)
+    ids = [_strip_suffix(stem, known) for stem in listed]
+    problems = [f"{source} lists {stem!r} but there is no {what} with that stem" for stem in ids if stem not in known]
+    return [stem for stem in ids if stem in known], problems, None
+
+
 def _label_lookup(label_map: Optional[Mapping]) -> Optional[np.ndarray]:
     """A 256-entry table applying ``label_map`` (``{value: new value}``), or None when there is none."""
     if label_map is None:
@@ -189,26 +216,8 @@ class FolderSegmentation(SegmentationDataset):
 
     def _split_ids(self, root: Path, split: str, stems: List[str], splits, val_fraction: float,
                    seed: int) -> Tuple[List[str], List[str]]:
-        """The stems of ``split`` and the problems of its list (stems without a pair)."""
-        if split == ALL_SPLIT:
-            return stems, []
-        if splits is not None:
-            if split not in splits:
-                raise DatasetError(f"dataset.splits has no split {split!r} (it has {sorted(splits)})")
-            listed, source = list(splits[split]), f"dataset.splits[{split!r}]"
-        elif (root / f"{split}.txt").is_file():
-            listed, source = read_split_file(root / f"{split}.txt"), str(root / f"{split}.txt")
-        elif split in DERIVED_SPLITS and not any((root / f"{s}.txt").is_file() for s in DERIVED_SPLITS):
-            self.derived_splits = derive_split(stems, val_fraction, seed)
-            return self.derived_splits[split], []
-        else:
-            raise not_found(f"split file of split {split!r}", root / f"{split}.txt",
-                            "list one stem per line, or use dataset.split=train/val without any split file")
-        known = set(stems)
-        ids = [_strip_suffix(stem, known) for stem in listed]
-        problems = [f"{source} lists {stem!r} but there is no image/mask pair with that stem"
-                    for stem in ids if stem not in known]
-        return [stem for stem in ids if stem in known], problems
+        ids, problems, self.derived_splits = split_ids(root, split, stems, splits, val_fraction, seed)
+        return ids, problems
 
     # -- reading ----------------------------------------------------------------------------------------------
     def load_mask(self, index: int) -> np.ndarray:
