@@ -17,6 +17,7 @@ from seg.data.cityscapes import CITYSCAPES_CLASSES, CityscapesSegmentation
 from seg.data.coco import COCOSegmentation
 from seg.data.coco_json import COCOJSONSegmentation
 from seg.data.folder import FolderSegmentation
+from seg.data.labelme import LabelMeSegmentation
 from seg.data.synthetic import SYNTHETIC_CLASSES, synthetic_dataset
 from seg.data.transforms import (
     IMAGENET_MEAN,
@@ -42,6 +43,7 @@ DATASETS = {
     "folder": FolderSegmentation,
     # annotation tools' exports (docs/datasets.md, "Annotation tools")
     "coco_json": COCOJSONSegmentation,
+    "labelme": LabelMeSegmentation,
 }
 
 
@@ -78,7 +80,7 @@ __all__ = [
     "CITYSCAPES_CLASSES", "DATASETS", "FolderSegmentation", "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD",
     "MEAN_PIXEL",
     "SYNTHETIC_CLASSES", "VOC_CLASSES", "CheckReport", "CityscapesSegmentation", "COCOSegmentation", "DatasetError",
-    "COCOJSONSegmentation",
+    "COCOJSONSegmentation", "LabelMeSegmentation",
     "Sample", "SegmentationDataset", "TransformedDataset", "VOCSegmentation", "build_dataset", "check_dataset",
     "dataset_options", "eval_transform", "normalize", "pad_collate", "synthetic_dataset", "train_transform",
     "worker_init_fn",
