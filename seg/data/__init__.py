@@ -18,6 +18,7 @@ from seg.data.coco import COCOSegmentation
 from seg.data.coco_json import COCOJSONSegmentation
 from seg.data.folder import FolderSegmentation
 from seg.data.labelme import LabelMeSegmentation
+from seg.data.mask_exports import CVATSegmentation, RoboflowSegmentation
 from seg.data.synthetic import SYNTHETIC_CLASSES, synthetic_dataset
 from seg.data.transforms import (
     IMAGENET_MEAN,
@@ -44,6 +45,8 @@ DATASETS = {
     # annotation tools' exports (docs/datasets.md, "Annotation tools")
     "coco_json": COCOJSONSegmentation,
     "labelme": LabelMeSegmentation,
+    "cvat": CVATSegmentation,
+    "roboflow": RoboflowSegmentation,
 }
 
 
@@ -80,7 +83,7 @@ __all__ = [
     "CITYSCAPES_CLASSES", "DATASETS", "FolderSegmentation", "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD",
     "MEAN_PIXEL",
     "SYNTHETIC_CLASSES", "VOC_CLASSES", "CheckReport", "CityscapesSegmentation", "COCOSegmentation", "DatasetError",
-    "COCOJSONSegmentation", "LabelMeSegmentation",
+    "COCOJSONSegmentation", "CVATSegmentation", "LabelMeSegmentation", "RoboflowSegmentation",
     "Sample", "SegmentationDataset", "TransformedDataset", "VOCSegmentation", "build_dataset", "check_dataset",
     "dataset_options", "eval_transform", "normalize", "pad_collate", "synthetic_dataset", "train_transform",
     "worker_init_fn",
