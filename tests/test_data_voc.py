@@ -216,12 +216,13 @@ def test_images_converted_to_rgb(voc, mode):
 
 
 def test_unknown_dataset_and_option(voc):
-    with pytest.raises(DatasetError, match=r"dataset\.name must be one of \['cityscapes', 'coco', 'folder', "
-                                           r"'synthetic'"):
-        build_dataset("ade20k", voc[0], "train")
+    with pytest.raises(DatasetError, match=r"dataset\.name must be one of \['cityscapes', 'coco', 'coco_json', "
+                                           r"'cvat', 'folder', 'labelme', 'roboflow', 'synthetic'"):
+        build_dataset("nonexistent", voc[0], "train")
     with pytest.raises(DatasetError, match=r"unknown option\(s\) dataset\.min_area for dataset 'voc'.*image_suffix"):
         build_dataset("voc", voc[0], "train", min_area=3)
-    assert set(DATASETS) == {"synthetic", "voc", "voc_aug", "cityscapes", "coco", "folder"}
+    assert set(DATASETS) == {"synthetic", "voc", "voc_aug", "cityscapes", "coco", "folder",
+                             "coco_json", "labelme", "cvat", "roboflow"}
 
 
 # --- check_dataset ------------------------------------------------------------------------------------------------
