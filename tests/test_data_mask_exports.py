@@ -179,3 +179,23 @@ def test_trains_evaluates_and_predicts(tmp_path, fmt):
                                   f"hydra.run.dir={tmp_path / 'pred'}"])
         written = sorted(p.name for p in (tmp_path / "pred").rglob("*.png"))
         assert written and not any("_mask_" in n or n.endswith("_mask.png") for n in written)
+
+
+@pytest.mark.parametrize("fmt", ["coco_json", "labelme", "cvat", "roboflow"])
+def test_example_exports_read_back(tmp_path, fmt):
+    from seg.data.export_examples import write_export_example
+
+    expected = write_export_example(tmp_path / fmt, fmt, num_images=4, image_size=32, num_classes=4)
+    dataset = build_dataset(fmt, tmp_path / fmt, "all")
+    assert len(dataset) == 4 and dataset.problems == [] and dataset.num_classes == 4
+    assert dataset.class_names[1:] == ["disc", "square", "triangle"]
+    for index in range(4):
+        np.testing.assert_array_equal(dataset[index][1], expected[dataset.sample_id(index)])
+    assert len(build_dataset(fmt, tmp_path / fmt, "val")) == 1
+
+
+def test_make_example_folder_writes_an_export(tmp_path):
+    out = tmp_path / "labelme"
+    result = run_script("make_example_folder.py", [f"out={out}", "num_images=4", "image_size=32", "format=labelme"])
+    assert f"dataset=labelme dataset.root={out}" in result.stdout
+    assert len(build_dataset("labelme", out, "train")) == 3
