@@ -230,3 +230,15 @@ def test_trains_records_classes_and_evaluates(tmp_path):
     run_script("evaluate.py", [f"ckpt={run / 'checkpoints' / 'last.pt'}", "num_workers=0",
                                f"hydra.run.dir={tmp_path / 'eval'}"])
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_images"] == 1
+
+
+def test_resume_reuses_the_recorded_class_list():
+    from seg.engine.checkpoint import reuse_recorded
+
+    saved = {"dataset": {"name": "labelme", "class_names": CLASSES, "splits": None}, "train": {}}
+    current = {"dataset": {"name": "labelme", "class_names": None, "splits": None}, "train": {}}
+    reuse_recorded(saved, current)
+    assert current["dataset"]["class_names"] == CLASSES
+    given = {"dataset": {"name": "labelme", "class_names": ["background", "x"], "splits": None}, "train": {}}
+    reuse_recorded(saved, given)
+    assert given["dataset"]["class_names"] == ["background", "x"]  # what is given now is kept
