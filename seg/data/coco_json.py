@@ -45,10 +45,10 @@ from PIL import Image
 from seg.data.base import IGNORE_INDEX, DatasetError, Sample, SegmentationDataset, not_found, resolve_classes
 from seg.data.coco import decode_segmentation
 from seg.data.folder import ALL_SPLIT, split_ids
+from seg.data.mask_exports import find_split
 from seg.data.voc import voc_palette
 
 CROWD_MODES = ("category", "ignore")
-SPLIT_ALIASES = {"val": ("val", "valid", "validation"), "valid": ("valid", "val", "validation")}
 ROBOFLOW_FILE = "_annotations.coco.json"
 TOLERANCE = 1.0  # pixels a polygon point may lie outside the image (tools write the far edge, x = width, as well)
 Skipped = Dict[str, List]  # reason -> [count, first example]
@@ -137,8 +137,8 @@ def _image_folders(root: Optional[Path], subset: str, file: Path, images) -> Lis
     return list(dict.fromkeys(folders))
 
 
-def _classes(files: Mapping[str, Path], data: Mapping[str, Dict], categories) -> Tuple[List[Dict], Counter]:
-    """The categories that are classes (id order), over every file, and how many objects use each id."""
+def _classes(files: Mapping[str, Path], data: Mapping[str, Dict], categories) -> List[Dict]:
+    """The categories that are classes (id order), over every file."""
     by_id: Dict[int, Dict] = {}
     used: Counter = Counter()
     for subset, file in files.items():
@@ -164,7 +164,7 @@ def _classes(files: Mapping[str, Path], data: Mapping[str, Dict], categories) ->
                                    f"{', '.join(str(c.get('name')) for c in kept)})")
             wanted.update(match)
         kept = [c for c in kept if c["id"] in wanted]
-    return kept, used
+    return kept
 
 
 def _id_order(category_id) -> tuple:
@@ -226,7 +226,7 @@ class COCOJSONSegmentation(SegmentationDataset):
         root = Path(root).expanduser() if root is not None else None
         files, real_splits = find_files(root, annotations)
         data = {subset: read_coco_file(file) for subset, file in files.items()}
-        kept, _ = _classes(files, data, categories)
+        kept = _classes(files, data, categories)
         class_of = {c["id"]: index for index, c in enumerate(kept, start=1)}
         known = {c["id"] for subset in data for c in data[subset]["categories"]}
         names = resolve_classes(["background"] + [str(c.get("name", c["id"])) for c in kept], num_classes,
@@ -256,9 +256,9 @@ class COCOJSONSegmentation(SegmentationDataset):
     def _subsets(split: str, files: Mapping[str, Path], real_splits: bool) -> List[str]:
         if split == ALL_SPLIT or not real_splits:
             return list(files)
-        for name in SPLIT_ALIASES.get(split, (split,)):
-            if name in files:
-                return [name]
+        name = find_split(split, list(files))
+        if name is not None:
+            return [name]
         raise DatasetError(f"dataset.split={split} has no annotation file: the export has "
                            f"{', '.join(f'{k} ({v})' for k, v in files.items())}; choose one of "
                            f"{', '.join(list(files) + [ALL_SPLIT])}")
