@@ -171,7 +171,8 @@ def _id_order(category_id) -> tuple:
     return (0, category_id, "") if isinstance(category_id, int) else (1, 0, str(category_id))
 
 
-def _skip(skipped: Skipped, reason: str, example: str) -> None:
+def skip_object(skipped: Skipped, reason: str, example: str) -> None:
+    """Count an object that is not drawn under ``reason``, keeping the first ``example`` (check_dataset prints it)."""
     entry = skipped.setdefault(reason, [0, example])
     entry[0] += 1
 
@@ -188,7 +189,7 @@ def _check_segmentation(segmentation, height: int, width: int, where: str, skipp
         return segmentation
     if not isinstance(segmentation, list) or not all(isinstance(p, list) for p in segmentation):
         if segmentation is None or segmentation == []:
-            _skip(skipped, "objects without a segmentation (a box only)", where)
+            skip_object(skipped, "objects without a segmentation (a box only)", where)
             return None
         return f"{where} has a segmentation that is neither polygons nor RLE: {str(segmentation)[:60]}"
     try:
@@ -196,7 +197,7 @@ def _check_segmentation(segmentation, height: int, width: int, where: str, skipp
     except (TypeError, ValueError):
         return f"{where} has a polygon that is not a list of x, y numbers"
     if not polygons:
-        _skip(skipped, "objects without a segmentation (a box only)", where)
+        skip_object(skipped, "objects without a segmentation (a box only)", where)
         return None
     for points in polygons:
         outside = ((points[:, 0] < -TOLERANCE) | (points[:, 0] > width + TOLERANCE)
@@ -206,7 +207,7 @@ def _check_segmentation(segmentation, height: int, width: int, where: str, skipp
             return f"{where} has a polygon point ({x:g}, {y:g}) outside the {width}x{height} image"
     drawable = [p.ravel().tolist() for p in polygons if len(p) >= 3]
     if not drawable:
-        _skip(skipped, "polygons of fewer than 3 points", where)
+        skip_object(skipped, "polygons of fewer than 3 points", where)
         return None
     return drawable  # pycocotools would take a 2-point polygon (4 numbers) for a box
 
@@ -297,7 +298,7 @@ class COCOJSONSegmentation(SegmentationDataset):
                     bad = True
                     continue
                 if category not in class_of:
-                    _skip(self.skipped, "objects of categories left out by dataset.categories", where)
+                    skip_object(self.skipped, "objects of categories left out by dataset.categories", where)
                     continue
                 segmentation = _check_segmentation(ann.get("segmentation"), height, width, where, self.skipped)
                 if isinstance(segmentation, str):

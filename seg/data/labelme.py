@@ -46,7 +46,7 @@ from seg.data.base import (
     read_image,
     resolve_classes,
 )
-from seg.data.coco_json import TOLERANCE, Skipped, _skip, read_json
+from seg.data.coco_json import TOLERANCE, Skipped, read_json, skip_object
 from seg.data.folder import IMAGE_SUFFIXES, split_ids
 from seg.data.voc import voc_palette
 
@@ -243,7 +243,7 @@ class LabelMeSegmentation(SegmentationDataset):
         if kind == "mask" and not isinstance(shape.get("mask"), str):
             return f"{where} is a mask shape without its base64 'mask' PNG"
         if (kind == "polygon" and len(points) < 3) or (kind == "linestrip" and len(points) < 2):
-            _skip(self.skipped, f"{kind}s of too few points", where)
+            skip_object(self.skipped, f"{kind}s of too few points", where)
             return ""
         outside = ((points[:, 0] < -TOLERANCE) | (points[:, 0] > width + TOLERANCE)
                    | (points[:, 1] < -TOLERANCE) | (points[:, 1] > height + TOLERANCE))
