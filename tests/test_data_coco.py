@@ -10,6 +10,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from seg.data import VOC_CLASSES, DatasetError, build_dataset
+from seg.data.coco import COCO_NAMES
 
 W, H = 40, 32
 CAT_LIST = [0, 5, 2, 16, 9, 44, 6, 3, 17, 62, 21, 67, 18, 19, 4, 1, 64, 20, 63, 7, 72]
@@ -56,7 +57,7 @@ def coco(tmp_path):
         annotation(6, 3, 1, [[1, 1, 6, 1, 6, 6]], 50),                                            # tiny person
         annotation(7, 4, 90, [[0, 0, 40, 0, 40, 32, 0, 32]], 1280),                               # toothbrush only
     ]
-    categories = [{"id": c, "name": f"c{c}"} for c in sorted(set(CAT_LIST[1:]) | {90})]
+    categories = [{"id": c, "name": COCO_NAMES.get(c, "toothbrush")} for c in sorted(set(CAT_LIST[1:]) | {90})]
     (tmp_path / "annotations").mkdir()
     for split in ("train", "val"):
         (tmp_path / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(
@@ -113,8 +114,24 @@ def test_min_area_threshold(coco):
     ids = lambda ds: [ds.sample_id(i) for i in range(len(ds))]  # noqa: E731
     assert ids(build_dataset("coco", coco[0], "train", min_area=1023)) == ["000000000001", "000000000002"]
     assert ids(build_dataset("coco", coco[0], "train", min_area=1024)) == ["000000000002"]
-    with pytest.raises(DatasetError, match="is empty"):
+    with pytest.raises(DatasetError, match=r"is empty: every one of its 4 images has VOC-class annotations covering "
+                                           r"dataset\.min_area=5000 pixels or fewer"):
         build_dataset("coco", coco[0], "train", min_area=5000)
+
+
+def test_an_export_with_its_own_categories_is_refused(coco):
+    """CVAT's ids 1, 2, 5 are not person, bicycle, airplane: reading them so would be silently wrong."""
+    path = coco[0] / "annotations" / "instances_val2017.json"
+    data = json.loads(path.read_text())
+    data["categories"] = [{"id": 1, "name": "road"}, {"id": 2, "name": "car"}, {"id": 5, "name": "tree"}]
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"instances_val2017\.json is not COCO 2017 \(category id 1 is 'road', "
+                                           r"COCO 2017's is 'person'\): .* use dataset=coco_json"):
+        build_dataset("coco", coco[0], "val")
+    data["categories"] = [{"id": 0, "name": "Airplane"}, {"id": 90, "name": "toothbrush"}]  # Label Studio's ids
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"it has none of the 20 COCO categories that are VOC classes"):
+        build_dataset("coco", coco[0], "val")
 
 
 def test_bad_files(coco):

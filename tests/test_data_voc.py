@@ -216,13 +216,14 @@ def test_images_converted_to_rgb(voc, mode):
 
 
 def test_unknown_dataset_and_option(voc):
-    with pytest.raises(DatasetError, match=r"dataset\.name must be one of \['ade20k', 'cityscapes', 'coco', .*"
-                                           r"'synthetic'"):
-        build_dataset("mapillary", voc[0], "train")
+    with pytest.raises(DatasetError, match=r"dataset\.name must be one of \['ade20k', 'cityscapes', 'coco', "
+                                           r"'coco_json', 'coco_stuff', 'cvat', 'folder', 'labelme', "
+                                           r"'pascal_context', 'roboflow', 'synthetic'"):
+        build_dataset("nonexistent", voc[0], "train")
     with pytest.raises(DatasetError, match=r"unknown option\(s\) dataset\.min_area for dataset 'voc'.*image_suffix"):
         build_dataset("voc", voc[0], "train", min_area=3)
-    assert {"synthetic", "voc", "voc_aug", "cityscapes", "coco", "folder"} <= set(DATASETS)
-    assert {"ade20k", "coco_stuff", "pascal_context"} <= set(DATASETS)  # the benchmark datasets
+    assert set(DATASETS) == {"synthetic", "voc", "voc_aug", "cityscapes", "coco", "folder", "ade20k", "coco_stuff",
+                             "pascal_context", "coco_json", "labelme", "cvat", "roboflow"}
 
 
 # --- check_dataset ------------------------------------------------------------------------------------------------

@@ -16,8 +16,11 @@ from seg.data.base import IGNORE_INDEX, DatasetError, Sample, SegmentationDatase
 from seg.data.check import CheckReport, check_dataset
 from seg.data.cityscapes import CITYSCAPES_CLASSES, CityscapesSegmentation
 from seg.data.coco import COCOSegmentation
+from seg.data.coco_json import COCOJSONSegmentation
 from seg.data.coco_stuff import COCO_STUFF_CLASSES, COCOStuffSegmentation
 from seg.data.folder import FolderSegmentation
+from seg.data.labelme import LabelMeSegmentation
+from seg.data.mask_exports import CVATSegmentation, RoboflowSegmentation
 from seg.data.pascal_context import CONTEXT59_CLASSES, PascalContextSegmentation
 from seg.data.synthetic import SYNTHETIC_CLASSES, synthetic_dataset
 from seg.data.transforms import (
@@ -46,6 +49,11 @@ DATASETS = {
     "ade20k": ADE20KSegmentation,
     "coco_stuff": COCOStuffSegmentation,
     "pascal_context": PascalContextSegmentation,
+    # annotation tools' exports (docs/datasets.md, "Annotation tools")
+    "coco_json": COCOJSONSegmentation,
+    "labelme": LabelMeSegmentation,
+    "cvat": CVATSegmentation,
+    "roboflow": RoboflowSegmentation,
 }
 
 
@@ -84,6 +92,7 @@ __all__ = [
     "CITYSCAPES_CLASSES", "DATASETS", "FolderSegmentation", "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD",
     "MEAN_PIXEL",
     "SYNTHETIC_CLASSES", "VOC_CLASSES", "CheckReport", "CityscapesSegmentation", "COCOSegmentation", "DatasetError",
+    "COCOJSONSegmentation", "CVATSegmentation", "LabelMeSegmentation", "RoboflowSegmentation",
     "Sample", "SegmentationDataset", "TransformedDataset", "VOCSegmentation", "build_dataset", "check_dataset",
     "dataset_options", "eval_transform", "normalize", "pad_collate", "synthetic_dataset", "train_transform",
     "worker_init_fn",

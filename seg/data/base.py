@@ -198,10 +198,14 @@ class SegmentationDataset:
 
     ignore_index = IGNORE_INDEX
     derived_splits: Optional[Dict[str, List[str]]] = None
+    classes_from_data = False  # True: the class list was found in the files (LabelMe labels), so training records it
     value_hint = ""  # appended to the "values outside the classes" error
 
     def __init__(self, root: Path, split: str, samples: Sequence[Sample], class_names: Sequence[str],
                  palette: np.ndarray, problems: Sequence[str] = (), label_decoding: Optional[Dict] = None):
+        if not samples and problems:  # every sample was left out: say why
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            raise DatasetError(f"split {split!r} of {root} has no usable sample: {problems[0]}{more}")
         if not samples:
             raise DatasetError(f"split {split!r} of {root} is empty: it lists no images")
         self.root = Path(root)

@@ -24,6 +24,7 @@ class CheckReport:
     image_counts: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=np.int64))
     image_sizes: Counter = field(default_factory=Counter)  # (height, width) -> number of images
     statistics: Optional[PixelStatistics] = None  # of the samples without problems: what class weights come from
+    skipped: List[str] = field(default_factory=list)  # objects an annotation file holds that were not drawn
 
     @property
     def ok(self) -> bool:
@@ -37,6 +38,7 @@ class CheckReport:
     def format(self, max_sizes: int = 10) -> str:
         lines = [f"{self.num_samples} samples, {len(self.problems)} with problems"]
         lines += [f"  problem: {p}" for p in self.problems]
+        lines += [f"  skipped: {line}" for line in self.skipped]
         total = int(self.pixel_counts.sum())
         labelled = total - int(self.pixel_counts[IGNORE_INDEX])
         weights = self.suggested_weights()
@@ -64,7 +66,8 @@ def check_dataset(dataset, progress: bool = True) -> CheckReport:
     The problems found while listing the files (``dataset.problems``: build it with ``strict=False``) come first.
     """
     report = CheckReport(num_samples=len(dataset), class_names=list(dataset.class_names),
-                         problems=list(dataset.problems), statistics=PixelStatistics(dataset.num_classes))
+                         problems=list(dataset.problems), statistics=PixelStatistics(dataset.num_classes),
+                         skipped=dataset.skipped_lines() if hasattr(dataset, "skipped_lines") else [])
     for index in tqdm(range(len(dataset)), desc="checking", unit="image", disable=not progress):
         try:
             image, mask = dataset[index]

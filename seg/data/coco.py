@@ -26,6 +26,22 @@ from seg.data.voc import VOC_CLASSES, voc_palette
 
 # COCO category id of each VOC class (index 0, background, has none).
 CAT_LIST = [0, 5, 2, 16, 9, 44, 6, 3, 17, 62, 21, 67, 18, 19, 4, 1, 64, 20, 63, 7, 72]
+# COCO 2017's names of those categories: a file that names them otherwise is not COCO 2017 (an annotation tool's
+# export with its own categories), and reading it by id would be silently wrong.
+COCO_NAMES = {1: "person", 2: "bicycle", 3: "car", 4: "motorcycle", 5: "airplane", 6: "bus", 7: "train", 9: "boat",
+              16: "bird", 17: "cat", 18: "dog", 19: "horse", 20: "sheep", 21: "cow", 44: "bottle", 62: "chair",
+              63: "couch", 64: "potted plant", 67: "dining table", 72: "tv"}
+
+
+def check_coco_2017(categories: Dict[int, dict], path: Path) -> None:
+    """Refuse a file whose categories are not COCO 2017's: its ids would be read as COCO's classes."""
+    wrong = [(i, c.get("name")) for i, c in sorted(categories.items()) if i in COCO_NAMES and c.get("name") !=
+             COCO_NAMES[i]]
+    if wrong or not any(i in COCO_NAMES for i in categories):
+        example = (f"category id {wrong[0][0]} is {wrong[0][1]!r}, COCO 2017's is {COCO_NAMES[wrong[0][0]]!r}" if wrong
+                   else "it has none of the 20 COCO categories that are VOC classes")
+        raise DatasetError(f"{path} is not COCO 2017 ({example}): dataset=coco maps COCO 2017's categories to VOC's "
+                           f"21 classes; for your own categories use dataset=coco_json dataset.root=...")
 
 
 def decode_segmentation(segmentation, height: int, width: int) -> np.ndarray:
@@ -71,6 +87,7 @@ class COCOSegmentation(SegmentationDataset):
         except (AssertionError, ValueError, KeyError, TypeError) as error:  # pycocotools asserts on a non-dict file
             raise DatasetError(f"cannot read COCO annotations {self.annotation_file}: {error!r}") from None
 
+        check_coco_2017(coco.cats, self.annotation_file)
         # Keep only what a sample needs (file, size, VOC-class annotations): the COCO object is large and would
         # be copied into every data-loader worker.
         samples: List[Sample] = []
@@ -85,6 +102,10 @@ class COCOSegmentation(SegmentationDataset):
             samples.append(Sample(Path(info["file_name"]).stem, images / info["file_name"]))
             self.image_info.append({"height": info["height"], "width": info["width"], "annotations": annotations})
         names = resolve_classes(VOC_CLASSES, num_classes, class_names, fixed=True)
+        if not samples and coco.imgs:
+            raise DatasetError(f"split {split!r} of {root} is empty: every one of its {len(coco.imgs)} images has "
+                               f"VOC-class annotations covering dataset.min_area={min_area} pixels or fewer; lower "
+                               f"it or set dataset.min_area=null to keep every image")
         super().__init__(root, split, samples, names, voc_palette())
 
     def load_mask(self, index: int) -> np.ndarray:

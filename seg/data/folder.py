@@ -82,8 +82,12 @@ def _index(folder: Path, suffixes: Sequence[str], what: str) -> Tuple[Dict[str, 
     return {stem: paths[0] for stem, paths in found.items() if len(paths) == 1}, problems
 
 
-def pair_files(image_folder: Path, mask_folder: Path) -> Tuple[Dict[str, Sample], List[str]]:
-    """Image/mask pairs by stem, and one problem line for every file that cannot be paired."""
+def pair_files(image_folder: Path, mask_folder: Path,
+               unannotated: Optional[List[str]] = None) -> Tuple[Dict[str, Sample], List[str]]:
+    """Image/mask pairs by stem, and one problem line for every file that cannot be paired.
+
+    ``unannotated``: a list that receives the stems of the images without a mask instead of problems (an annotation
+    tool's export writes no mask for an image nobody annotated)."""
     images, problems = _index(image_folder, IMAGE_SUFFIXES, "image")
     masks, mask_problems = _index(mask_folder, MASK_SUFFIXES + LOSSY_MASK_SUFFIXES, "mask")
     problems += mask_problems
@@ -98,11 +102,41 @@ def pair_files(image_folder: Path, mask_folder: Path) -> Tuple[Dict[str, Sample]
         example = f" (e.g. {images[stem]} has no {mask_folder / stem}.png)" if stem is not None else ""
         raise DatasetError(f"no image in {image_folder} has a mask with the same stem in {mask_folder}: found "
                            f"{len(images)} images and {len(masks)} masks{example}; see docs/datasets.md")
-    problems += [f"image {images[stem]} has no mask {mask_folder / stem}.png (stem {stem!r})"
-                 for stem in sorted(images.keys() - masks.keys())]
+    if unannotated is not None:
+        unannotated += sorted(images.keys() - masks.keys())
+    else:
+        problems += [f"image {images[stem]} has no mask {mask_folder / stem}.png (stem {stem!r})"
+                     for stem in sorted(images.keys() - masks.keys())]
     problems += [f"mask {masks[stem]} has no image in {image_folder} (stem {stem!r})"
                  for stem in sorted(masks.keys() - images.keys())]
     return pairs, problems
+
+
+def split_ids(root: Path, split: str, stems: List[str], splits, val_fraction: float, seed: int,
+              what: str = "image/mask pair") -> Tuple[List[str], List[str], Optional[Dict[str, List[str]]]]:
+    """The stems of ``split``, the problems of its list (stems without a ``what``) and the derived splits (or None).
+
+    ``all`` is every stem; ``splits`` (a run's recorded split) wins over ``<root>/<split>.txt``; without any split file,
+    ``train`` and ``val`` are derived from ``val_fraction`` and ``seed`` (``derive_split``).
+    """
+    if split == ALL_SPLIT:
+        return stems, [], None
+    if splits is not None:
+        if split not in splits:
+            raise DatasetError(f"dataset.splits has no split {split!r} (it has {sorted(splits)})")
+        listed, source = list(splits[split]), f"dataset.splits[{split!r}]"
+    elif (root / f"{split}.txt").is_file():
+        listed, source = read_split_file(root / f"{split}.txt"), str(root / f"{split}.txt")
+    elif split in DERIVED_SPLITS and not any((root / f"{s}.txt").is_file() for s in DERIVED_SPLITS):
+        derived = derive_split(stems, val_fraction, seed)
+        return derived[split], [], derived
+    else:
+        raise not_found(f"split file of split {split!r}", root / f"{split}.txt",
+                        "list one stem per line, or use dataset.split=train/val without any split file")
+    known = set(stems)
+    ids = [_strip_suffix(stem, known) for stem in listed]
+    problems = [f"{source} lists {stem!r} but there is no {what} with that stem" for stem in ids if stem not in known]
+    return [stem for stem in ids if stem in known], problems, None
 
 
 def _label_lookup(label_map: Optional[Mapping]) -> Optional[np.ndarray]:
@@ -135,6 +169,7 @@ class FolderSegmentation(SegmentationDataset):
     """
 
     value_hint = "; remap them with dataset.label_map or raise dataset.num_classes"
+    unannotated: Optional[List[str]] = None  # a list in exports whose images without a mask are skipped, not errors
 
     def __init__(self, root: Union[str, Path, None], split: str = "train", num_classes: Optional[int] = None,
                  class_names: Optional[Sequence[str]] = None, images: str = "images", masks: str = "masks",
@@ -154,7 +189,7 @@ class FolderSegmentation(SegmentationDataset):
         self.colour_table: Optional[ColourTable] = read_colour_table(colors, root) if colors is not None else None
         self.lookup = _label_lookup(label_map)
         names = self._classes(num_classes, class_names, label_map is not None)
-        pairs, problems = pair_files(root / images, root / masks)
+        pairs, problems = pair_files(root / images, root / masks, self.unannotated)
         ids, listing_problems = self._split_ids(root, split, sorted(pairs), splits, val_fraction, seed)
         samples = [pairs[i] for i in ids]
         decoding = {"colors": None if self.colour_table is None else self.colour_table.colours.tolist(),
@@ -189,26 +224,8 @@ class FolderSegmentation(SegmentationDataset):
 
     def _split_ids(self, root: Path, split: str, stems: List[str], splits, val_fraction: float,
                    seed: int) -> Tuple[List[str], List[str]]:
-        """The stems of ``split`` and the problems of its list (stems without a pair)."""
-        if split == ALL_SPLIT:
-            return stems, []
-        if splits is not None:
-            if split not in splits:
-                raise DatasetError(f"dataset.splits has no split {split!r} (it has {sorted(splits)})")
-            listed, source = list(splits[split]), f"dataset.splits[{split!r}]"
-        elif (root / f"{split}.txt").is_file():
-            listed, source = read_split_file(root / f"{split}.txt"), str(root / f"{split}.txt")
-        elif split in DERIVED_SPLITS and not any((root / f"{s}.txt").is_file() for s in DERIVED_SPLITS):
-            self.derived_splits = derive_split(stems, val_fraction, seed)
-            return self.derived_splits[split], []
-        else:
-            raise not_found(f"split file of split {split!r}", root / f"{split}.txt",
-                            "list one stem per line, or use dataset.split=train/val without any split file")
-        known = set(stems)
-        ids = [_strip_suffix(stem, known) for stem in listed]
-        problems = [f"{source} lists {stem!r} but there is no image/mask pair with that stem"
-                    for stem in ids if stem not in known]
-        return [stem for stem in ids if stem in known], problems
+        ids, problems, self.derived_splits = split_ids(root, split, stems, splits, val_fraction, seed)
+        return ids, problems
 
     # -- reading ----------------------------------------------------------------------------------------------
     def load_mask(self, index: int) -> np.ndarray:

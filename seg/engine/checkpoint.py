@@ -251,11 +251,16 @@ def check_resume_config(saved: Mapping, current: Mapping, path) -> None:
 
 def reuse_recorded(saved: Mapping, current: Dict) -> None:
     """Put into ``current`` what the resumed run worked out once and recorded in its config, so that the resume
-    trains on the same thing: the split it derived (``dataset.splits``) and the class weights a method name
-    computed (``train.class_weights``, stored as the list). Values given explicitly now are kept."""
+    trains on the same thing: the split it derived (``dataset.splits``), the class list it found in the files
+    (``dataset.class_names``) and the class weights a method name computed (``train.class_weights``, stored as the
+    list). Values given explicitly now are kept."""
     splits = saved.get("dataset", {}).get("splits")
     if splits and "splits" in current["dataset"] and not current["dataset"]["splits"]:
         current["dataset"]["splits"] = splits
+    names = saved.get("dataset", {}).get("class_names")  # a class list found in the files (LabelMe labels)
+    if names and current["dataset"].get("class_names") is None and current["dataset"].get("name") == \
+            saved.get("dataset", {}).get("name"):
+        current["dataset"]["class_names"] = list(names)
     weights = saved.get("train", {}).get("class_weights")
     spec = current["train"].get("class_weights")
     if isinstance(weights, list) and isinstance(spec, str) and spec != "none":

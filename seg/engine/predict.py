@@ -83,11 +83,22 @@ def load_model(path, output_stride: Optional[int], device: torch.device) -> Load
                        crop_hw(trained["train"]["crop_size"]), trained["train"]["amp"])
 
 
+def is_export_mask(path: Path) -> bool:
+    """A label mask of an annotation tool's export, not a photo: Roboflow's ``<name>_mask.png`` next to its image,
+    CVAT's ``SegmentationClass/`` and ``SegmentationObject/`` next to ``JPEGImages/``."""
+    if path.name.endswith("_mask.png"):
+        stem = path.name[:-len("_mask.png")]
+        return any(path.with_name(stem + suffix).is_file() for suffix in IMAGE_SUFFIXES)
+    return any(parent.name in ("SegmentationClass", "SegmentationObject") and (parent.parent / "JPEGImages").is_dir()
+               for parent in path.parents)
+
+
 def list_inputs(source: Path, output: Path) -> Tuple[Path, List[Path]]:
     """``(folder the output names are relative to, image and video files)``.
 
     Files under the folders this command writes into ``output`` (``OUTPUT_FOLDERS``) are skipped, so a second run
     does not segment its own overlays; anything else under ``output`` is input: ``output`` may be the input folder.
+    The masks of an annotation tool's export (``is_export_mask``) are skipped too.
     """
     if source.is_file():
         return source.parent, [source]
@@ -96,7 +107,7 @@ def list_inputs(source: Path, output: Path) -> Tuple[Path, List[Path]]:
     written = {(output / sub).resolve() for sub in OUTPUT_FOLDERS}
     suffixes = IMAGE_SUFFIXES + VIDEO_SUFFIXES
     files = sorted(p for p in source.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
-                   and not written.intersection(p.resolve().parents))
+                   and not written.intersection(p.resolve().parents) and not is_export_mask(p))
     if not files:
         raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) or videos ({', '.join(VIDEO_SUFFIXES)}) "
                         f"found in {source}")

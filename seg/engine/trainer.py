@@ -186,6 +186,8 @@ class Trainer:
             train_set = build_dataset(**dataset_kwargs(dataset_cfg))
         if train_set.derived_splits:  # no split lists: record the split made up from val_fraction and seed
             dataset_cfg["splits"] = train_set.derived_splits
+        if dataset_cfg.get("class_names") is None and getattr(train_set, "classes_from_data", False):
+            dataset_cfg["class_names"] = list(train_set.class_names)  # found in the files: val and evaluate reuse it
         val_set = build_dataset(**dataset_kwargs(dataset_cfg, split=dataset_cfg["val_split"]))
         log.info("data: %s train %d images (%s), val %d images (%s), %d classes", dataset_cfg["name"],
                  len(train_set), dataset_cfg["split"], len(val_set), dataset_cfg["val_split"], train_set.num_classes)
