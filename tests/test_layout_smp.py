@@ -67,6 +67,19 @@ def test_folder_records_the_stride_and_rates_a_state_dict_takes_os(tmp_path):
     assert_parity(switched, theirs)
 
 
+@pytest.mark.parametrize("plus, encoder", [(True, "tu-resnet18"), (False, "tu-mobilenetv3_large_100")])
+def test_smp_timm_encoder_folder_logits(tmp_path, plus, encoder):
+    """smp's tu-<timm model> encoder is timm's features_only network (encoder.model.*), which TimmBackbone builds
+    with the same keys (backbone.body.*); the folder's config.json names the model."""
+    needed("timm")
+    theirs = smp_model(plus, encoder)
+    theirs.save_pretrained(tmp_path / "folder")
+    ours, report = model_from_file(tmp_path / "folder")
+    assert report.layout == f"smp DeepLabV3{'Plus' if plus else ''} {encoder} (save_pretrained folder)"
+    assert ours.backbone.name == encoder[len("tu-"):] and ours.output_stride == (16 if plus else 8)
+    assert_parity(ours, theirs)
+
+
 def test_older_smp_deeplabv3_keys(tmp_path):
     """smp's DeepLabV3 decoder was a Sequential (decoder.0/1/2); its load_state_dict renames them, so do we."""
     theirs = smp_model(False, "resnet18")
@@ -123,8 +136,9 @@ def test_each_smp_file_has_a_preset_that_builds_it(plus, encoder):
     (lambda: smp.DeepLabV3Plus(encoder_name="resnet18", encoder_weights=None, aux_params={"classes": 2}),
      "aux_params"),
     (lambda: smp.DeepLabV3Plus(encoder_name="tu-resnet18", encoder_weights=None),
-     "smp DeepLabV3Plus file on its encoder (a timm encoder), which this project does not read yet"),
-    (lambda: smp.DeepLabV3(encoder_name="mobilenet_v2", encoder_weights=None), "does not read yet")])
+     "on a timm encoder (encoder.model.* keys), whose name a plain state dict does not record: load the folder"),
+    (lambda: smp.DeepLabV3(encoder_name="mobilenet_v2", encoder_weights=None),
+     "smp DeepLabV3 file on its encoder, which this project does not read yet")])
 def test_smp_files_this_project_does_not_build_are_named(tmp_path, make, words):
     torch.save(make().state_dict(), tmp_path / "smp.pth")
     with pytest.raises(WeightsError, match="an smp DeepLabV3") as raised:

@@ -30,6 +30,7 @@ from seg.errors import MissingFileError
 from seg.io import UnsafeFileError
 from seg.models.layouts.base import Foreign, WeightsError, rename, strip_prefix, tensors_only
 from seg.models.layouts.torchvision import layer3_blocks
+from seg.models.spec import TIMM_PREFIX
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"  # what save_pretrained writes
 V3_PREFIXES = (("encoder.", "backbone."), ("decoder.aspp.", "aspp."), ("decoder.conv.", "decoder.block.0."),
@@ -45,6 +46,7 @@ DEFAULTS = {"deeplabv3": dict(encoder_output_stride=8, decoder_aspp_separable=Fa
             "deeplabv3plus": dict(encoder_output_stride=16, decoder_aspp_separable=True, upsampling=4)}
 DEFAULT_RATES, DEFAULT_DROPOUT = (12, 24, 36), 0.5
 MODEL_CLASSES = {"DeepLabV3": "deeplabv3", "DeepLabV3Plus": "deeplabv3plus"}
+TIMM_KEYS = ("encoder.model.", "backbone.body.")  # smp's TimmUniversalEncoder.model -> TimmBackbone.body
 
 
 @dataclass
@@ -107,6 +109,21 @@ def resnet_name(state: Mapping[str, torch.Tensor]) -> Optional[str]:
             (23, True): "resnet101"}.get((layer3_blocks(state, "encoder.layer3."), bottleneck))
 
 
+def timm_name(state: Mapping[str, torch.Tensor], config: Mapping[str, Any], title: str) -> str:
+    """``"timm:<model>"`` for smp's ``tu-<model>`` encoder (keys ``encoder.model.*``, timm's ``features_only``
+    network: ``TimmBackbone``'s ``body``), named by the folder's config; any other encoder is a ``WeightsError``."""
+    encoder = str(config.get("encoder_name", ""))
+    timm = any(key.startswith("encoder.model.") for key in state)
+    if timm and encoder.startswith("tu-"):
+        return TIMM_PREFIX + encoder[len("tu-"):]
+    if timm:
+        raise WeightsError(f"an {title} file on a timm encoder (encoder.model.* keys), whose name a plain state "
+                           "dict does not record: load the folder smp's save_pretrained writes (its config.json "
+                           "names the encoder)")
+    raise WeightsError(f"an {title} file on {encoder or 'its encoder'}, which this project does not read yet: smp "
+                       "files on resnet18/34/50/101 and on timm encoders (tu-<timm model>) are supported")
+
+
 def model_state(obj: Any):
     """``(state dict, config or None)`` of an smp file: a ``PretrainedFolder`` or a plain state dict."""
     if isinstance(obj, PretrainedFolder):
@@ -130,12 +147,7 @@ def recognise(obj: Any) -> Optional[Foreign]:
     model_class = config.get("_model_class")
     if model_class is not None and MODEL_CLASSES.get(model_class) != head:
         return None
-    backbone = resnet_name(state)
-    if backbone is None:
-        encoder = config.get("encoder_name", "its encoder")
-        timm = any(key.startswith("encoder.model.") for key in state)
-        raise WeightsError(f"an {title} file on {encoder}{' (a timm encoder)' if timm else ''}, which this project "
-                           "does not read yet: smp files on resnet18/34/50/101 are supported")
+    backbone = resnet_name(state) or timm_name(state, config, title)
     settings = {**DEFAULTS[head], "decoder_atrous_rates": DEFAULT_RATES, "decoder_aspp_dropout": DEFAULT_DROPOUT,
                 "encoder_depth": 5, "in_channels": 3, **config}
     separable = any(key.startswith(("decoder.aspp.convs.1.0.0.", "decoder.aspp.0.convs.1.0.0.",
@@ -159,6 +171,8 @@ def recognise(obj: Any) -> Optional[Foreign]:
                      aspp_channels=classifier.shape[1], separable_convs=plus, depthwise_bn_relu=False,
                      aspp_conv=plus, align_corners=True)
     saved_by = "save_pretrained folder" if isinstance(obj, PretrainedFolder) else "state dict"
-    converted = rename(state, V3PLUS_PREFIXES if plus else V3_PREFIXES)
-    return Foreign(f"{title} {backbone} ({saved_by})", arguments, converted, stride_recorded=config != {},
-                   preset=f"smp_{head}_{backbone}")
+    converted = rename(state, (TIMM_KEYS, *(V3PLUS_PREFIXES if plus else V3_PREFIXES)))
+    timm = backbone.startswith(TIMM_PREFIX)
+    encoder = f"tu-{backbone[len(TIMM_PREFIX):]}" if timm else backbone
+    return Foreign(f"{title} {encoder} ({saved_by})", arguments, converted, stride_recorded=config != {},
+                   preset=None if timm else f"smp_{head}_{backbone}")
