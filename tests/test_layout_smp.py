@@ -107,6 +107,14 @@ def test_a_lone_safetensors_file_and_other_folders(tmp_path):
         model_from_file(tmp_path / "empty")
 
 
+def test_backbone_pretrained_takes_the_encoder_of_an_smp_folder(tmp_path):
+    theirs = smp_model(False, "resnet18")
+    theirs.save_pretrained(tmp_path / "folder")
+    ours = build_model("resnet18", 3, pretrained=str(tmp_path / "folder"))
+    for key, value in theirs.encoder.state_dict().items():
+        assert torch.equal(ours.backbone.state_dict()[key], value)
+
+
 def test_wrong_architecture_names_the_preset_which_builds_it(tmp_path):
     path = tmp_path / "smp.pth"
     torch.save(smp_model(True, "resnet34", classes=21).state_dict(), path)

@@ -25,8 +25,8 @@ from seg.models.spec import config_from_arguments, config_key
 log = logging.getLogger(__name__)
 
 EXPECTED = ("a checkpoint of this project, a state dict of this project's model, or a segmentation file of torchvision "
-            "(deeplabv3_resnet50/101, deeplabv3/lraspp_mobilenet_v3_large) or VainF/DeepLabV3Plus-Pytorch (see "
-            "docs/peers.md)")
+            "(deeplabv3_resnet50/101, deeplabv3/lraspp_mobilenet_v3_large), VainF/DeepLabV3Plus-Pytorch, "
+            "mmsegmentation or smp (see docs/peers.md)")
 CLASSIFIERS = ("classifier.", "aux_head.")  # sized by the number of classes
 
 
