@@ -72,6 +72,7 @@ class ModelKeys:
     depthwise_bn_relu: bool = True
     aspp_conv: bool = False
     align_corners: bool = False
+    aspp_separable: Optional[bool] = None
 
 
 @dataclass

@@ -239,7 +239,7 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
                 contract_dilation: bool = False, decoder_convs: Optional[int] = None, stem: str = "standard",
                 aspp_channels: int = 256, aspp_projection_kernel: int = 1, separable_convs: bool = False,
                 classifier_dropout: float = 0.0, depthwise_bn_relu: bool = True, aspp_conv: bool = False,
-                align_corners: bool = False) -> Union[DeepLabV3, LRASPP]:
+                align_corners: bool = False, aspp_separable: Optional[bool] = None) -> Union[DeepLabV3, LRASPP]:
     """Build DeepLabv3 / v3+ on an atrous ResNet, torchvision's MobileNetV3 or a timm encoder
     (``backbone="timm:<timm model name>"``), or LR-ASPP on MobileNetV3.
 
@@ -253,9 +253,11 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
     and of the decoder), ``aspp_projection_kernel=3`` (its ``bottleneck``), ``separable_convs`` (depthwise-separable
     3x3 convolutions in the ASPP and the decoder: its ``DepthwiseSeparableASPPHead``) and ``classifier_dropout``
     (``Dropout2d`` before the classifier, its ``dropout_ratio``; ``dropout`` is the one after the ASPP projection).
-    segmentation_models_pytorch's models need three more: ``depthwise_bn_relu=False`` (its ``SeparableConv2d`` has
+    segmentation_models_pytorch's models need four more: ``depthwise_bn_relu=False`` (its ``SeparableConv2d`` has
     no BN and ReLU between the depthwise and the pointwise conv), ``aspp_conv`` (its DeepLabV3Plus's 3x3 conv on
-    the ASPP output) and ``align_corners`` (its bilinear upsampling, of the logits and in the v3+ decoder).
+    the ASPP output), ``align_corners`` (its bilinear upsampling, of the logits and in the v3+ decoder) and
+    ``aspp_separable`` (separable ASPP convs whatever the decoder's, its ``decoder_aspp_separable``; None: as
+    ``separable_convs``).
     """
     check_arguments(backbone, num_classes, output_stride, multi_grid, aspp_rates, head, aux_loss, decoder_convs,
                     stem, pretrained, aspp_channels, aspp_projection_kernel, classifier_dropout, aspp_conv)
@@ -263,8 +265,8 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
     if head == "lraspp":
         return LRASPP(trunk, num_classes)
     rates = list(aspp_rates) if aspp_rates else default_aspp_rates(output_stride)
-    aspp = ASPP(trunk.out_channels, rates, aspp_channels, dropout, aspp_projection_kernel, separable_convs,
-                depthwise_bn_relu)
+    aspp = ASPP(trunk.out_channels, rates, aspp_channels, dropout, aspp_projection_kernel,
+                separable_convs if aspp_separable is None else aspp_separable, depthwise_bn_relu)
     convs = DECODER_CONVS[head][1] if decoder_convs is None else decoder_convs
     if head == "deeplabv3plus":
         decoder: nn.Module = DeepLabV3PlusDecoder(trunk.low_level_channels, aspp_channels, convs=convs,

@@ -28,6 +28,7 @@ CONFIG_KEYS: Dict[str, tuple] = {
     "depthwise_bn_relu": ("model", "depthwise_bn_relu", True),
     "aspp_conv": ("model", "aspp_conv", False),
     "align_corners": ("model", "align_corners", False),
+    "aspp_separable": ("model", "aspp_separable", None),
 }
 
 

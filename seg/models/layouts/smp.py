@@ -1,20 +1,22 @@
-"""segmentation_models_pytorch (smp) ``DeepLabV3`` / ``DeepLabV3Plus`` on a ResNet encoder: a plain state dict, or
-the folder ``save_pretrained`` writes (``config.json`` + ``model.safetensors``).
+"""segmentation_models_pytorch (smp) ``DeepLabV3`` / ``DeepLabV3Plus`` on a ResNet or timm encoder: a plain state
+dict, or the folder ``save_pretrained`` writes (``config.json`` + ``model.safetensors``).
 
-From smp 0.6's source (decoders/deeplabv3, encoders/resnet.py, encoders/_base.py, base/heads.py): the encoder is
-torchvision's ResNet (keys ``encoder.*``, no ``fc``) dilated by ``make_dilated``, which gives every conv of a
-dilated stage the full rate (no contraction, no multi-grid); the ASPP has rates 12, 24, 36 at either stride, 256
-channels and dropout 0.5, and its separable branches are ``SeparableConv2d`` (depthwise then pointwise, no BN
-between: ``depthwise_bn_relu=False``). DeepLabV3 (default output stride 8) has one 3x3 conv/BN/ReLU after the ASPP
+From smp 0.6's source (decoders/deeplabv3, encoders/resnet.py, encoders/_base.py, encoders/timm_universal.py,
+base/heads.py): a ResNet encoder is torchvision's ResNet (keys ``encoder.*``, no ``fc``) dilated by
+``make_dilated``, which gives every conv of a dilated stage the full rate (no contraction, no multi-grid); a
+``tu-<model>`` encoder is timm's ``features_only`` network (``encoder.model.*``), ``TimmBackbone``'s ``body``. The
+ASPP has rates 12, 24, 36 at either stride, 256 channels and dropout 0.5; its separable branches
+(``decoder_aspp_separable``: ``aspp_separable``) are ``SeparableConv2d`` (depthwise then pointwise, no BN between:
+``depthwise_bn_relu=False``). DeepLabV3 (default output stride 8) has one 3x3 conv/BN/ReLU after the ASPP
 (``decoder.conv``/``bn``; ``decoder.0-2`` in older smp). DeepLabV3Plus (default 16, separable ASPP) has a
 separable 3x3 conv/BN/ReLU on the ASPP output (``decoder.aspp.1-3``), upsamples it to stride 4 with
 ``align_corners=True``, reduces the stride-4 map to 48 channels (``block1``) and fuses ``cat([aspp, high-res])``
 with one separable 3x3 conv (``block2``), the order ours has. Both heads are a 1x1 conv upsampled by
 ``nn.Upsample(align_corners=True)``, which for input sizes smp accepts (divisible by the output stride) equals
-interpolating to the input size with ``align_corners=True``. A plain state dict records neither the output stride
-nor the rates: smp's defaults are taken, and ``os=`` overrides the stride (the rates then scale, as for every
-model here; smp keeps them fixed, so a file trained at another stride loads right from its folder, which
-records both).
+interpolating to the input size with ``align_corners=True``. A plain state dict records neither the output stride,
+the rates nor a timm encoder's name: smp's defaults are taken, ``os=`` overrides the stride (the rates then scale,
+as for every model here; smp keeps them fixed, so a file trained at another stride loads right from its folder,
+which records both), and a timm encoder needs the folder.
 """
 
 from __future__ import annotations
@@ -155,21 +157,18 @@ def recognise(obj: Any) -> Optional[Foreign]:
     unbuilt = [f"{name}={settings[name]}" for name, wanted in
                (("encoder_depth", 5), ("in_channels", 3), ("upsampling", DEFAULTS[head]["upsampling"]))
                if settings[name] != wanted]
-    if separable != plus:  # the ASPP's flag is the decoder's here (separable_convs)
-        unbuilt.append(f"decoder_aspp_separable={separable}")
     if any(key.startswith("classification_head.") for key in state):
         unbuilt.append("aux_params (a classification head)")
     if unbuilt:
         raise WeightsError(f"an {title} {backbone} file with {', '.join(unbuilt)}, which this project does not "
-                           f"build: smp's defaults are supported (a {'separable' if plus else 'plain'} ASPP, depth 5, "
-                           "3 input channels, no aux_params)")
+                           "build: depth 5, 3 input channels, the default upsampling and no aux_params are supported")
     classifier = state["segmentation_head.0.weight"]
     arguments = dict(backbone=backbone, num_classes=classifier.shape[0],
                      output_stride=int(settings["encoder_output_stride"]), multi_grid=None, contract_dilation=False,
                      aspp_rates=tuple(int(r) for r in settings["decoder_atrous_rates"]), head=head,
                      dropout=float(settings["decoder_aspp_dropout"]), decoder_convs=1,
                      aspp_channels=classifier.shape[1], separable_convs=plus, depthwise_bn_relu=False,
-                     aspp_conv=plus, align_corners=True)
+                     aspp_conv=plus, align_corners=True, aspp_separable=None if separable == plus else separable)
     saved_by = "save_pretrained folder" if isinstance(obj, PretrainedFolder) else "state dict"
     converted = rename(state, (TIMM_KEYS, *(V3PLUS_PREFIXES if plus else V3_PREFIXES)))
     timm = backbone.startswith(TIMM_PREFIX)
