@@ -15,6 +15,7 @@ from seg.errors import MissingFileError
 from seg.export import export_checkpoint
 from seg.models import build_model, load_weights, model_from_file
 from seg.models.layouts import recognise
+from seg.models.layouts.smp import PretrainedFolder
 from seg.models.weights import WeightsError
 
 smp = needed("segmentation_models_pytorch")
@@ -87,6 +88,19 @@ def test_smp_timm_encoder_folder_logits(tmp_path, plus, encoder):
     assert report.layout == f"smp DeepLabV3{'Plus' if plus else ''} {encoder} (save_pretrained folder)"
     assert ours.backbone.name == encoder[len("tu-"):] and ours.output_stride == (16 if plus else 8)
     assert_parity(ours, theirs)
+
+
+def test_smp_xception65_keys_map_onto_timm_s_getter_extractor():
+    """smp extracts xception65's features with timm's hooks (FeatureHookNet: stem_0, blocks_3, ...), TimmBackbone
+    with timm's getter (model.stem.0, ...): every tensor maps, with its shape (on the meta device: no weights;
+    the logits, 2.2e-7 apart, were compared by hand, docs/peers.md)."""
+    needed("timm")
+    with torch.device("meta"):
+        theirs = smp.DeepLabV3Plus(encoder_name="tu-xception65", encoder_weights=None, classes=3)
+        record = recognise(PretrainedFolder(dict(theirs.config), theirs.state_dict()))
+        ours = build_model(**record.arguments).state_dict()
+    assert any(key.startswith("encoder.model.stem_0.") for key in theirs.state_dict())
+    assert {k: v.shape for k, v in record.state.items()} == {k: v.shape for k, v in ours.items()}
 
 
 def test_older_smp_deeplabv3_keys(tmp_path):

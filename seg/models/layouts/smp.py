@@ -22,6 +22,7 @@ which records both), and a timm encoder needs the folder.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
@@ -126,6 +127,19 @@ def timm_name(state: Mapping[str, torch.Tensor], config: Mapping[str, Any], titl
                        "files on resnet18/34/50/101 and on timm encoders (tu-<timm model>) are supported")
 
 
+def timm_keys(state: Mapping[str, torch.Tensor], name: str) -> Dict[str, torch.Tensor]:
+    """smp builds timm's default feature network; for a model timm extracts with hooks (``FeatureHookNet``, e.g.
+    xception65: top-level ``Sequential`` children flattened, ``stem.0`` -> ``stem_0``) ``TimmBackbone`` builds timm's
+    ``getter`` extractor instead, with the model's own keys under ``model.``: those keys are mapped onto it."""
+    from seg.models.timm_backbone import extractor  # here: timm_backbone imports the layouts
+
+    if extractor(name) != "getter":
+        return dict(state)
+    prefix = TIMM_KEYS[0]
+    return {prefix + "model." + re.sub(r"^([A-Za-z]+)_(\d+)\.", r"\1.\2.", key[len(prefix):])
+            if key.startswith(prefix) else key: value for key, value in state.items()}
+
+
 def model_state(obj: Any):
     """``(state dict, config or None)`` of an smp file: a ``PretrainedFolder`` or a plain state dict."""
     if isinstance(obj, PretrainedFolder):
@@ -170,8 +184,10 @@ def recognise(obj: Any) -> Optional[Foreign]:
                      aspp_channels=classifier.shape[1], separable_convs=plus, depthwise_bn_relu=False,
                      aspp_conv=plus, align_corners=True, aspp_separable=None if separable == plus else separable)
     saved_by = "save_pretrained folder" if isinstance(obj, PretrainedFolder) else "state dict"
-    converted = rename(state, (TIMM_KEYS, *(V3PLUS_PREFIXES if plus else V3_PREFIXES)))
     timm = backbone.startswith(TIMM_PREFIX)
+    if timm:
+        state = timm_keys(state, backbone[len(TIMM_PREFIX):])
+    converted = rename(state, (TIMM_KEYS, *(V3PLUS_PREFIXES if plus else V3_PREFIXES)))
     encoder = f"tu-{backbone[len(TIMM_PREFIX):]}" if timm else backbone
     return Foreign(f"{title} {encoder} ({saved_by})", arguments, converted, stride_recorded=config != {},
                    preset=None if timm else f"smp_{head}_{backbone}")
