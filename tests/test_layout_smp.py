@@ -6,11 +6,12 @@ import json
 
 import pytest
 import torch
-from helpers import compose_config, needed
+from helpers import compose_config, needed, tiny_overrides
 from test_peers import assert_same_logits, randomised
 
 from seg.config import model_kwargs
 from seg.engine.evaluation import evaluate_checkpoint
+from seg.engine.trainer import train
 from seg.errors import MissingFileError
 from seg.export import export_checkpoint
 from seg.models import build_model, load_weights, model_from_file
@@ -136,6 +137,20 @@ def test_backbone_pretrained_takes_the_encoder_of_an_smp_folder(tmp_path):
     ours = build_model("resnet18", 3, pretrained=str(tmp_path / "folder"))
     for key, value in theirs.encoder.state_dict().items():
         assert torch.equal(ours.backbone.state_dict()[key], value)
+
+
+def test_preset_fine_tunes_from_an_smp_folder(tmp_path, data_root):
+    """model=smp_... builds smp's architecture and model.weights=<its folder> fills all of it but the classifier,
+    which the dataset's 6 classes re-initialise."""
+    smp_model(True, "resnet18", classes=21).save_pretrained(tmp_path / "folder")
+    cfg = compose_config("train", tiny_overrides(data_root, **{
+        "model": "smp_deeplabv3plus_resnet18", "model.weights": tmp_path / "folder", "train.iters": 1,
+        "train.eval_every": 0, "train.ckpt_every": 1}))
+    train(cfg, tmp_path / "run")
+    ours, report = model_from_file(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert report.layout.startswith("seg checkpoint") and ours.decoder.align_corners and ours.align_corners
+    depthwise, pointwise = ours.decoder.aspp_conv[0]  # smp's SeparableConv2d: no BN between
+    assert depthwise.groups == 256 and pointwise.kernel_size == (1, 1)
 
 
 def test_wrong_architecture_names_the_preset_which_builds_it(tmp_path):
