@@ -3,6 +3,7 @@ BatchNorm statistics) saved as a plain state dict and with ``save_pretrained``, 
 smp's logits. Inputs are divisible by 16, as smp requires."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -89,6 +90,19 @@ def test_smp_timm_encoder_folder_logits(tmp_path, plus, encoder):
     assert report.layout == f"smp DeepLabV3{'Plus' if plus else ''} {encoder} (save_pretrained folder)"
     assert ours.backbone.name == encoder[len("tu-"):] and ours.output_stride == (16 if plus else 8)
     assert_parity(ours, theirs)
+
+
+def test_wrong_architecture_for_a_timm_encoder_names_the_keys_that_build_it(tmp_path):
+    """No preset for smp's timm encoders: the error lists the config keys, which build the model the file fills."""
+    needed("timm")
+    smp_model(True, "tu-resnet18", classes=3).save_pretrained(tmp_path / "folder")
+    with pytest.raises(WeightsError) as raised:
+        load_weights(build_model("resnet18", 3), tmp_path / "folder")
+    keys = re.search(r"train with the architecture it was trained with \((.*?)\), or take", str(raised.value))
+    assert keys and "backbone.source=timm backbone.name=resnet18 " in keys.group(1)
+    cfg = compose_config("train", keys.group(1).split())
+    report = load_weights(build_model(**model_kwargs(cfg, 3, "none")), tmp_path / "folder")
+    assert not report.missing and not report.unexpected
 
 
 def test_smp_xception65_keys_map_onto_timm_s_getter_extractor():
