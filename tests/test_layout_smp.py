@@ -143,6 +143,8 @@ def test_a_lone_safetensors_file_and_other_folders(tmp_path):
     with pytest.raises(MissingFileError, match="is a folder without model.safetensors: the one folder read as "
                                                "weights is what smp's save_pretrained writes"):
         model_from_file(tmp_path / "empty")
+    with pytest.raises(MissingFileError, match="model weights not found: .*absent.safetensors"):
+        model_from_file(tmp_path / "absent.safetensors")
 
 
 def test_backbone_pretrained_takes_the_encoder_of_an_smp_folder(tmp_path):
