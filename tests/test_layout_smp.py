@@ -112,7 +112,8 @@ def test_smp_xception65_keys_map_onto_timm_s_getter_extractor():
     needed("timm")
     with torch.device("meta"):
         theirs = smp.DeepLabV3Plus(encoder_name="tu-xception65", encoder_weights=None, classes=3)
-        record = recognise(PretrainedFolder(dict(theirs.config), theirs.state_dict()))
+        config = {**theirs.config, "_model_class": "DeepLabV3Plus"}  # as save_pretrained writes it
+        record = recognise(PretrainedFolder(config, theirs.state_dict()))
         ours = build_model(**record.arguments).state_dict()
     assert any(key.startswith("encoder.model.stem_0.") for key in theirs.state_dict())
     assert {k: v.shape for k, v in record.state.items()} == {k: v.shape for k, v in ours.items()}
@@ -204,6 +205,13 @@ def test_smp_files_this_project_does_not_build_are_named(tmp_path, make, words):
     with pytest.raises(WeightsError, match="an smp DeepLabV3") as raised:
         model_from_file(tmp_path / "smp.pth")
     assert words in str(raised.value)
+
+
+def test_a_folder_of_another_smp_model_is_named(tmp_path):
+    smp.Unet(encoder_name="resnet18", encoder_weights=None).save_pretrained(tmp_path / "unet")
+    with pytest.raises(WeightsError, match=r"a save_pretrained folder of an smp Unet \(its config.json\): of "
+                                           "smp's models this project builds DeepLabV3 and DeepLabV3Plus"):
+        model_from_file(tmp_path / "unet")
 
 
 def test_folder_config_other_than_the_defaults_is_refused(tmp_path):

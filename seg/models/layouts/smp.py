@@ -45,8 +45,8 @@ V3PLUS_PREFIXES = (("encoder.", "backbone."), ("decoder.aspp.0.", "aspp."), ("de
                    ("decoder.block2.0.", "decoder.fuse.0.0."), ("decoder.block2.1.", "decoder.fuse.0.1."),
                    ("segmentation_head.0.", "classifier."))
 # smp's defaults (DeepLabV3 / DeepLabV3Plus.__init__)
-DEFAULTS = {"deeplabv3": dict(encoder_output_stride=8, decoder_aspp_separable=False, upsampling=None),
-            "deeplabv3plus": dict(encoder_output_stride=16, decoder_aspp_separable=True, upsampling=4)}
+DEFAULTS = {"deeplabv3": dict(encoder_output_stride=8, upsampling=None),
+            "deeplabv3plus": dict(encoder_output_stride=16, upsampling=4)}
 DEFAULT_RATES, DEFAULT_DROPOUT = (12, 24, 36), 0.5
 MODEL_CLASSES = {"DeepLabV3": "deeplabv3", "DeepLabV3Plus": "deeplabv3plus"}
 TIMM_KEYS = ("encoder.model.", "backbone.body.")  # smp's TimmUniversalEncoder.model -> TimmBackbone.body
@@ -151,6 +151,11 @@ def recognise(obj: Any) -> Optional[Foreign]:
     state, config = model_state(obj)
     if state is None:
         return None
+    model_class = (config or {}).get("_model_class")
+    if isinstance(obj, PretrainedFolder) and model_class not in MODEL_CLASSES:
+        raise WeightsError(f"a save_pretrained folder of {f'an smp {model_class}' if model_class else 'a model'} "
+                           f"(its {CONFIG_FILE}): of smp's models this project builds "
+                           f"{' and '.join(MODEL_CLASSES)}")
     state = strip_prefix(state, "module.")
     if "segmentation_head.0.weight" not in state:
         return None
@@ -160,10 +165,11 @@ def recognise(obj: Any) -> Optional[Foreign]:
     head = "deeplabv3plus" if plus else "deeplabv3"
     title = f"smp DeepLabV3{'Plus' if plus else ''}"
     config = dict(config or {})
-    model_class = config.get("_model_class")
     if model_class is not None and MODEL_CLASSES.get(model_class) != head:
         return None
     backbone = resnet_name(state) or timm_name(state, config, title)
+    timm = backbone.startswith(TIMM_PREFIX)
+    encoder = f"tu-{backbone[len(TIMM_PREFIX):]}" if timm else backbone
     settings = {**DEFAULTS[head], "decoder_atrous_rates": DEFAULT_RATES, "decoder_aspp_dropout": DEFAULT_DROPOUT,
                 "encoder_depth": 5, "in_channels": 3, **config}
     separable = any(key.startswith(("decoder.aspp.convs.1.0.0.", "decoder.aspp.0.convs.1.0.0.",
@@ -174,7 +180,7 @@ def recognise(obj: Any) -> Optional[Foreign]:
     if any(key.startswith("classification_head.") for key in state):
         unbuilt.append("aux_params (a classification head)")
     if unbuilt:
-        raise WeightsError(f"an {title} {backbone} file with {', '.join(unbuilt)}, which this project does not "
+        raise WeightsError(f"an {title} {encoder} file with {', '.join(unbuilt)}, which this project does not "
                            "build: depth 5, 3 input channels, the default upsampling and no aux_params are supported")
     classifier = state["segmentation_head.0.weight"]
     arguments = dict(backbone=backbone, num_classes=classifier.shape[0],
@@ -184,10 +190,8 @@ def recognise(obj: Any) -> Optional[Foreign]:
                      aspp_channels=classifier.shape[1], separable_convs=plus, depthwise_bn_relu=False,
                      aspp_conv=plus, align_corners=True, aspp_separable=None if separable == plus else separable)
     saved_by = "save_pretrained folder" if isinstance(obj, PretrainedFolder) else "state dict"
-    timm = backbone.startswith(TIMM_PREFIX)
     if timm:
         state = timm_keys(state, backbone[len(TIMM_PREFIX):])
     converted = rename(state, (TIMM_KEYS, *(V3PLUS_PREFIXES if plus else V3_PREFIXES)))
-    encoder = f"tu-{backbone[len(TIMM_PREFIX):]}" if timm else backbone
     return Foreign(f"{title} {encoder} ({saved_by})", arguments, converted, stride_recorded=config != {},
                    preset=None if timm else f"smp_{head}_{backbone}")
