@@ -69,6 +69,10 @@ class ModelKeys:
     aspp_projection_kernel: int = 1
     separable_convs: bool = False
     classifier_dropout: float = 0.0
+    depthwise_bn_relu: bool = True
+    aspp_conv: bool = False
+    align_corners: bool = False
+    aspp_separable: Optional[bool] = None
 
 
 @dataclass
@@ -311,7 +315,7 @@ def _check_model(cfg: Mapping) -> None:
                     stem=backbone.get("stem", "standard"),
                     pretrained=backbone.get("pretrained", "none"), aspp_channels=model.get("aspp_channels", 256),
                     aspp_projection_kernel=model.get("aspp_projection_kernel", 1),
-                    classifier_dropout=model.get("classifier_dropout", 0.0),
+                    classifier_dropout=model.get("classifier_dropout", 0.0), aspp_conv=model.get("aspp_conv", False),
                     keys={**MODEL_KEYS, "pretrained": "backbone.pretrained"})
     if "dropout" in model:
         number(model["dropout"], "model.dropout", strict=False, below=1)

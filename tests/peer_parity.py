@@ -1,15 +1,17 @@
 """The parity table of docs/peers.md: ``python tests/peer_parity.py`` (CPU, about a minute).
 
 Each peer model is built by the peer's code (torchvision) or its re-write from source (tests/vainf_reference.py,
-tests/mmseg_reference.py)
-with random weights and BatchNorm statistics, saved to a file, loaded with ``seg.models.model_from_file``, and run
-on the same 129x97 image; the table gives the largest absolute logit difference and that difference relative
-to the largest logit magnitude.
+tests/mmseg_reference.py) or smp's own code
+with random weights and BatchNorm statistics, saved to a file (smp's timm-encoder model: the folder its
+``save_pretrained`` writes), loaded with ``seg.models.model_from_file``, and run on the same 129x97 image (smp's
+models: 128x96, since smp refuses sizes its output stride does not divide); the table gives the largest absolute
+logit difference and that difference relative to the largest logit magnitude.
 """
 
 import tempfile
 from pathlib import Path
 
+import segmentation_models_pytorch as smp
 import torch
 from mmseg_reference import EncoderDecoder
 from mmseg_reference import randomised as mmseg_randomised
@@ -40,6 +42,10 @@ def cases():
         for depth in (50, 101):
             yield (f"mmsegmentation deeplabv3{'plus' if plus else ''}_r{depth}-d8 (re-written, with aux)",
                    lambda p=plus, d=depth: mmseg_randomised(EncoderDecoder(d, 21, plus=p, aux=True), 0), None)
+    for builder in (smp.DeepLabV3, smp.DeepLabV3Plus):
+        for encoder in ("resnet50", "resnet101", "tu-mobilenetv3_large_100"):
+            yield (f"smp {builder.__name__}(encoder_name={encoder!r}, classes=21)",
+                   lambda b=builder, e=encoder: b(encoder_name=e, encoder_weights=None, classes=21), None)
 
 
 def main() -> None:
@@ -47,11 +53,16 @@ def main() -> None:
     print("|---|---|---|---|---|")
     image = torch.randn(1, 3, 129, 97, generator=torch.Generator().manual_seed(1))
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "peer.pth"
         for name, make, stride in cases():
             theirs = make() if "mmseg" in name else randomised(make())
-            torch.save(theirs.state_dict(), path)
+            path = Path(folder) / name.split("(")[0].replace(" ", "_")
+            if "tu-" in name:
+                theirs.save_pretrained(path)  # a plain state dict does not name the timm model
+            else:
+                path = path.with_suffix(".pth")
+                torch.save(theirs.state_dict(), path)
             ours, report = model_from_file(path, output_stride=stride)
+            image = image[..., :128, :96] if name.startswith("smp") else image
             with torch.no_grad():
                 a, b = ours(image)["out"], theirs(image)
             b = b["out"] if isinstance(b, dict) else b[0] if isinstance(b, tuple) else b

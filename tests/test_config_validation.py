@@ -53,6 +53,9 @@ def test_bad_values_are_one_line_before_any_work(tmp_path, override, message):
     ("model.aspp_projection_kernel=5", "model.aspp_projection_kernel must be one of [1, 3], got 5"),
     ("model.classifier_dropout=1.5", "model.classifier_dropout must be a number in [0, 1), got 1.5"),
     ("model.separable_convs=perhaps", "model.separable_convs must be true or false, got 'perhaps'"),
+    ("model.depthwise_bn_relu=perhaps", "model.depthwise_bn_relu must be true or false, got 'perhaps'"),
+    ("model.align_corners=maybe", "model.align_corners must be true or false, got 'maybe'"),
+    ("model.aspp_conv=true", "model.aspp_conv must be false with head deeplabv3 (it is the DeepLabv3+ decoder's"),
     ("device=tpu", "device must be one of"),
 ])
 def test_bad_train_values_name_key_value_and_type(override, message):

@@ -4,7 +4,7 @@ The module layout (``convs.0`` 1x1, ``convs.1-3`` atrous 3x3, ``convs.4`` image 
 torchvision's ``ASPP`` so that its state dicts map one to one. Other projects' variants are arguments: the width
 (``out_channels``; mmsegmentation's D8 heads use 512), a 3x3 projection (``projection_kernel=3``, mmsegmentation's
 ``bottleneck``) and depthwise-separable 3x3 convolutions (``separable``, the DeepLabv3+ paper's and mmsegmentation's
-``DepthwiseSeparableASPPHead``).
+``DepthwiseSeparableASPPHead``; with ``depthwise_bn_relu=False``, smp's ``SeparableConv2d``).
 """
 
 from __future__ import annotations
@@ -43,20 +43,30 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dila
     )
 
 
-def separable_conv_bn_relu(in_channels: int, out_channels: int, dilation: int = 1) -> nn.Sequential:
-    """A depthwise 3x3 conv/BN/ReLU (``.0``) then a pointwise 1x1 conv/BN/ReLU (``.1``).
+def separable_conv_bn_relu(in_channels: int, out_channels: int, dilation: int = 1,
+                           depthwise_bn_relu: bool = True) -> nn.Sequential:
+    """A depthwise 3x3 conv then a pointwise 1x1 conv, each followed by BN and ReLU, or (``depthwise_bn_relu=False``)
+    with BN and ReLU after the pointwise conv only.
 
-    BN and ReLU after both convolutions, as mmcv's ``DepthwiseSeparableConvModule`` (mmsegmentation's DeepLabV3+)
-    and the DeepLabv3+ paper's Xception build them.
+    The first: a depthwise conv/BN/ReLU (``.0``) and a pointwise conv/BN/ReLU (``.1``), as mmcv's
+    ``DepthwiseSeparableConvModule`` (mmsegmentation's DeepLabV3+) and the DeepLabv3+ paper's Xception build them.
+    The second: ``(depthwise, pointwise)`` (``.0.0``, ``.0.1``), BN (``.1``), ReLU, as segmentation_models_pytorch's
+    ``SeparableConv2d`` followed by its BN and ReLU.
     """
+    if not depthwise_bn_relu:
+        depthwise = nn.Conv2d(in_channels, in_channels, 3, padding=dilation, dilation=dilation, groups=in_channels,
+                              bias=False)
+        return nn.Sequential(nn.Sequential(depthwise, nn.Conv2d(in_channels, out_channels, 1, bias=False)),
+                             nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
     return nn.Sequential(conv_bn_relu(in_channels, in_channels, 3, dilation, groups=in_channels),
                          conv_bn_relu(in_channels, out_channels))
 
 
-def conv3x3_bn_relu(in_channels: int, out_channels: int, dilation: int = 1, separable: bool = False) -> nn.Sequential:
+def conv3x3_bn_relu(in_channels: int, out_channels: int, dilation: int = 1, separable: bool = False,
+                    depthwise_bn_relu: bool = True) -> nn.Sequential:
     """A 3x3 conv/BN/ReLU, or its depthwise-separable form (``separable_conv_bn_relu``)."""
     if separable:
-        return separable_conv_bn_relu(in_channels, out_channels, dilation)
+        return separable_conv_bn_relu(in_channels, out_channels, dilation, depthwise_bn_relu)
     return conv_bn_relu(in_channels, out_channels, 3, dilation)
 
 
@@ -102,20 +112,21 @@ def _atrous_conv(branch: nn.Module) -> nn.Conv2d:
 class ASPP(nn.Module):
     """The branches' outputs are concatenated in the order 1x1, atrous 3x3 (by rate), image pooling, then projected
     to ``out_channels``: a 1x1 conv/BN/ReLU (the paper's, torchvision's) or a 3x3 one (``projection_kernel=3``;
-    separable too with ``separable``), followed by dropout."""
+    separable too with ``separable``), followed by dropout. ``depthwise_bn_relu``: see ``separable_conv_bn_relu``."""
 
     def __init__(self, in_channels: int, rates: Sequence[int], out_channels: int = 256, dropout: float = 0.1,
-                 projection_kernel: int = 1, separable: bool = False):
+                 projection_kernel: int = 1, separable: bool = False, depthwise_bn_relu: bool = True):
         super().__init__()
         check_aspp_rates(rates)
         check_projection_kernel(projection_kernel)
         branches = [conv_bn_relu(in_channels, out_channels)]
-        branches += [conv3x3_bn_relu(in_channels, out_channels, rate, separable) for rate in rates]
+        branches += [conv3x3_bn_relu(in_channels, out_channels, rate, separable, depthwise_bn_relu) for rate in rates]
         branches.append(ASPPPooling(in_channels, out_channels))
         self.convs = nn.ModuleList(branches)
         joined = len(branches) * out_channels
         projection = (conv_bn_relu(joined, out_channels) if projection_kernel == 1
-                      else conv3x3_bn_relu(joined, out_channels, separable=separable))
+                      else conv3x3_bn_relu(joined, out_channels, separable=separable,
+                                           depthwise_bn_relu=depthwise_bn_relu))
         # Flattened, so that the 1x1 projection keeps torchvision's keys (project.0 conv, project.1 BN).
         self.project = nn.Sequential(*projection, nn.Dropout(dropout))
 

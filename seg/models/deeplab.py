@@ -41,9 +41,10 @@ class DeepLabV3Decoder(nn.Module):
     """DeepLabv3: one 3x3 conv/BN/ReLU on the ASPP output (torchvision's ``classifier.1-3``), or none
     (``convs=0``: mmsegmentation's ASPPHead goes from its ASPP straight to the classifier)."""
 
-    def __init__(self, channels: int = 256, convs: int = 1, separable: bool = False):
+    def __init__(self, channels: int = 256, convs: int = 1, separable: bool = False, depthwise_bn_relu: bool = True):
         super().__init__()
-        self.block = conv3x3_bn_relu(channels, channels, separable=separable) if convs else nn.Identity()
+        self.block = (conv3x3_bn_relu(channels, channels, separable=separable, depthwise_bn_relu=depthwise_bn_relu)
+                      if convs else nn.Identity())
 
     def forward(self, features: torch.Tensor, low_level: torch.Tensor) -> torch.Tensor:
         return self.block(features)
@@ -52,17 +53,27 @@ class DeepLabV3Decoder(nn.Module):
 class DeepLabV3PlusDecoder(nn.Module):
     """DeepLabv3+: stage-1 features reduced to 48 channels, joined with the upsampled ASPP output, two 3x3 convs
     (the paper's; ``convs=1``: VainF's DeepLabV3Plus-Pytorch), depthwise-separable with ``separable`` (the paper's,
-    mmsegmentation's ``sep_bottleneck``)."""
+    mmsegmentation's ``sep_bottleneck``).
+
+    smp's DeepLabV3Plus adds a 3x3 conv/BN/ReLU on the ASPP output before upsampling it (``aspp_conv``: its
+    ``decoder.aspp.1-3``), has one fuse conv, and upsamples with ``align_corners=True``.
+    """
 
     def __init__(self, low_level_channels: int, channels: int = 256, low_level_reduced: int = 48, convs: int = 2,
-                 separable: bool = False):
+                 separable: bool = False, depthwise_bn_relu: bool = True, aspp_conv: bool = False,
+                 align_corners: bool = False):
         super().__init__()
+        self.aspp_conv = (conv3x3_bn_relu(channels, channels, separable=separable, depthwise_bn_relu=depthwise_bn_relu)
+                          if aspp_conv else nn.Identity())
         self.reduce = conv_bn_relu(low_level_channels, low_level_reduced)
         self.fuse = nn.Sequential(*[conv3x3_bn_relu(channels + low_level_reduced if i == 0 else channels, channels,
-                                                    separable=separable) for i in range(convs)])
+                                                    separable=separable, depthwise_bn_relu=depthwise_bn_relu)
+                                    for i in range(convs)])
+        self.align_corners = align_corners
 
     def forward(self, features: torch.Tensor, low_level: torch.Tensor) -> torch.Tensor:
-        features = F.interpolate(features, size=low_level.shape[-2:], mode="bilinear", align_corners=False)
+        features = F.interpolate(self.aspp_conv(features), size=low_level.shape[-2:], mode="bilinear",
+                                 align_corners=self.align_corners)
         return self.fuse(torch.cat([features, self.reduce(low_level)], dim=1))
 
 
@@ -85,8 +96,11 @@ class DeepLabV3(nn.Module):
     """``forward(x)`` returns ``{"out": logits}`` (plus ``"aux"``) at the input's height and width."""
 
     def __init__(self, backbone: nn.Module, aspp: ASPP, decoder: nn.Module, num_classes: int,
-                 aux_head: Optional[nn.Module] = None, channels: int = 256, classifier_dropout: float = 0.0):
+                 aux_head: Optional[nn.Module] = None, channels: int = 256, classifier_dropout: float = 0.0,
+                 align_corners: bool = False):
         super().__init__()
+        # Bilinear upsampling of the logits to the input size with corner pixels aligned (smp's) or not (the rest).
+        self.align_corners = align_corners
         self.backbone = backbone
         self.aspp = aspp
         self.decoder = decoder
@@ -118,10 +132,10 @@ class DeepLabV3(nn.Module):
         size = x.shape[-2:]
         low, mid, high = self.backbone(x)
         logits = self.classifier(self.classifier_dropout(self.decoder(self.aspp(high), low)))
-        result = {"out": F.interpolate(logits, size=size, mode="bilinear", align_corners=False)}
+        result = {"out": F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)}
         if self.aux_head is not None:
             aux = self.aux_head(mid)
-            result["aux"] = F.interpolate(aux, size=size, mode="bilinear", align_corners=False)
+            result["aux"] = F.interpolate(aux, size=size, mode="bilinear", align_corners=self.align_corners)
         return result
 
 
@@ -129,7 +143,7 @@ def check_arguments(backbone: str, num_classes: Optional[int] = None, output_str
                     multi_grid: Optional[Sequence[int]] = (1, 2, 4), aspp_rates: Optional[Sequence[int]] = None,
                     head: str = "deeplabv3", aux_loss: bool = False, decoder_convs: Optional[int] = None,
                     stem: str = "standard", pretrained: str = "none", aspp_channels: int = 256,
-                    aspp_projection_kernel: int = 1, classifier_dropout: float = 0.0) -> None:
+                    aspp_projection_kernel: int = 1, classifier_dropout: float = 0.0, aspp_conv: bool = False) -> None:
     """Raise a ``ValueError`` that starts with the name of the first bad argument of ``build_model``.
 
     ``build_model`` calls this first; ``seg.config`` calls it on a configuration before any work and words the
@@ -176,6 +190,9 @@ def check_arguments(backbone: str, num_classes: Optional[int] = None, output_str
     if isinstance(aspp_channels, bool) or not isinstance(aspp_channels, int) or aspp_channels < 1:
         raise ValueError(f"aspp_channels must be a positive integer, got {aspp_channels!r}")
     check_projection_kernel(aspp_projection_kernel)
+    if aspp_conv and head != "deeplabv3plus":
+        raise ValueError(f"aspp_conv must be false with head {head} (it is the DeepLabv3+ decoder's 3x3 conv on the "
+                         "ASPP output; DeepLabv3's is decoder_convs)")
     if (isinstance(classifier_dropout, bool) or not isinstance(classifier_dropout, (int, float))
             or not 0 <= classifier_dropout < 1):
         raise ValueError(f"classifier_dropout must be a number in [0, 1), got {classifier_dropout!r}")
@@ -221,7 +238,8 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
                 head: str = "deeplabv3", aux_loss: bool = False, pretrained: str = "none", dropout: float = 0.1,
                 contract_dilation: bool = False, decoder_convs: Optional[int] = None, stem: str = "standard",
                 aspp_channels: int = 256, aspp_projection_kernel: int = 1, separable_convs: bool = False,
-                classifier_dropout: float = 0.0) -> Union[DeepLabV3, LRASPP]:
+                classifier_dropout: float = 0.0, depthwise_bn_relu: bool = True, aspp_conv: bool = False,
+                align_corners: bool = False, aspp_separable: Optional[bool] = None) -> Union[DeepLabV3, LRASPP]:
     """Build DeepLabv3 / v3+ on an atrous ResNet, torchvision's MobileNetV3 or a timm encoder
     (``backbone="timm:<timm model name>"``), or LR-ASPP on MobileNetV3.
 
@@ -235,19 +253,26 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
     and of the decoder), ``aspp_projection_kernel=3`` (its ``bottleneck``), ``separable_convs`` (depthwise-separable
     3x3 convolutions in the ASPP and the decoder: its ``DepthwiseSeparableASPPHead``) and ``classifier_dropout``
     (``Dropout2d`` before the classifier, its ``dropout_ratio``; ``dropout`` is the one after the ASPP projection).
+    segmentation_models_pytorch's models need four more: ``depthwise_bn_relu=False`` (its ``SeparableConv2d`` has
+    no BN and ReLU between the depthwise and the pointwise conv), ``aspp_conv`` (its DeepLabV3Plus's 3x3 conv on
+    the ASPP output), ``align_corners`` (its bilinear upsampling, of the logits and in the v3+ decoder) and
+    ``aspp_separable`` (separable ASPP convs whatever the decoder's, its ``decoder_aspp_separable``; None: as
+    ``separable_convs``).
     """
     check_arguments(backbone, num_classes, output_stride, multi_grid, aspp_rates, head, aux_loss, decoder_convs,
-                    stem, pretrained, aspp_channels, aspp_projection_kernel, classifier_dropout)
+                    stem, pretrained, aspp_channels, aspp_projection_kernel, classifier_dropout, aspp_conv)
     trunk = build_encoder(backbone, output_stride, multi_grid, pretrained, contract_dilation, stem)
     if head == "lraspp":
         return LRASPP(trunk, num_classes)
     rates = list(aspp_rates) if aspp_rates else default_aspp_rates(output_stride)
-    aspp = ASPP(trunk.out_channels, rates, aspp_channels, dropout, aspp_projection_kernel, separable_convs)
+    aspp = ASPP(trunk.out_channels, rates, aspp_channels, dropout, aspp_projection_kernel,
+                separable_convs if aspp_separable is None else aspp_separable, depthwise_bn_relu)
     convs = DECODER_CONVS[head][1] if decoder_convs is None else decoder_convs
     if head == "deeplabv3plus":
         decoder: nn.Module = DeepLabV3PlusDecoder(trunk.low_level_channels, aspp_channels, convs=convs,
-                                                  separable=separable_convs)
+                                                  separable=separable_convs, depthwise_bn_relu=depthwise_bn_relu,
+                                                  aspp_conv=aspp_conv, align_corners=align_corners)
     else:
-        decoder = DeepLabV3Decoder(aspp_channels, convs, separable_convs)
+        decoder = DeepLabV3Decoder(aspp_channels, convs, separable_convs, depthwise_bn_relu)
     aux_head = FCNHead(trunk.aux_channels, num_classes) if aux_loss else None
-    return DeepLabV3(trunk, aspp, decoder, num_classes, aux_head, aspp_channels, classifier_dropout)
+    return DeepLabV3(trunk, aspp, decoder, num_classes, aux_head, aspp_channels, classifier_dropout, align_corners)

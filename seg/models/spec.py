@@ -25,6 +25,10 @@ CONFIG_KEYS: Dict[str, tuple] = {
     "aspp_projection_kernel": ("model", "aspp_projection_kernel", 1),
     "separable_convs": ("model", "separable_convs", False),
     "classifier_dropout": ("model", "classifier_dropout", 0.0),
+    "depthwise_bn_relu": ("model", "depthwise_bn_relu", True),
+    "aspp_conv": ("model", "aspp_conv", False),
+    "align_corners": ("model", "align_corners", False),
+    "aspp_separable": ("model", "aspp_separable", None),
 }
 
 

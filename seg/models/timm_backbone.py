@@ -167,6 +167,13 @@ def _feature_plan(name: str) -> Tuple[Optional[str], Tuple[int, int, int], Tuple
     return feature_cls, (low, len(reductions) - 2, len(reductions) - 1), reductions, channels
 
 
+def extractor(name: str) -> Optional[str]:
+    """The timm feature extractor ``TimmBackbone`` builds for ``name``: None (timm's default for the model) or
+    ``"getter"`` (in place of the hook-based one, see ``_feature_plan``; its keys have the model under ``model.``
+    and are not flattened)."""
+    return _feature_plan(name)[0]
+
+
 def _last_stage_units(body: nn.Module) -> Optional[List[nn.Module]]:
     """The units of a timm ResNet's last stage (``layer4``), or None for any other encoder."""
     from timm.models.resnet import BasicBlock, Bottleneck

@@ -20,13 +20,13 @@ from torch import nn
 from seg.io import describe
 from seg.models.layouts import Foreign, load_file, recognise
 from seg.models.layouts.base import WeightsError, strip_prefix, tensors_only
-from seg.models.spec import config_from_arguments, config_key
+from seg.models.spec import CONFIG_KEYS, config_from_arguments, config_key
 
 log = logging.getLogger(__name__)
 
 EXPECTED = ("a checkpoint of this project, a state dict of this project's model, or a segmentation file of torchvision "
-            "(deeplabv3_resnet50/101, deeplabv3/lraspp_mobilenet_v3_large) or VainF/DeepLabV3Plus-Pytorch (see "
-            "docs/peers.md)")
+            "(deeplabv3_resnet50/101, deeplabv3/lraspp_mobilenet_v3_large), VainF/DeepLabV3Plus-Pytorch, "
+            "mmsegmentation or smp (see docs/peers.md)")
 CLASSIFIERS = ("classifier.", "aux_head.")  # sized by the number of classes
 
 
@@ -66,9 +66,12 @@ def read_weights(obj: Any, source: str = "the weights") -> Tuple[Dict[str, torch
 def architecture_keys(arguments: Mapping[str, Any]) -> str:
     """The config keys that build the architecture ``arguments`` describe, as command-line overrides."""
     config = config_from_arguments(arguments)
-    overrides = []
-    for argument in ("backbone", "output_stride", "head", "decoder_convs", "multi_grid", "contract_dilation",
-                     "aspp_rates"):
+    overrides = ["backbone.source=timm"] if config["backbone"].get("source") == "timm" else []
+    listed = ["backbone", "output_stride", "head", "decoder_convs", "multi_grid", "contract_dilation", "aspp_rates"]
+    # and every other key the peer's architecture sets to another value than the default
+    listed += [argument for argument, (_, _, default) in CONFIG_KEYS.items()
+               if argument not in listed and argument in arguments and arguments[argument] != default]
+    for argument in listed:
         section, key = (config_key(argument).split(".") + [None])[:2]
         value = config[section][key] if key else config[section]
         text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)

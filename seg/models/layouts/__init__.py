@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from seg.io import NeedsCodeError, load_foreign, safe_load
-from seg.models.layouts import mmseg, torchvision, torchvision_mobilenet, vainf
+from seg.models.layouts import mmseg, smp, torchvision, torchvision_mobilenet, vainf
 from seg.models.layouts.base import Foreign, WeightsError
 
-RECOGNISERS = (torchvision.recognise, torchvision_mobilenet.recognise, vainf.recognise, mmseg.recognise)
+RECOGNISERS = (torchvision.recognise, torchvision_mobilenet.recognise, vainf.recognise, mmseg.recognise, smp.recognise)
 
 
 def recognise(obj: Any) -> Optional[Foreign]:
@@ -30,8 +30,11 @@ def load_file(path: Union[str, Path], what: str = "model weights") -> Any:
     ``safe_load`` first (``weights_only=True``). A file it refuses for naming classes or functions of another
     framework (mmengine's ``HistoryBuffer``, VainF's NumPy ``best_score``) is read again with ``load_foreign``,
     which keeps such objects as inert records, and kept only if a layout recognises it: anything else stays
-    refused with ``safe_load``'s message.
+    refused with ``safe_load``'s message. A folder or a ``.safetensors`` file is read as smp's ``save_pretrained``
+    writes them (``seg.models.layouts.smp.read_pretrained``).
     """
+    if smp.is_pretrained_path(path):
+        return smp.read_pretrained(path, what=what)
     try:
         return safe_load(path, what=what)
     except NeedsCodeError as refusal:
