@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import random
+import signal
 from typing import Optional, Sequence, Tuple, Union
 
 # albumentations asks PyPI for a newer version on import (in every data-loader worker and DDP rank, and with a
@@ -143,6 +144,15 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images.float() - mean) / std
 
 
+def leave_stop_signals_to_the_main_process(worker_id: int = 0) -> None:
+    """In a data-loader worker: ignore SIGINT, SIGTERM and SIGUSR1. Ctrl-C reaches every process of the terminal's
+    group and SLURM signals every process of a job step, but the main process decides (it finishes the step and
+    saves, ``seg.engine.interrupt``) and shuts the workers down; a worker dying on its own would print a traceback
+    and fail the main process's next batch."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def worker_init_fn(worker_id: int) -> None:
     """Per data-loader worker: no OpenCV threads (the workers are the parallelism), and distinct numpy/random seeds.
 
@@ -150,6 +160,7 @@ def worker_init_fn(worker_id: int) -> None:
     workers and between epochs.
     """
     cv2.setNumThreads(0)
+    leave_stop_signals_to_the_main_process()
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
