@@ -40,7 +40,7 @@ from seg.data.transforms import (
     pad_collate,
 )
 from seg.engine import distributed
-from seg.engine.checkpoint import CheckpointError, load_trained, model_from_checkpoint, num_classes_of
+from seg.engine.checkpoint import CheckpointError, checkpoint_in, load_trained, model_from_checkpoint, num_classes_of
 from seg.engine.device import autocast, place, resolve_amp, resolve_device, size_cpu_threads
 from seg.engine.inference import default_stride, segment
 from seg.io import replacing
@@ -144,6 +144,7 @@ def evaluate_checkpoint(config: Mapping, run_dir) -> Dict:
     require(cfg, "ckpt", "python scripts/evaluate.py ckpt=outputs/<run>/checkpoints/best.pt")
     validate_inference(cfg)
     validate_loader(cfg)
+    cfg["ckpt"] = str(checkpoint_in(cfg["ckpt"]))
     size_cpu_threads(cfg["num_workers"])
     device_type = resolve_device(cfg["device"])
     distributed.init(device_type)

@@ -36,6 +36,7 @@ from seg.engine import distributed
 from seg.engine.checkpoint import (
     all_finite,
     check_resume_config,
+    checkpoint_in,
     free_space_hint,
     load_checkpoint,
     remove_partial_saves,
@@ -80,6 +81,8 @@ def train(config: Mapping, run_dir) -> Dict:
     """
     cfg = to_plain(config)
     validate_train(cfg)
+    if cfg.get("resume"):
+        cfg["resume"] = str(checkpoint_in(cfg["resume"], resume=True))
     size_cpu_threads(cfg["train"]["num_workers"])
     device_type = resolve_device(cfg["device"])
     distributed.init(device_type, cfg["dist_timeout_min"])
