@@ -139,6 +139,7 @@ def test_a_second_training_in_the_same_folder_stops_before_writing(tmp_path):
                                                           "train.ckpt_every": 0}), f"hydra.run.dir={run}"])
     try:
         _wait_for(first, run / "train.log", "iter 2/200 loss")
+        first.send_signal(signal.SIGSTOP)  # holds the lock without taking the CPU the second one needs
         second = _start([*tiny_overrides(tmp_path / "data", **{"train.iters": 3}), f"hydra.run.dir={run}"])
         _, stderr = second.communicate(timeout=120)
         assert second.returncode == 1
@@ -146,6 +147,7 @@ def test_a_second_training_in_the_same_folder_stops_before_writing(tmp_path):
         assert message.startswith(f"error: another training is running in {run} (host ")
         assert f"PID {first.pid}, started " in message and "\n" not in message.strip()
         assert first.poll() is None  # the first run goes on
+        first.send_signal(signal.SIGCONT)
         # nothing of a run's was written: no second TensorBoard events file, no checkpoint
         assert len(list((run / "tensorboard").iterdir())) == 1 and not (run / "checkpoints").exists()
         first.send_signal(signal.SIGTERM)

@@ -57,6 +57,11 @@ class RunLock:
             os.close(fd)
             raise RunFolderBusy(f"another training is running in {self.path.parent} ({holder}): wait for it to end "
                                 "or stop it, or train into another folder (hydra.run.dir=...)") from None
+        except OSError as error:  # a file system without flock (ENOLCK, EOPNOTSUPP): train, but say so
+            os.close(fd)
+            log.warning("cannot lock %s (%s): a second training in this folder would not be stopped", self.path,
+                        error.strerror or error)
+            return self
         except BaseException:
             os.close(fd)
             raise

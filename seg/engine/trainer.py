@@ -143,6 +143,16 @@ class Trainer:
         if cfg["backbone"]["pretrained"] == "imagenet" and not resume_state and distributed.is_main():
             fetch_imagenet_weights(cfg["backbone"]["name"])  # fail before any work when they cannot be had
         distributed.barrier()
+        # One training per folder, taken before this run logs or writes anything there (rank 0 writes for all).
+        self.lock = RunLock(run_dir).acquire() if distributed.is_main() else RunLock(run_dir)
+        try:
+            self._setup(cfg, run_dir, device_type, seed, resume_state)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _setup(self, cfg: Dict, run_dir: Path, device_type: str, seed: int, resume_state: Optional[Mapping]) -> None:
+        """Data, class weights and the run files, then ``_prepare``; the caller holds the run folder's lock."""
         if resume_state is not None:
             reuse_recorded(resume_state["config"], cfg)
         self.train_set, self.val_set = self._datasets()
@@ -154,20 +164,13 @@ class Trainer:
         if resume_state is not None:
             check_resume_config(resume_state["config"], cfg, cfg["resume"])
         self.start_iter = resume_state["iteration"] if resume_state else 0
-        # One training per folder, taken before the first write into it (rank 0 writes for all ranks).
-        self.lock = RunLock(run_dir).acquire() if distributed.is_main() else RunLock(run_dir)
-        try:
-            self.files = RunFiles(run_dir, distributed.is_main(), self.start_iter)
-        except BaseException:
-            self.lock.release()
-            raise
+        self.files = RunFiles(run_dir, distributed.is_main(), self.start_iter)
         try:
             self._prepare(run_dir, device_type, seed, resume_state)
         except BaseException as error:  # the run's log handler and thread hook go with the run
             if isinstance(error, UserError):
                 self.files.record(error)
             self.files.close()
-            self.lock.release()
             raise
 
     def _prepare(self, run_dir: Path, device_type: str, seed: int, resume_state: Optional[Mapping]) -> None:
