@@ -17,6 +17,8 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     # str: resume=123 is a (missing) file, not a crash; a run folder means its checkpoints/last.pt
     resume = checkpoint_in(str(cfg.resume), resume=True) if cfg.resume else None
+    if resume:
+        cfg.resume = str(resume)
     if resume and resume.parent.name == "checkpoints":
         run_dir = resume.resolve().parent.parent  # keep writing into the resumed run
     train(cfg, run_dir)

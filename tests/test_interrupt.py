@@ -83,9 +83,12 @@ def test_resume_after_sigterm_reaches_the_uninterrupted_weights(tmp_path, cfg_tr
     assert returncode == 143, stderr[-3000:]
     stopped = load_checkpoint(run / "checkpoints" / "last.pt")["iteration"]
     assert 2 <= stopped < 10
-    resumed = _start([*tiny_overrides(tmp_path / "data", **overrides), f"resume={run / 'checkpoints' / 'last.pt'}",
+    # resume=<run folder>: its checkpoints/last.pt, the path the interrupted run printed (checked above)
+    resumed = _start([*tiny_overrides(tmp_path / "data", **overrides), f"resume={run}",
                       f"hydra.run.dir={tmp_path / 'hydra_resume'}"])
     assert resumed.wait(timeout=300) == 0, resumed.communicate()[1][-3000:]
+    hydra_log = (tmp_path / "hydra_resume" / "train.log").read_text()
+    assert hydra_log.count(f"resume={run} is a run folder: using {run / 'checkpoints' / 'last.pt'}") == 1
     a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert a["iteration"] == b["iteration"] == 10

@@ -87,9 +87,9 @@ def train(config: Mapping, run_dir) -> Dict:
     device_type = resolve_device(cfg["device"])
     distributed.init(device_type, cfg["dist_timeout_min"])
     requests = StopRequests()
+    requests.install()  # from here a signal is a request: the set-up finishes, the run stops after its first step
     try:
         trainer = Trainer(cfg, Path(run_dir), device_type)
-        requests.install()
         try:
             return trainer.run(requests)
         except Interrupted as stop:
@@ -115,10 +115,10 @@ def train(config: Mapping, run_dir) -> Dict:
             trainer.files.record(stuck)
             raise stuck from None
         finally:
-            requests.uninstall()
             trainer.files.close()
             trainer.lock.release()
     finally:
+        requests.uninstall()
         distributed.shutdown()
 
 
