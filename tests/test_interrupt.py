@@ -32,7 +32,7 @@ def _start(args, launcher=(sys.executable,)) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), **({"OMP_NUM_THREADS": "1"} if launcher != (sys.executable,)
                                                      else {})}
     return subprocess.Popen([*launcher, str(REPO / "scripts" / "train.py"), *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def _wait_for(process: subprocess.Popen, log: Path, text: str, timeout: float = 120) -> None:
@@ -49,7 +49,8 @@ def _interrupt(tmp_path, signum, run, iters=40, at=3, workers=2, **extra):
     process = _start([*overrides, f"hydra.run.dir={run}"])
     try:
         _wait_for(process, run / "train.log", f"iter {at}/{iters} loss")
-        process.send_signal(signum)
+        # to the whole process group, data-loader workers included, as Ctrl-C in a terminal and SLURM do
+        os.killpg(process.pid, signum)
         stdout, stderr = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
