@@ -6,6 +6,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from seg.engine.checkpoint import checkpoint_in
 from seg.engine.trainer import train
 from seg.errors import exit_on_user_error
 
@@ -14,7 +15,10 @@ from seg.errors import exit_on_user_error
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    resume = Path(str(cfg.resume)) if cfg.resume else None  # str: resume=123 is a (missing) file, not a crash
+    # str: resume=123 is a (missing) file, not a crash; a run folder means its checkpoints/last.pt
+    resume = checkpoint_in(str(cfg.resume), resume=True) if cfg.resume else None
+    if resume:
+        cfg.resume = str(resume)
     if resume and resume.parent.name == "checkpoints":
         run_dir = resume.resolve().parent.parent  # keep writing into the resumed run
     train(cfg, run_dir)

@@ -120,6 +120,7 @@ class TrainKeys:
     num_workers: int
     eval_every: int
     ckpt_every: int
+    ckpt_every_min: float
     log_every: int
     val_batch_size: int
     tb_images: int
@@ -342,6 +343,7 @@ def validate_train(cfg: MutableMapping) -> None:
     for key in ("weight_decay", "aux_weight", "poly_power", "backbone_lr_mult", "head_lr_mult"):
         number(train[key], f"train.{key}", strict=False)
     number(train["momentum"], "train.momentum", strict=False, below=1)
+    number(train.get("ckpt_every_min", 30), "train.ckpt_every_min", strict=False)
     if train.get("stop_at") is not None:
         number(train["stop_at"], "train.stop_at", integer=True)
     crop_hw(train["crop_size"])

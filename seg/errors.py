@@ -16,13 +16,28 @@ class MissingFileError(UserError, FileNotFoundError):
     pass
 
 
+class Interrupted(Exception):
+    """A run that stopped on a signal after saving its checkpoint (``seg.engine.interrupt``): the script prints the
+    message (empty on DDP ranks other than 0) and exits with ``exit_code`` (128 + the signal number)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def exit_on_user_error(main):
-    """Wrap a script's entry point: a ``UserError`` becomes ``error: <message>`` on stderr and exit code 1."""
+    """Wrap a script's entry point: a ``UserError`` becomes ``error: <message>`` on stderr and exit code 1; an
+    ``Interrupted`` run its one line and its exit code."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
+        except Interrupted as stop:
+            if str(stop):
+                print(stop, file=sys.stderr, flush=True)
+                record_in_log_files(stop, level=logging.WARNING)
+            sys.exit(stop.exit_code)
         except UserError as error:
             print(f"error: {user_message(error)}", file=sys.stderr)
             record_in_log_files(error)
@@ -46,12 +61,12 @@ def user_message(error: UserError) -> str:
     return parts[-1].strip() if len(parts) > 1 else text
 
 
-def record_in_log_files(error: UserError, handlers=None) -> None:
+def record_in_log_files(error: Exception, handlers=None, level: int = logging.ERROR) -> None:
     """Add the error to the run's log files (e.g. train.log) without printing it a second time on the console.
 
     ``handlers``: the handlers to write to (default: every file handler of the root logger).
     """
-    record = logging.getLogger("seg").makeRecord("seg", logging.ERROR, __file__, 0, "%s", (user_message(error),),
+    record = logging.getLogger("seg").makeRecord("seg", level, __file__, 0, "%s", (user_message(error),),
                                                  None)
     for handler in logging.getLogger().handlers if handlers is None else handlers:
         if isinstance(handler, logging.FileHandler):

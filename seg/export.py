@@ -26,7 +26,7 @@ from torch import nn
 from seg import __version__
 from seg.config import EXPORT_FORMATS, backbone_name, crop_hw, to_plain, validate_export
 from seg.data import IMAGENET_MEAN, IMAGENET_STD
-from seg.engine.checkpoint import num_classes_of, palette_of, restore
+from seg.engine.checkpoint import checkpoint_in, num_classes_of, palette_of, restore
 from seg.errors import UserError
 from seg.io import METADATA_FILE, load_torchscript, replacing, torchscript_is_the_contract
 
@@ -236,6 +236,7 @@ def export_checkpoint(config: Mapping) -> Dict:
     cfg = to_plain(config)
     validate_export(cfg)
     sizes = cfg["check"]["sizes"]
+    cfg["ckpt"] = str(checkpoint_in(cfg["ckpt"]))
     model, state = restore(cfg["ckpt"], cfg["os"])
     trained = state["config"]
     metadata = {

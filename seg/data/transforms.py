@@ -8,9 +8,14 @@ Masks are only ever resized with nearest neighbour and padded with 255 (ignore),
 
 from __future__ import annotations
 
+import atexit
 import functools
+import multiprocessing
+import multiprocessing.util  # noqa: F401  its exit hook registered before ours, which therefore runs first
 import os
 import random
+import signal
+import threading
 from typing import Optional, Sequence, Tuple, Union
 
 # albumentations asks PyPI for a newer version on import (in every data-loader worker and DDP rank, and with a
@@ -143,6 +148,31 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images.float() - mean) / std
 
 
+def leave_stop_signals_to_the_main_process(worker_id: int = 0) -> None:
+    """In a data-loader worker: ignore SIGINT, SIGTERM and SIGUSR1. Ctrl-C reaches every process of the terminal's
+    group and SLURM signals every process of a job step, but the main process decides (it finishes the step and
+    saves, ``seg.engine.interrupt``) and shuts the workers down; a worker dying on its own would print a traceback
+    and fail the main process's next batch."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _end_ignoring_workers() -> None:
+    """At the main process's exit, kill its daemonic children (data-loader workers) that are still alive.
+
+    multiprocessing's own exit hook would SIGTERM them and wait for them; a worker that ignores SIGTERM (above) and
+    idles on its queue, as after an error raised from the loader, would keep the process from ever exiting.
+    """
+    workers = [child for child in multiprocessing.active_children() if child.daemon]
+    if workers and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would report each as "killed by signal"
+        for child in workers:
+            child.kill()
+
+
+atexit.register(_end_ignoring_workers)
+
+
 def worker_init_fn(worker_id: int) -> None:
     """Per data-loader worker: no OpenCV threads (the workers are the parallelism), and distinct numpy/random seeds.
 
@@ -150,6 +180,7 @@ def worker_init_fn(worker_id: int) -> None:
     workers and between epochs.
     """
     cv2.setNumThreads(0)
+    leave_stop_signals_to_the_main_process()
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

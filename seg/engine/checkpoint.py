@@ -175,6 +175,29 @@ def _finite(state: Dict, path) -> Dict:
     return state
 
 
+def checkpoint_in(path: Union[str, Path], resume: bool = False) -> Path:
+    """The checkpoint file ``ckpt=`` / ``resume=`` means: ``path`` itself, or for a run folder (the folder a training
+    wrote, or its ``checkpoints/``) its ``checkpoints/best.pt`` (``last.pt`` where there is no best) for evaluate,
+    predict and export, and its ``checkpoints/last.pt`` for a resume. Says which; a folder that is no run folder
+    (or has no such checkpoint yet) is a one-line error. Resolved before any loader sees the path."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    checkpoints = path if path.name == "checkpoints" else path / "checkpoints"
+    names = ("last.pt",) if resume else ("best.pt", "last.pt")
+    for name in names:
+        if (checkpoints / name).is_file():
+            log.info("%s=%s is a run folder: using %s", "resume" if resume else "ckpt", path, checkpoints / name)
+            return checkpoints / name
+    wanted = " or ".join(f"checkpoints/{name}" for name in names)
+    if checkpoints.is_dir() or (path / "train.log").is_file():
+        raise CheckpointError(f"{path} is a run folder without {wanted} (the run stopped before its first "
+                              "checkpoint): give a checkpoint file, or train.ckpt_every / train.ckpt_every_min "
+                              "for earlier checkpoints")
+    raise CheckpointError(f"{path} is a folder but not a run folder (no {wanted}): give a checkpoint file or the "
+                          "folder a training wrote into (its hydra.run.dir)")
+
+
 def load_trained(path: Union[str, Path]) -> Dict:
     """A checkpoint of this project, or another project's weights file (``seg.models.layouts``) as one, for
     evaluate, predict and export; an exported TorchScript model (which is code, not weights) is refused."""

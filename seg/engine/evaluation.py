@@ -33,9 +33,15 @@ from seg.config import (
     validate_loader,
 )
 from seg.data import build_dataset
-from seg.data.transforms import TransformedDataset, eval_transform, normalize, pad_collate
+from seg.data.transforms import (
+    TransformedDataset,
+    eval_transform,
+    leave_stop_signals_to_the_main_process,
+    normalize,
+    pad_collate,
+)
 from seg.engine import distributed
-from seg.engine.checkpoint import CheckpointError, load_trained, model_from_checkpoint, num_classes_of
+from seg.engine.checkpoint import CheckpointError, checkpoint_in, load_trained, model_from_checkpoint, num_classes_of
 from seg.engine.device import autocast, place, resolve_amp, resolve_device, size_cpu_threads
 from seg.engine.inference import default_stride, segment
 from seg.io import replacing
@@ -70,6 +76,7 @@ def evaluate(model: torch.nn.Module, dataset, device: torch.device, predictor: P
     indices = distributed.shard(list(range(len(dataset))))
     loader = DataLoader(Subset(TransformedDataset(dataset, eval_transform()), indices), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=pad_collate, pin_memory=device.type == "cuda",
+                        worker_init_fn=leave_stop_signals_to_the_main_process,
                         generator=torch.Generator().manual_seed(0))
     matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     images_seen = torch.zeros((), dtype=torch.int64, device=device)
@@ -138,6 +145,7 @@ def evaluate_checkpoint(config: Mapping, run_dir) -> Dict:
     require(cfg, "ckpt", "python scripts/evaluate.py ckpt=outputs/<run>/checkpoints/best.pt")
     validate_inference(cfg)
     validate_loader(cfg)
+    cfg["ckpt"] = str(checkpoint_in(cfg["ckpt"]))
     size_cpu_threads(cfg["num_workers"])
     device_type = resolve_device(cfg["device"])
     distributed.init(device_type)

@@ -33,7 +33,7 @@ from seg.config import crop_hw, inference_kwargs, to_plain, validate_predict
 from seg.data import DatasetError, normalize
 from seg.data.base import ImageTooLarge, read_image
 from seg.engine import submission
-from seg.engine.checkpoint import num_classes_of, palette_of, restore
+from seg.engine.checkpoint import checkpoint_in, num_classes_of, palette_of, restore
 from seg.engine.confidence import save_map, save_probabilities, summarise
 from seg.engine.device import autocast, place, resolve_amp, resolve_device
 from seg.engine.inference import segment
@@ -220,7 +220,7 @@ def predict(config: Mapping) -> Dict:
     validate_predict(cfg)
     device = torch.device(resolve_device(cfg["device"]))
     output = Path(cfg["output"])
-    loaded = load_model(cfg["ckpt"], cfg["os"], device)
+    loaded = load_model(checkpoint_in(cfg["ckpt"]), cfg["os"], device)
     root, files = list_inputs(Path(cfg["input"]), output)
     try:
         check_writable(output)  # before any file is segmented

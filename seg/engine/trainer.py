@@ -37,6 +37,7 @@ from seg.engine import distributed
 from seg.engine.checkpoint import (
     all_finite,
     check_resume_config,
+    checkpoint_in,
     free_space_hint,
     load_checkpoint,
     remove_partial_saves,
@@ -47,11 +48,13 @@ from seg.engine.checkpoint import (
 )
 from seg.engine.device import openmp_threads_sleep, place, resolve_amp, resolve_device, size_cpu_threads, unwrap
 from seg.engine.evaluation import evaluate
+from seg.engine.interrupt import Coordinator, StopRequests, exit_code
 from seg.engine.losses import make_loss
 from seg.engine.optim import build_optimizer, resume_optimizer
+from seg.engine.runlock import RunLock
 from seg.engine.sampler import ResumableSampler
 from seg.engine.step import TrainStep
-from seg.errors import UserError, record_in_log_files
+from seg.errors import Interrupted, UserError, record_in_log_files
 from seg.io import DiskFullError, is_disk_full
 from seg.models import build_model, load_weights
 from seg.models.deeplab import convert_sync_batchnorm, fetch_backbone_weights
@@ -79,13 +82,21 @@ def train(config: Mapping, run_dir) -> Dict:
     """
     cfg = to_plain(config)
     validate_train(cfg)
+    if cfg.get("resume"):
+        cfg["resume"] = str(checkpoint_in(cfg["resume"], resume=True))
     size_cpu_threads(cfg["train"]["num_workers"])
     device_type = resolve_device(cfg["device"])
     distributed.init(device_type, cfg["dist_timeout_min"])
+    requests = StopRequests()
+    requests.install()  # from here a signal is a request: the set-up finishes, the run stops after its first step
     try:
         trainer = Trainer(cfg, Path(run_dir), device_type)
         try:
-            return trainer.run()
+            return trainer.run(requests)
+        except Interrupted as stop:
+            if str(stop):
+                trainer.files.record(stop, logging.WARNING)
+            raise
         except UserError as error:
             trainer.files.record(error)
             raise
@@ -106,7 +117,9 @@ def train(config: Mapping, run_dir) -> Dict:
             raise stuck from None
         finally:
             trainer.files.close()
+            trainer.lock.release()
     finally:
+        requests.uninstall()
         distributed.shutdown()
 
 
@@ -131,6 +144,16 @@ class Trainer:
         if cfg["backbone"]["pretrained"] == "imagenet" and not resume_state and distributed.is_main():
             fetch_backbone_weights(backbone_name(cfg))  # fail before any work when they cannot be had
         distributed.barrier()
+        # One training per folder, taken before this run logs or writes anything there (rank 0 writes for all).
+        self.lock = RunLock(run_dir).acquire() if distributed.is_main() else RunLock(run_dir)
+        try:
+            self._setup(cfg, run_dir, device_type, seed, resume_state)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _setup(self, cfg: Dict, run_dir: Path, device_type: str, seed: int, resume_state: Optional[Mapping]) -> None:
+        """Data, class weights and the run files, then ``_prepare``; the caller holds the run folder's lock."""
         if resume_state is not None:
             reuse_recorded(resume_state["config"], cfg)
         self.train_set, self.val_set = self._datasets()
@@ -241,8 +264,12 @@ class Trainer:
             restore_rng(state["rng"])
 
     # -- the loop -----------------------------------------------------------------------------------------
-    def run(self) -> Dict:
+    def run(self, requests: Optional[StopRequests] = None) -> Dict:
+        """Train to ``train.iters`` (or ``train.stop_at``); on a signal in ``requests``, stop after the step in
+        progress with ``last.pt`` at that iteration and raise ``Interrupted``."""
         t = self.t
+        self.requests = requests or StopRequests()
+        coordinator = Coordinator(self.requests, t.get("ckpt_every_min", 30), self.world, distributed.is_main())
         iters = t["iters"]
         stop_at = min(iters, t["stop_at"]) if t.get("stop_at") else iters
         if self.start_iter >= stop_at:
@@ -265,7 +292,7 @@ class Trainer:
         window_start, window_steps = time.perf_counter(), 0
         last_metrics: Optional[Dict] = None
         with tqdm(total=iters, initial=self.start_iter, desc="train", dynamic_ncols=True,
-                  disable=not distributed.is_main()) as bar:  # closed also when the run stops on an error
+                  disable=not distributed.is_main()) as bar, coordinator:  # closed also on an error
             for iteration in range(self.start_iter + 1, stop_at + 1):
                 loss, nonfinite = step(*next(batches))
                 self.scheduler.step()
@@ -275,9 +302,11 @@ class Trainer:
                 loss_sum += torch.where(nonfinite > 0, torch.zeros_like(loss_sum), loss)
                 window_steps += 1
                 bar.update(1)
+                signum, time_due = coordinator.after_step()
 
                 last = iteration == stop_at
-                if iteration % t["log_every"] == 0 or last:
+                stopping = signum is not None and not last
+                if iteration % t["log_every"] == 0 or last or stopping:
                     self._log_window(iteration, loss_sum, window_nonfinite, window_steps, window_start, bar)
                     if int(worst_run) >= t["max_nonfinite"]:
                         raise TrainingDiverged(
@@ -286,12 +315,21 @@ class Trainer:
                             f"checkpoint in {self.files.checkpoints} is intact: lower train.lr or use train.amp=off")
                     loss_sum.zero_(), window_nonfinite.zero_()
                     window_start, window_steps = time.perf_counter(), 0
-                if (t["eval_every"] and iteration % t["eval_every"] == 0) or iteration == iters:
+                if ((t["eval_every"] and iteration % t["eval_every"] == 0) or iteration == iters) and not stopping:
                     last_metrics = self._validate(iteration)
-                if (t["ckpt_every"] and iteration % t["ckpt_every"] == 0) or last:
-                    self._save("last.pt", iteration)
+                if (t["ckpt_every"] and iteration % t["ckpt_every"] == 0) or last or time_due or stopping:
+                    self._save("last.pt", iteration)  # once per iteration, whichever rules asked for it
+                    coordinator.saved()
+                if stopping:
+                    self._stop(signum, iteration)
         return {"iteration": stop_at, "best_miou": self.best_miou, "last_metrics": last_metrics,
                 "losses": self.loss_history, "nonfinite_steps": self.nonfinite_total}
+
+    def _stop(self, signum: int, iteration: int) -> None:
+        distributed.barrier()  # no rank exits (which makes torchrun stop the others) before rank 0's save is done
+        last = (self.files.checkpoints / "last.pt").absolute()
+        message = f"interrupted at iteration {iteration}/{self.t['iters']}; resume with resume={last}"
+        raise Interrupted(message if distributed.is_main() else "", exit_code(signum))
 
     def _log_window(self, iteration, loss_sum, window_nonfinite, steps, start, bar) -> None:
         """The only host synchronisation of the loop: once every ``train.log_every`` iterations."""
@@ -345,11 +383,18 @@ class Trainer:
             log.error("not writing %s at iteration %d: the model has non-finite values; the previous file is kept",
                       name, iteration)
             return
-        save_checkpoint(self.files.checkpoints / name, model=self.model, config=self.cfg,
-                        class_names=self.class_names, palette=self.palette.tolist(), iteration=iteration,
-                        optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
-                        sampler_position=self.sampler.position(iteration * self.batch_per_rank),
-                        best_miou=self.best_miou, extra={"nonfinite_steps": self.nonfinite_total})
+        requests = getattr(self, "requests", None)
+        if requests is not None:
+            requests.saving = True  # a second signal now says that it waits for the save
+        try:
+            save_checkpoint(self.files.checkpoints / name, model=self.model, config=self.cfg,
+                            class_names=self.class_names, palette=self.palette.tolist(), iteration=iteration,
+                            optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+                            sampler_position=self.sampler.position(iteration * self.batch_per_rank),
+                            best_miou=self.best_miou, extra={"nonfinite_steps": self.nonfinite_total})
+        finally:
+            if requests is not None:
+                requests.saving = False
 
 
 class RunFiles:
@@ -429,11 +474,11 @@ class RunFiles:
                 kept.append(line)
         self.metrics_path.write_text("".join(line + "\n" for line in kept))
 
-    def record(self, error: UserError) -> None:
+    def record(self, error: Exception, level: int = logging.ERROR) -> None:
         """Write an error that ends the run into this run's own train.log (the script prints it on the console
         and records it in Hydra's log)."""
         if self.log_handler is not None:
-            record_in_log_files(error, [self.log_handler])
+            record_in_log_files(error, [self.log_handler], level)
 
     def scalars(self, values: Mapping[str, float], iteration: int) -> None:
         if self.writer:
