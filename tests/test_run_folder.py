@@ -32,7 +32,7 @@ def test_a_folder_that_is_no_run_folder_is_one_line(tmp_path):
     plain = tmp_path / "photos"
     plain.mkdir()
     with pytest.raises(CheckpointError, match=r"is a folder but not a run folder \(no checkpoints/best.pt or "
-                                              r"checkpoints/last.pt\)") as raised:
+                                              r"checkpoints/last.pt\) nor an smp save_pretrained folder") as raised:
         checkpoint_in(plain)
     assert "not found" not in str(raised.value) and "\n" not in str(raised.value)
     started = tmp_path / "early"

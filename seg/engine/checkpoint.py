@@ -20,7 +20,7 @@ from seg.errors import UserError
 from seg.io import atomic_save, describe, is_torchscript, safe_load
 from seg.models import DeepLabV3
 from seg.models.files import build_from_file, read_model_file
-from seg.models.layouts import Foreign, load_file, recognise
+from seg.models.layouts import Foreign, load_file, recognise, smp
 from seg.models.spec import CONFIG_KEYS, config_from_arguments
 
 log = logging.getLogger(__name__)
@@ -181,8 +181,8 @@ def checkpoint_in(path: Union[str, Path], resume: bool = False) -> Path:
     predict and export, and its ``checkpoints/last.pt`` for a resume. Says which; a folder that is no run folder
     (or has no such checkpoint yet) is a one-line error. Resolved before any loader sees the path."""
     path = Path(path)
-    if not path.is_dir():
-        return path
+    if not path.is_dir() or all((path / name).is_file() for name in (smp.CONFIG_FILE, smp.WEIGHTS_FILE)):
+        return path  # a file, or the weights folder smp's save_pretrained writes
     checkpoints = path if path.name == "checkpoints" else path / "checkpoints"
     names = ("last.pt",) if resume else ("best.pt", "last.pt")
     for name in names:
@@ -194,8 +194,9 @@ def checkpoint_in(path: Union[str, Path], resume: bool = False) -> Path:
         raise CheckpointError(f"{path} is a run folder without {wanted} (the run stopped before its first "
                               "checkpoint): give a checkpoint file, or train.ckpt_every / train.ckpt_every_min "
                               "for earlier checkpoints")
-    raise CheckpointError(f"{path} is a folder but not a run folder (no {wanted}): give a checkpoint file or the "
-                          "folder a training wrote into (its hydra.run.dir)")
+    raise CheckpointError(f"{path} is a folder but not a run folder (no {wanted}) nor an smp save_pretrained folder "
+                          f"(no {smp.CONFIG_FILE} and {smp.WEIGHTS_FILE}): give a checkpoint file or the folder a "
+                          "training wrote into (its hydra.run.dir)")
 
 
 def load_trained(path: Union[str, Path]) -> Dict:
