@@ -147,3 +147,11 @@ def _hydra_value(value) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_hydra_value(v) for v in value) + "]"
     return str(value)
+
+
+def rank_pid(launcher_pid: int, rank: str) -> int:
+    """The PID of torchrun's worker with ``RANK=rank`` (from /proc: Linux only)."""
+    for child in Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split():
+        if f"RANK={rank}".encode() in Path(f"/proc/{child}/environ").read_bytes().split(b"\0"):
+            return int(child)
+    raise AssertionError(f"no worker with RANK={rank} under {launcher_pid}")

@@ -6,10 +6,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from helpers import REPO, compose_config, tiny_overrides
+from helpers import REPO, compose_config, rank_pid, tiny_overrides
 
 from seg.engine import distributed
 
@@ -24,13 +23,6 @@ def test_ddp_timeout_is_the_configured_one(monkeypatch):
     monkeypatch.setattr(distributed.dist, "get_rank", lambda: 0)
     distributed.init("cpu", timeout_min=0.5)
     assert seen == {"backend": "gloo", "timeout": datetime.timedelta(seconds=30)}
-
-
-def _rank_pid(launcher_pid: int, rank: str) -> int:
-    for child in Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split():
-        if f"RANK={rank}".encode() in Path(f"/proc/{child}/environ").read_bytes().split(b"\0"):
-            return int(child)
-    raise AssertionError(f"no worker with RANK={rank} under {launcher_pid}")
 
 
 @pytest.mark.slow
@@ -52,7 +44,7 @@ def test_stopped_rank_fails_the_run_after_the_timeout(tmp_path):
         while not (run_dir / "checkpoints" / "last.pt").exists():
             assert launcher.poll() is None and time.time() < deadline, "the run did not reach its first checkpoint"
             time.sleep(0.5)
-        os.kill(_rank_pid(launcher.pid, "1"), signal.SIGSTOP)
+        os.kill(rank_pid(launcher.pid, "1"), signal.SIGSTOP)
         stopped_at = time.time()
         _, stderr = launcher.communicate(timeout=180)
         elapsed = time.time() - stopped_at

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, losses_from_log, tiny_overrides
+from helpers import REPO, losses_from_log, rank_pid, tiny_overrides
 
 from seg.engine import trainer as trainer_module
 from seg.engine.checkpoint import load_checkpoint
@@ -185,13 +185,6 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
             time.sleep(0.2)
 
 
-def _rank_pid(launcher_pid: int, rank: str) -> int:
-    for child in Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split():
-        if f"RANK={rank}".encode() in Path(f"/proc/{child}/environ").read_bytes().split(b"\0"):
-            return int(child)
-    raise AssertionError(f"no worker with RANK={rank} under {launcher_pid}")
-
-
 @pytest.mark.slow
 def test_ddp_one_ranks_signal_stops_every_rank_at_one_iteration(tmp_path):
     run = tmp_path / "ddp"
@@ -200,7 +193,7 @@ def test_ddp_one_ranks_signal_stops_every_rank_at_one_iteration(tmp_path):
     launcher = _start([*overrides, f"hydra.run.dir={run}"], launcher=TORCHRUN)
     try:
         _wait_for(launcher, run / "train.log", "iter 3/200 loss", timeout=240)
-        os.kill(_rank_pid(launcher.pid, "1"), signal.SIGTERM)  # rank 1 only
+        os.kill(rank_pid(launcher.pid, "1"), signal.SIGTERM)  # rank 1 only
         _, stderr = launcher.communicate(timeout=180)
     finally:
         if launcher.poll() is None:

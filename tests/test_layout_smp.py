@@ -8,13 +8,11 @@ import re
 import pytest
 import torch
 from helpers import compose_config, needed, tiny_overrides
-from test_peers import assert_same_logits, randomised
+from test_peers import assert_evaluates_and_exports, assert_same_logits, randomised
 
 from seg.config import model_kwargs
-from seg.engine.evaluation import evaluate_checkpoint
 from seg.engine.trainer import train
 from seg.errors import MissingFileError
-from seg.export import export_checkpoint
 from seg.models import build_model, load_weights, model_from_file
 from seg.models.layouts import recognise
 from seg.models.layouts.smp import PretrainedFolder
@@ -227,15 +225,4 @@ def test_evaluate_and_export_an_smp_folder(tmp_path, data_root):
     theirs = smp_model(True, "resnet18", classes=6)
     path = tmp_path / "smp_folder"
     theirs.save_pretrained(path)
-    metrics = evaluate_checkpoint(compose_config("evaluate", [
-        f"ckpt={path}", "device=cpu", "dataset=synthetic", f"dataset.root={data_root}", "dataset.image_size=64",
-        "dataset.num_val=2", "num_workers=0"]), tmp_path / "eval")
-    assert metrics["num_images"] == 2 and set(metrics["per_class_iou"]) >= {"background"}
-    exported = tmp_path / "smp.ts"
-    export_checkpoint(compose_config("export", [f"ckpt={path}", f"output={exported}"]))
-    scripted = torch.jit.load(str(exported))
-    image = torch.rand(1, 3, 64, 48)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    with torch.no_grad():
-        assert_same_logits(scripted(image), theirs((image - mean) / std))
+    assert_evaluates_and_exports(path, theirs, tmp_path, data_root)

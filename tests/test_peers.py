@@ -147,11 +147,17 @@ def test_evaluate_and_export_a_vainf_file(tmp_path, data_root):
     torch.save(theirs.state_dict(), path)
     with pytest.raises(Exception, match="records no dataset: name the one to evaluate on"):
         evaluate_checkpoint(compose_config("evaluate", [f"ckpt={path}", "device=cpu"]), tmp_path / "eval")
+    assert_evaluates_and_exports(path, theirs, tmp_path, data_root)
+
+
+def assert_evaluates_and_exports(path, theirs: nn.Module, tmp_path, data_root) -> None:
+    """evaluate.py on the synthetic dataset (6 classes) runs on the peer's file ``path``, and export.py's TorchScript
+    file gives the peer model's logits (``theirs``: normalised image -> logits) on a [0, 1] image."""
     metrics = evaluate_checkpoint(compose_config("evaluate", [
         f"ckpt={path}", "device=cpu", "dataset=synthetic", f"dataset.root={data_root}", "dataset.image_size=64",
         "dataset.num_val=2", "num_workers=0"]), tmp_path / "eval")
     assert metrics["num_images"] == 2 and set(metrics["per_class_iou"]) >= {"background"}
-    exported = tmp_path / "vainf.ts"
+    exported = tmp_path / "exported.ts"
     export_checkpoint(compose_config("export", [f"ckpt={path}", f"output={exported}"]))
     scripted = torch.jit.load(str(exported))
     image = torch.rand(1, 3, 64, 48)
