@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import math
 import typing
 from dataclasses import dataclass
@@ -308,15 +309,12 @@ def backbone_name(cfg: Mapping) -> str:
 
 
 def _check_model(cfg: Mapping) -> None:
+    """The library's ``check_arguments`` on the arguments the config means (defaults from ``seg.models.spec``)."""
     model = cfg["model"]
-    backbone = cfg["backbone"]
-    in_config_terms(check_arguments, backbone_name(cfg), output_stride=cfg["os"],
-                    multi_grid=model["multi_grid"], aspp_rates=model.get("aspp_rates"), head=model["head"],
-                    decoder_convs=model.get("decoder_convs"), aux_loss=model["aux_loss"],
-                    stem=backbone.get("stem", "standard"),
-                    pretrained=backbone.get("pretrained", "none"), aspp_channels=model.get("aspp_channels", 256),
-                    aspp_projection_kernel=model.get("aspp_projection_kernel", 1),
-                    classifier_dropout=model.get("classifier_dropout", 0.0), aspp_conv=model.get("aspp_conv", False),
+    backbone_name(cfg)  # backbone.source first
+    arguments = arguments_from_config(cfg, None)
+    checked = inspect.signature(check_arguments).parameters
+    in_config_terms(check_arguments, **{k: v for k, v in arguments.items() if k in checked},
                     keys={**MODEL_KEYS, "pretrained": "backbone.pretrained"})
     if "dropout" in model:
         number(model["dropout"], "model.dropout", strict=False, below=1)

@@ -221,9 +221,9 @@ def describe(train_model: Callable[[], nn.Module], eval_model: Callable[[], nn.M
     with torch.device("meta"):
         train, evaluation = train_model(), eval_model()
     shapes = []
-    for model in (train, evaluation):
-        if _aspp(model) is not None:
-            _aspp(model).register_forward_pre_hook(lambda _m, args: shapes.append(list(args[0].shape[1:])))
+    for aspp in (_aspp(train), _aspp(evaluation)):
+        if aspp is not None:
+            aspp.register_forward_pre_hook(lambda _m, args: shapes.append(list(args[0].shape[1:])))
     forward, eval_forward = count_flops(train.eval(), 1, s.crop), count_flops(evaluation.eval(), 1, s.eval_hw)
     info = {"params": sum(p.numel() for p in train.parameters()), **structure(train),
             "eval_aspp_rates": structure(evaluation)["aspp_rates"],

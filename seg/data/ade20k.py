@@ -19,6 +19,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from seg.data.base import DatasetError, SegmentationDataset, not_found, read_mask, resolve_classes
+from seg.data.colors import palette_with
 from seg.data.label_table import apply_table, pair_samples, reduce_zero_label
 
 ADE20K_CLASSES = (
@@ -73,9 +74,7 @@ LABELS = reduce_zero_label(len(ADE20K_CLASSES))
 
 def class_palette(colours: Sequence[Sequence[int]]) -> np.ndarray:
     """uint8 ``[256, 3]``: class i drawn in ``colours[i]``, every other value black."""
-    palette = np.zeros((256, 3), dtype=np.uint8)
-    palette[: len(colours)] = colours
-    return palette
+    return palette_with(colours, np.zeros((256, 3), dtype=np.uint8))
 
 
 def find_ade_folder(root: Union[str, Path, None]) -> Path:

@@ -97,9 +97,8 @@ class CVATSegmentation(FolderSegmentation):
     def load_mask(self, index: int) -> np.ndarray:
         path = self.samples[index].mask
         with open_image(path, "mask") as img:
-            grayscale = img.mode == "L"
-        if grayscale:
-            return read_index_mask(path)
+            if img.mode == "L":  # one decode: the grayscale values are the indices
+                return np.array(img, dtype=np.uint8)
         try:
             return super().load_mask(index)
         except DatasetError as error:  # name the export's own file, not the folder option it stands for

@@ -27,7 +27,7 @@ from seg.data.ade20k import ADE20K_COLOURS, class_palette
 from seg.data.base import DatasetError, SegmentationDataset, not_found, read_mask, resolve_classes
 from seg.data.label_table import apply_table, identity, pair_samples
 from seg.data.label_table import reduce_zero_label as background_ignored
-from seg.data.voc import read_split_file
+from seg.data.voc import find_voc_folder, read_split_file
 
 CONTEXT59_CLASSES = (
     "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book", "bottle", "building",
@@ -50,15 +50,7 @@ ALL_SPLIT = "all"  # train.txt + val.txt
 
 def find_context_folder(root: Union[str, Path, None]) -> Path:
     """The folder holding ``JPEGImages/``: ``root/VOCdevkit/VOC2010``, ``root/VOC2010`` or ``root``."""
-    if root is None:
-        raise DatasetError("dataset.root is required: the folder that holds VOCdevkit/ (see docs/datasets.md)")
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise not_found("dataset root", root)
-    for candidate in (root / "VOCdevkit" / "VOC2010", root / "VOC2010", root):
-        if (candidate / "JPEGImages").is_dir():
-            return candidate
-    raise not_found("Pascal Context layout (VOC2010/JPEGImages/)", root / "VOCdevkit" / "VOC2010")
+    return find_voc_folder(root, "2010", "Pascal Context layout (VOC2010/JPEGImages/)")
 
 
 class PascalContextSegmentation(SegmentationDataset):

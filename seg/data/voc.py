@@ -39,18 +39,19 @@ def voc_palette() -> np.ndarray:
     return palette
 
 
-def find_voc_folder(root: Union[str, Path, None]) -> Path:
-    """The folder holding ``JPEGImages/`` and ``ImageSets/``: ``root/VOCdevkit/VOC2012``, ``root/VOC2012`` or root."""
+def find_voc_folder(root: Union[str, Path, None], year: str = "2012",
+                    layout: str = "VOC layout (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)") -> Path:
+    """The folder holding ``JPEGImages/``: ``root/VOCdevkit/VOC<year>``, ``root/VOC<year>`` or root (Pascal Context
+    lives in VOC2010's)."""
     if root is None:
         raise DatasetError("dataset.root is required: the folder that holds VOCdevkit/ (see docs/datasets.md)")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise not_found("dataset root", root)
-    for candidate in (root / "VOCdevkit" / "VOC2012", root / "VOC2012", root):
+    for candidate in (root / "VOCdevkit" / f"VOC{year}", root / f"VOC{year}", root):
         if (candidate / "ImageSets" / "Segmentation").is_dir() or (candidate / "JPEGImages").is_dir():
             return candidate
-    raise not_found("VOC layout (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)",
-                    root / "VOCdevkit" / "VOC2012")
+    raise not_found(layout, root / "VOCdevkit" / f"VOC{year}")
 
 
 def read_split_file(path: Path) -> List[str]:

@@ -86,18 +86,18 @@ class Coordinator:
         """``last.pt`` was written (for any reason): the time-based interval starts again."""
         self.last_save, self.asked = time.monotonic(), False
 
-    def _local(self) -> torch.Tensor:
+    def _local(self) -> Tuple[int, int]:
         due = (self.is_main and not self.asked and self.every_s > 0
                and time.monotonic() - self.last_save >= self.every_s)
         self.asked = self.asked or due
-        return torch.tensor([self.requests.signum or 0, int(due)], dtype=torch.int64)
+        return self.requests.signum or 0, int(due)
 
     def after_step(self) -> Tuple[Optional[int], bool]:
         """``(signal number or None, time-based checkpoint due)``, equal on every rank."""
         if not self.distributed:
-            signum, due = self._local().tolist()
+            signum, due = self._local()
             return signum or None, bool(due)
-        flags = self._local()
+        flags = torch.tensor(self._local(), dtype=torch.int64)
         work = dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
         previous, self.pending = self.pending, (work, flags)
         if previous is None:

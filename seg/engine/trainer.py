@@ -145,6 +145,7 @@ class Trainer:
             fetch_backbone_weights(backbone_name(cfg))  # fail before any work when they cannot be had
         distributed.barrier()
         # One training per folder, taken before this run logs or writes anything there (rank 0 writes for all).
+        self.requests = StopRequests()  # run() takes train()'s, whose handlers are installed
         self.lock = RunLock(run_dir).acquire() if distributed.is_main() else RunLock(run_dir)
         try:
             self._setup(cfg, run_dir, device_type, seed, resume_state)
@@ -383,9 +384,7 @@ class Trainer:
             log.error("not writing %s at iteration %d: the model has non-finite values; the previous file is kept",
                       name, iteration)
             return
-        requests = getattr(self, "requests", None)
-        if requests is not None:
-            requests.saving = True  # a second signal now says that it waits for the save
+        self.requests.saving = True  # a second signal now says that it waits for the save
         try:
             save_checkpoint(self.files.checkpoints / name, model=self.model, config=self.cfg,
                             class_names=self.class_names, palette=self.palette.tolist(), iteration=iteration,
@@ -393,8 +392,7 @@ class Trainer:
                             sampler_position=self.sampler.position(iteration * self.batch_per_rank),
                             best_miou=self.best_miou, extra={"nonfinite_steps": self.nonfinite_total})
         finally:
-            if requests is not None:
-                requests.saving = False
+            self.requests.saving = False
 
 
 class RunFiles:

@@ -35,7 +35,8 @@ from torchvision.models import mobilenetv3, resnet
 from seg.errors import UserError
 from seg.io import describe
 from seg.models.layouts import load_file, recognise
-from seg.models.weights import WeightsError, is_own_checkpoint, read_weights
+from seg.models.layouts.base import strip_prefix, tensors_only
+from seg.models.weights import WeightsError, is_own_checkpoint
 
 OUTPUT_STRIDES = (8, 16, 32)
 STEMS = ("standard", "deep")
@@ -209,12 +210,13 @@ def load_backbone_weights(net: nn.Module, name: str, pretrained: str) -> None:
                 f"a {name} state dict with the deep stem's stem.* keys (e.g. mmcv's {name}_v1c)")
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
-    if is_own_checkpoint(state) or recognise(state) is not None:  # a whole segmentation model: its backbone
-        whole, foreign = read_weights(state, str(source))
+    foreign = None if is_own_checkpoint(state) else recognise(state)
+    if is_own_checkpoint(state) or foreign is not None:  # a whole segmentation model: its backbone
+        whole = foreign.state if foreign else strip_prefix(state["model"], "module.")
         state = {k[len("backbone."):]: v for k, v in whole.items() if k.startswith("backbone.")}
         what = f"the backbone weights of the {foreign.layout if foreign else 'checkpoint'}"
         expected = f"a segmentation model on {name}"
-    if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not tensors_only(state):
         raise WeightsError(f"{source} is {describe(state)}, not {expected}")
     own = {k: v for k, v in net.state_dict().items() if not k.startswith(classifier)}
     state = {k: v for k, v in state.items() if not k.startswith(classifier)}

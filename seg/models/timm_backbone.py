@@ -31,9 +31,10 @@ from torch import nn
 
 from seg.errors import UserError
 from seg.io import describe, safe_load
+from seg.models.spec import TIMM_PREFIX
 from seg.models.weights import WeightsError
 
-PREFIX = "timm:"  # build_model(backbone="timm:<timm model name>")
+PREFIX = TIMM_PREFIX  # build_model(backbone="timm:<timm model name>")
 OUTPUT_STRIDES = (8, 16, 32)
 INSTALL = 'pip install -e ".[timm]"'
 # Modules whose plain attributes must not be copied from the template: nn.Module's own bookkeeping.

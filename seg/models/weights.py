@@ -72,8 +72,8 @@ def architecture_keys(arguments: Mapping[str, Any]) -> str:
     listed += [argument for argument, (_, _, default) in CONFIG_KEYS.items()
                if argument not in listed and argument in arguments and arguments[argument] != default]
     for argument in listed:
-        section, key = (config_key(argument).split(".") + [None])[:2]
-        value = config[section][key] if key else config[section]
+        section, key, _ = CONFIG_KEYS[argument]
+        value = config[section][key] if section else config[key]
         text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
         overrides.append(f"{config_key(argument)}={text.replace(' ', '')}")
     return " ".join(overrides)

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 
 from seg.models.layouts.base import Foreign, WeightsError, rename, strip_prefix, tensors_only
+from seg.models.layouts.torchvision import layer3_blocks
 
 DEPTHS = {6: ("resnet50", "R50"), 23: ("resnet101", "R101")}  # blocks in layer3
 ASPP_BRANCHES = 5  # image pooling, 1x1, three atrous 3x3
@@ -102,7 +103,7 @@ def recognise(obj: Any) -> Optional[Foreign]:
             or "decode_head.aspp_modules.0.conv.weight" not in state:
         return None
     head = "DeepLabV3+" if plus else "DeepLabV3"
-    blocks = len({key.split(".")[2] for key in state if key.startswith("backbone.layer3.")})
+    blocks = layer3_blocks(state)
     if blocks not in DEPTHS or "backbone.layer1.0.conv3.weight" not in state:
         raise WeightsError(f"an mmsegmentation {head} checkpoint on a backbone this project does not build "
                            f"({blocks} blocks in layer3): ResNet-50 and ResNet-101 (R50/R101-D8) are supported")

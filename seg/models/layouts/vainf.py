@@ -16,9 +16,8 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 
 from seg.models.layouts.base import Foreign, rename, strip_prefix, tensors_only
-from seg.models.layouts.torchvision import layer3_blocks
+from seg.models.layouts.torchvision import DEPTHS, layer3_blocks
 
-DEPTHS = {6: "resnet50", 23: "resnet101"}
 V3_PREFIXES = (
     ("classifier.classifier.0.", "aspp."),
     ("classifier.classifier.1.", "decoder.block.0."),
