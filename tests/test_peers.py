@@ -82,12 +82,13 @@ def test_vainf_main_py_checkpoint(tmp_path):
         assert_same_logits(ours(x)["out"], theirs(x))
 
 
-def test_torchvision_file_logits(tmp_path):
-    theirs = randomised(deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=4, aux_loss=True))
-    path = tmp_path / "deeplabv3_resnet50.pth"
+@pytest.mark.parametrize("builder", [deeplabv3_resnet50, deeplabv3_resnet101])
+def test_torchvision_file_logits(tmp_path, builder):
+    theirs = randomised(builder(weights=None, weights_backbone=None, num_classes=4, aux_loss=True))
+    path = tmp_path / f"{builder.__name__}.pth"
     torch.save(theirs.state_dict(), path)
     ours, report = model_from_file(path)
-    assert report.layout == "torchvision deeplabv3_resnet50 (with aux_classifier)"
+    assert report.layout == f"torchvision {builder.__name__} (with aux_classifier)"
     x = torch.randn(1, 3, 61, 67)
     with torch.no_grad():
         a, b = ours(x), theirs(x)
