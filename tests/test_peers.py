@@ -82,6 +82,20 @@ def test_vainf_main_py_checkpoint(tmp_path):
         assert_same_logits(ours(x)["out"], theirs(x))
 
 
+def test_a_stride_the_file_does_not_record_is_said(tmp_path, caplog):
+    """VainF's files do not record the output stride they were trained at (os= must say it); torchvision's models
+    exist at one stride only, so nothing is said of theirs."""
+    vainf, tv = tmp_path / "vainf.pth", tmp_path / "tv.pth"
+    torch.save(vainf_model("deeplabv3", "resnet50", 3, 8).state_dict(), vainf)
+    torch.save(deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=3).state_dict(), tv)
+    with caplog.at_level("INFO", logger="seg.engine.checkpoint"):
+        assert load_trained(vainf)["config"]["os"] == 16
+        assert "output stride 16 is its project's default, which the file does not record" in caplog.text
+        caplog.clear()
+        load_trained(tv)
+        assert "is a torchvision deeplabv3_resnet50 file" in caplog.text and "output stride" not in caplog.text
+
+
 @pytest.mark.parametrize("builder", [deeplabv3_resnet50, deeplabv3_resnet101])
 def test_torchvision_file_logits(tmp_path, builder):
     theirs = randomised(builder(weights=None, weights_backbone=None, num_classes=4, aux_loss=True))

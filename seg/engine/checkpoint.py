@@ -213,7 +213,10 @@ def load_trained(path: Union[str, Path]) -> Dict:
         raise CheckpointError(f"{path} is {describe(state)}, not a checkpoint of this project (a dict with "
                               f"{', '.join(REQUIRED_KEYS)}, as train.py writes) nor a file of another project "
                               "this one reads (docs/peers.md); to start from plain weights use model.weights=PATH")
-    log.info("%s is a %s file", path, record.layout)
+    stride = "" if record.stride_recorded else (
+        f"; output stride {record.arguments['output_stride']} is its project's default, which the file does not "
+        "record (os= if it was trained at another)")
+    log.info("%s is a %s file%s", path, record.layout, stride)
     return _finite(foreign_checkpoint(record), path)
 
 

@@ -26,7 +26,8 @@ class Foreign:
     arguments: Dict[str, Any]          # build_model keyword arguments (num_classes included) of the peer's model
     state: Dict[str, torch.Tensor]     # the weights in this project's keys and shapes
     class_names: Optional[List[str]] = None  # when the file records them
-    stride_recorded: bool = False      # False: output_stride is the peer's default, and os= may override it
+    stride_recorded: bool = False      # False: output_stride is the peer's default (the file does not say; loaders
+    #                                    say so, since a model trained at another stride needs os=)
     preset: Optional[str] = None       # the configs/model/ preset that builds this architecture
 
 

@@ -71,8 +71,9 @@ def pooling_last(tensor: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def convert(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """mmsegmentation keys -> ours (pure: renamed keys, the concatenation-order rotation; no model needed)."""
-    converted = rename(strip_prefix(state, "module."), PREFIXES)
+    """mmsegmentation keys (``module.`` already stripped by ``recognise``) -> ours (pure: renamed keys, the
+    concatenation-order rotation; no model needed)."""
+    converted = rename(state, PREFIXES)
     return {key: pooling_last(value, CONCATENATED[key]) if key in CONCATENATED else value
             for key, value in converted.items()}
 

@@ -28,7 +28,8 @@ def layer3_blocks(state: Mapping[str, torch.Tensor], prefix: str = "backbone.lay
 
 
 def convert(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    return rename(strip_prefix(state, "module."), PREFIXES)
+    """torchvision keys (``module.`` already stripped by ``recognise``) -> ours."""
+    return rename(state, PREFIXES)
 
 
 def recognise(obj: Any) -> Optional[Foreign]:
@@ -43,4 +44,5 @@ def recognise(obj: Any) -> Optional[Foreign]:
                      multi_grid=None, contract_dilation=True, aspp_rates=(12, 24, 36), head="deeplabv3",
                      aux_loss=aux)
     name = f"torchvision deeplabv3_{backbone}" + (" (with aux_classifier)" if aux else "")
-    return Foreign(name, arguments, convert(state), preset=f"torchvision_deeplabv3_{backbone}")
+    return Foreign(name, arguments, convert(state), stride_recorded=True,  # torchvision builds them at OS8 only
+                   preset=f"torchvision_deeplabv3_{backbone}")

@@ -56,4 +56,5 @@ def recognise(obj: Any) -> Optional[Foreign]:
     if found is None:
         return None
     name = f"torchvision {found['head']}_{BACKBONE}" + (" (with aux_classifier)" if found["aux_loss"] else "")
-    return Foreign(name, found, convert(state), preset=f"torchvision_{found['head']}_{BACKBONE}")
+    return Foreign(name, found, convert(state), stride_recorded=True,  # torchvision builds them at OS16 only
+                   preset=f"torchvision_{found['head']}_{BACKBONE}")

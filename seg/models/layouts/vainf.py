@@ -43,7 +43,7 @@ def model_state(obj: Any) -> Optional[Mapping[str, torch.Tensor]]:
 
 
 def convert(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    state = strip_prefix(state, "module.")
+    """VainF keys (``module.`` already stripped by ``recognise``) -> ours, the v3+ decoder's input order swapped."""
     if "classifier.project.0.weight" not in state:
         return rename(state, V3_PREFIXES)
     converted = rename(state, V3PLUS_PREFIXES)
