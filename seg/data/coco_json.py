@@ -177,6 +177,22 @@ def skip_object(skipped: Skipped, reason: str, example: str) -> None:
     entry[0] += 1
 
 
+def skipped_lines(skipped: Skipped) -> List[str]:
+    """check_dataset's lines for the objects that were not drawn: ``<count> <reason> (e.g. <first example>)``."""
+    return [f"{count} {reason} (e.g. {example})" for reason, (count, example) in skipped.items()]
+
+
+def point_outside(points: np.ndarray, height: int, width: int) -> Optional[str]:
+    """``"(x, y) outside the WxH image"`` for the first of ``points`` (``[K, 2]`` x, y) beyond ``TOLERANCE`` of the
+    image, None when all lie on it."""
+    outside = ((points[:, 0] < -TOLERANCE) | (points[:, 0] > width + TOLERANCE)
+               | (points[:, 1] < -TOLERANCE) | (points[:, 1] > height + TOLERANCE))
+    if not outside.any():
+        return None
+    x, y = points[np.argmax(outside)]
+    return f"({x:g}, {y:g}) outside the {width}x{height} image"
+
+
 def _check_segmentation(segmentation, height: int, width: int, where: str, skipped: Skipped):
     """The segmentation to draw (polygons of >= 3 points, or an RLE of the image's size), None to skip the object,
     or a problem string."""
@@ -200,11 +216,9 @@ def _check_segmentation(segmentation, height: int, width: int, where: str, skipp
         skip_object(skipped, "objects without a segmentation (a box only)", where)
         return None
     for points in polygons:
-        outside = ((points[:, 0] < -TOLERANCE) | (points[:, 0] > width + TOLERANCE)
-                   | (points[:, 1] < -TOLERANCE) | (points[:, 1] > height + TOLERANCE))
-        if outside.any():
-            x, y = points[np.argmax(outside)]
-            return f"{where} has a polygon point ({x:g}, {y:g}) outside the {width}x{height} image"
+        outside = point_outside(points, height, width)
+        if outside:
+            return f"{where} has a polygon point {outside}"
     drawable = [p.ravel().tolist() for p in polygons if len(p) >= 3]
     if not drawable:
         skip_object(skipped, "polygons of fewer than 3 points", where)
@@ -333,4 +347,4 @@ class COCOJSONSegmentation(SegmentationDataset):
         return f"the annotations of {self.samples[index].image.name} in {self.samples[index].mask}"
 
     def skipped_lines(self) -> List[str]:
-        return [f"{count} {reason} (e.g. {example})" for reason, (count, example) in self.skipped.items()]
+        return skipped_lines(self.skipped)

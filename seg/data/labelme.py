@@ -46,7 +46,7 @@ from seg.data.base import (
     read_image,
     resolve_classes,
 )
-from seg.data.coco_json import TOLERANCE, Skipped, read_json, skip_object
+from seg.data.coco_json import Skipped, point_outside, read_json, skip_object, skipped_lines
 from seg.data.folder import IMAGE_SUFFIXES, split_ids
 from seg.data.voc import voc_palette
 
@@ -245,11 +245,9 @@ class LabelMeSegmentation(SegmentationDataset):
         if (kind == "polygon" and len(points) < 3) or (kind == "linestrip" and len(points) < 2):
             skip_object(self.skipped, f"{kind}s of too few points", where)
             return ""
-        outside = ((points[:, 0] < -TOLERANCE) | (points[:, 0] > width + TOLERANCE)
-                   | (points[:, 1] < -TOLERANCE) | (points[:, 1] > height + TOLERANCE))
-        if outside.any() and kind != "mask":
-            x, y = points[np.argmax(outside)]
-            return f"{where} has a point ({x:g}, {y:g}) outside the {width}x{height} image"
+        outside = None if kind == "mask" else point_outside(points, height, width)
+        if outside:
+            return f"{where} has a point {outside}"
         return None
 
     # -- reading ----------------------------------------------------------------------------------------------
@@ -281,4 +279,4 @@ class LabelMeSegmentation(SegmentationDataset):
         return image, mask
 
     def skipped_lines(self) -> List[str]:
-        return [f"{count} {reason} (e.g. {example})" for reason, (count, example) in self.skipped.items()]
+        return skipped_lines(self.skipped)
