@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from seg.data.base import DatasetError
+from seg.data.folder import write_split_lists
 from seg.data.synthetic import render
 
 # background, disc, square, triangle, ring, cross -> the value stored in the format's mask files
@@ -71,7 +72,5 @@ def write_benchmark_example(fmt: str, out: Union[str, Path], num_images: int = 8
             Image.fromarray(values[label]).save(mask_path)
             ids.append(sample_id)
         if fmt == "pascal_context":
-            lists = out / "VOCdevkit" / "VOC2010" / "ImageSets" / "SegmentationContext"
-            lists.mkdir(parents=True, exist_ok=True)
-            (lists / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+            write_split_lists(out / "VOCdevkit" / "VOC2010" / "ImageSets" / "SegmentationContext", {split: ids})
     return out

@@ -18,6 +18,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from seg.data.base import DatasetError
+from seg.data.folder import write_split_lists
 from seg.data.synthetic import SYNTHETIC_CLASSES, render
 from seg.data.voc import voc_palette
 
@@ -95,8 +96,7 @@ def _labelme(out: Path, items, names) -> Dict[str, np.ndarray]:
         lists[split].append(name)
         expected[name] = label
     (out / "labels.txt").write_text("__ignore__\n_background_\n" + "".join(n + "\n" for n in names[1:]))
-    for split, listed in lists.items():
-        (out / f"{split}.txt").write_text("".join(n + "\n" for n in listed))
+    write_split_lists(out, lists)
     return expected
 
 
@@ -113,8 +113,7 @@ def _cvat(out: Path, items, names) -> Dict[str, np.ndarray]:
         Image.fromarray(colours[label]).save(out / "SegmentationClass" / f"{name}.png")
         lists[split].append(name)
         expected[name] = label
-    for split, listed in lists.items():
-        (out / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(n + "\n" for n in listed))
+    write_split_lists(out / "ImageSets" / "Segmentation", lists)
     return expected
 
 
