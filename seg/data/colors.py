@@ -22,6 +22,7 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 
 from seg.data.base import DatasetError
+from seg.data.palette import extend_palette
 
 KEY = "dataset.colors"
 
@@ -150,7 +151,8 @@ def _is_int(text: str) -> bool:
 
 
 def palette_with(colours: Sequence[Sequence[int]], base: np.ndarray) -> np.ndarray:
-    """``base`` (``[256, 3]``) with its first entries replaced by ``colours``."""
-    palette = np.array(base, dtype=np.uint8).reshape(256, 3).copy()
+    """``base`` (``[256, 3]`` or more rows) with its first entries replaced by ``colours``; more colours than
+    rows (over 256 classes) extend it."""
+    palette = extend_palette(base, len(colours)).copy()
     palette[: len(colours)] = np.asarray(colours, dtype=np.uint8).reshape(-1, 3)
     return palette

@@ -26,7 +26,7 @@ COLOUR_MAP = cv2.COLORMAP_VIRIDIS
 
 
 class Summary(NamedTuple):
-    labels: np.ndarray                   # [H, W] uint8 class indices
+    labels: np.ndarray                   # [H, W] class indices: uint8, uint16 beyond 256 classes (label_dtype)
     confidence: Optional[np.ndarray]     # [H, W] float32 in [0, 1], or None if not asked for
     entropy: Optional[np.ndarray]        # [H, W] float32 in [0, 1], or None
 
@@ -42,18 +42,24 @@ def _bands(probabilities: torch.Tensor):
 def summarise(probabilities: torch.Tensor, maps: bool = False) -> Summary:
     """Labels (and, with ``maps``, confidence and entropy) of one image's probabilities ``[C, H, W]``."""
     classes, height, width = probabilities.shape
-    labels = np.empty((height, width), dtype=np.uint8)
+    labels = np.empty((height, width), dtype=label_dtype(classes))
     confidence = np.empty((height, width), dtype=np.float32) if maps else None
     entropy = np.empty((height, width), dtype=np.float32) if maps else None
     for top, bottom in _bands(probabilities):
         band = probabilities[:, top:bottom].float()
         best, index = band.max(0)
-        labels[top:bottom] = index.to(torch.uint8).cpu().numpy()
+        labels[top:bottom] = index.to(torch.int32).cpu().numpy()
         if maps:
             confidence[top:bottom] = best.cpu().numpy()
             spread = -(band * band.clamp_min(1e-12).log()).sum(0) / math.log(classes) if classes > 1 else best * 0
             entropy[top:bottom] = spread.clamp(0, 1).cpu().numpy()
     return Summary(labels, confidence, entropy)
+
+
+def label_dtype(num_classes: int) -> type:
+    """The dtype of predicted label maps: uint8 holds 256 classes (a palette PNG), uint16 the rest (a 16-bit
+    grayscale PNG)."""
+    return np.uint8 if num_classes <= 256 else np.uint16
 
 
 def colour_scale(values: np.ndarray) -> np.ndarray:
