@@ -245,3 +245,29 @@ def test_check_dataset_on_16_bit_masks(trained, tmp_path):
     assert len(report.problems) == 1 and "holds values [300, 4000, 65534] outside the 300 classes" in report.problems[0]
     np.testing.assert_array_equal(report.pixel_counts[[0, 255, 299, 65535]],
                                   (counts - np.bincount(raws[0].ravel(), minlength=65536))[[0, 255, 299, 65535]])
+
+
+def test_coco_json_with_more_than_255_categories(tmp_path):
+    """An LVIS-style instances file (400 categories: 401 classes with background) draws uint16 masks: category 400
+    is class 400 (not 400 - 256), a crowd with ``crowd=ignore`` is 65535; pycocotools' annToMask is the reference."""
+    from pycocotools.coco import COCO
+
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(tmp_path / "images" / "a.png")
+    square, corner = [[2, 2, 30, 2, 30, 30, 2, 30]], [[40, 5, 58, 5, 58, 20, 40, 20]]
+    content = {"images": [{"id": 1, "file_name": "images/a.png", "width": 60, "height": 40}],
+               "categories": [{"id": i, "name": f"c{i}"} for i in range(1, 401)],
+               "annotations": [{"id": 1, "image_id": 1, "category_id": 400, "segmentation": square, "iscrowd": 0,
+                                "area": 1, "bbox": [2, 2, 28, 28]},
+                               {"id": 2, "image_id": 1, "category_id": 7, "segmentation": corner, "iscrowd": 1,
+                                "area": 1, "bbox": [40, 5, 18, 15]}]}
+    (tmp_path / "result.json").write_text(json.dumps(content))
+    dataset = build_dataset("coco_json", tmp_path, "all", crowd="ignore")
+    assert dataset.num_classes == 401 and dataset.ignore_index == 65535
+    _, mask = dataset[0]
+    coco = COCO(str(tmp_path / "result.json"))
+    expected = np.zeros((40, 60), np.uint16)
+    expected[coco.annToMask(coco.anns[1]) > 0] = 400
+    expected[coco.annToMask(coco.anns[2]) > 0] = 65535
+    assert mask.dtype == np.uint16 and (mask == 400).any() and (mask == 65535).any()
+    np.testing.assert_array_equal(mask, expected)
