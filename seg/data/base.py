@@ -33,10 +33,11 @@ DOCS = "docs/datasets.md"
 # a training run must never learn from half-decoded samples).
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-# Masks hold class indices; these modes store one 8-bit value per pixel.
+# Masks hold class indices; these modes store one 8-bit value per pixel (16-bit masks: WIDE_GRAY_MODES).
 MASK_MODES = ("L", "P")
-# ... and these one 16-bit value (PIL opens 16-bit PNGs and TIFFs as one of them; "I" is checked for its range).
-WIDE_MASK_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# 16-bit and 32-bit integer grayscale modes (PIL opens 16-bit PNGs and TIFFs as one of these; a mask in mode "I" is
+# checked for its range)
+WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 class DatasetError(UserError, ValueError):
@@ -97,10 +98,6 @@ class ImageTooLarge(DatasetError):
     """An image with more pixels than the caller allows (PIL's decompression-bomb guard, or ``max_pixels``)."""
 
 
-# 16-bit and 32-bit integer grayscale modes (PIL opens 16-bit PNGs and TIFFs as one of these)
-WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-
-
 def read_image(path: Path, max_pixels: Optional[int] = None, what: str = "image") -> np.ndarray:
     """Decode an image file fully into uint8 RGB ``[H, W, 3]``, upright as viewers show it (see ``open_image``).
 
@@ -126,7 +123,7 @@ def read_mask(path: Path) -> np.ndarray:
     """Decode a single-channel mask into its raw values ``[H, W]``: uint8 from an 8-bit image (``L`` or palette
     ``P`` PNG), uint16 from a 16-bit grayscale image (PNG or TIFF, ``I;16*``, or ``I`` holding 16-bit values)."""
     with open_image(path, "mask") as img:
-        if img.mode in WIDE_MASK_MODES:
+        if img.mode in WIDE_GRAY_MODES:
             return wide_values(img, path)
         if img.mode not in MASK_MODES:
             detail = {"RGB": "3 channels (a colour image)", "RGBA": "4 channels", "F": "floating-point values",
@@ -171,14 +168,12 @@ def value_table(depth_ignore: int, ignore_index: int, extra_ignore: Optional[int
     return table
 
 
-def to_labels(values: np.ndarray, ignore_index: int, extra_ignore: Optional[int] = None) -> np.ndarray:
-    """Raw mask values (uint8: 255 = ignore; uint16: 65535 = ignore, and ``extra_ignore`` when given) as labels
-    with ``ignore_index``: the array itself when nothing changes, else uint16 (``check_sample`` then finds the
-    values outside the classes before ``__getitem__`` narrows it)."""
+def to_labels(values: np.ndarray, ignore_index: int) -> np.ndarray:
+    """Raw mask values (uint8: 255 = ignore; uint16: 65535 = ignore) as labels with ``ignore_index``: the array
+    itself when the depths match, else uint16 (``check_sample`` then finds the values outside the classes before
+    ``__getitem__`` narrows it)."""
     depth_ignore = IGNORE_INDEX if values.dtype == np.uint8 else WIDE_IGNORE_INDEX
-    if depth_ignore == ignore_index and (extra_ignore is None or values.dtype == np.uint8):
-        return values
-    return value_table(depth_ignore, ignore_index, extra_ignore if values.dtype == np.uint16 else None)[values]
+    return values if depth_ignore == ignore_index else value_table(depth_ignore, ignore_index)[values]
 
 
 def open_image(path: Path, what: str, max_pixels: Optional[int] = None) -> Image.Image:

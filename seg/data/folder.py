@@ -31,8 +31,8 @@ import numpy as np
 from seg.data.base import (
     IGNORE_INDEX,
     MASK_MODES,
+    WIDE_GRAY_MODES,
     WIDE_IGNORE_INDEX,
-    WIDE_MASK_MODES,
     DatasetError,
     Sample,
     SegmentationDataset,
@@ -196,7 +196,7 @@ class FolderSegmentation(SegmentationDataset):
         self.colour_table: Optional[ColourTable] = read_colour_table(colors, root) if colors is not None else None
         self.label_map = _label_map(label_map)
         self.wide_ignore = _wide_ignore(ignore_index)
-        self._tables: Dict[type, np.ndarray] = {}
+        self._tables: Dict[type, Optional[np.ndarray]] = {}
         names = self._classes(num_classes, class_names, label_map is not None)
         pairs, problems = pair_files(root / images, root / masks, self.unannotated)
         ids, listing_problems = self._split_ids(root, split, sorted(pairs), splits, val_fraction, seed)
@@ -249,16 +249,17 @@ class FolderSegmentation(SegmentationDataset):
             values = read_index_mask(path)
         if self.label_map is None and self.num_classes == 2:
             check_not_binary_255(values, path)
-        if self.label_map is None and values.dtype == np.uint8 and self.ignore_index == IGNORE_INDEX:
-            return values  # 8-bit masks of up to 255 classes: the values are the labels
-        return self._table(values.dtype)[values]
+        table = self._table(values.dtype)
+        return values if table is None else table[values]
 
-    def _table(self, dtype) -> np.ndarray:
-        """File value -> label for masks of ``dtype`` (``seg.data.base.value_table``), made once per depth."""
+    def _table(self, dtype) -> Optional[np.ndarray]:
+        """File value -> label for masks of ``dtype`` (``seg.data.base.value_table``), made once per depth; None
+        where the values are the labels (8-bit masks of up to 255 classes, 16-bit ones beyond, no remapping)."""
         if dtype not in self._tables:
             wide = dtype == np.uint16
-            self._tables[dtype] = value_table(WIDE_IGNORE_INDEX if wide else IGNORE_INDEX, self.ignore_index,
-                                              self.wide_ignore if wide else None, self.label_map)
+            table = value_table(WIDE_IGNORE_INDEX if wide else IGNORE_INDEX, self.ignore_index,
+                                self.wide_ignore if wide else None, self.label_map)
+            self._tables[dtype] = None if np.array_equal(table, np.arange(len(table))) else table
         return self._tables[dtype]
 
 
@@ -279,7 +280,7 @@ def read_index_mask(path: Path) -> np.ndarray:
     with open_image(path, "mask") as img:
         if img.mode in MASK_MODES:
             return np.array(img, dtype=np.uint8)
-        if img.mode in WIDE_MASK_MODES:
+        if img.mode in WIDE_GRAY_MODES:
             return wide_values(img, path)
         if img.mode == "1":
             return np.array(img.convert("L"), dtype=np.uint8)
