@@ -24,6 +24,7 @@ from seg.data.synthetic import render
 from seg.data.transforms import TransformedDataset, train_transform
 from seg.data.voc import voc_palette
 from seg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from seg.engine.confidence import summarise
 from seg.engine.predict import save_prediction
 from seg.metrics import confusion_matrix
 from seg.visualize import colorize, overlay
@@ -155,7 +156,12 @@ def test_predicted_16_bit_label_png_round_trips(tmp_path):
     assert Image.open(tmp_path / "l.png").mode == "I;16"
     np.testing.assert_array_equal(raw(tmp_path / "l.png"), labels)
     save_prediction(labels.astype(np.uint8) * 0 + 7, image, voc_palette(), tmp_path / "p.png", tmp_path / "p.jpg")
-    assert Image.open(tmp_path / "p.png").mode == "P"  # up to 256 classes: a palette PNG as before
+    assert Image.open(tmp_path / "p.png").mode == "P"  # up to 255 classes: a palette PNG as before
+    for classes, dtype in ((255, np.uint8), (256, np.uint16), (3000, np.uint16)):  # the dataset's label space
+        probabilities = torch.rand(classes, 3, 4, generator=torch.Generator().manual_seed(classes))
+        summary = summarise(probabilities)
+        assert summary.labels.dtype == dtype
+        np.testing.assert_array_equal(summary.labels, probabilities.argmax(0).numpy())
 
 
 def test_confusion_matrix_3000_classes():

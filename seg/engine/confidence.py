@@ -21,12 +21,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from seg.data.base import label_space
+
 BAND_ELEMENTS = 1 << 24  # about 64 MB of float32 per band: bounded memory, few Python steps
 COLOUR_MAP = cv2.COLORMAP_VIRIDIS
 
 
 class Summary(NamedTuple):
-    labels: np.ndarray                   # [H, W] class indices: uint8, uint16 beyond 256 classes (label_dtype)
+    labels: np.ndarray                   # [H, W] class indices: uint8, uint16 beyond 255 classes (label_dtype)
     confidence: Optional[np.ndarray]     # [H, W] float32 in [0, 1], or None if not asked for
     entropy: Optional[np.ndarray]        # [H, W] float32 in [0, 1], or None
 
@@ -57,9 +59,10 @@ def summarise(probabilities: torch.Tensor, maps: bool = False) -> Summary:
 
 
 def label_dtype(num_classes: int) -> type:
-    """The dtype of predicted label maps: uint8 holds 256 classes (a palette PNG), uint16 the rest (a 16-bit
-    grayscale PNG)."""
-    return np.uint8 if num_classes <= 256 else np.uint16
+    """The dtype of predicted label maps, the one of the dataset's label maps (``seg.data.base.label_space``): uint8
+    up to 255 classes (a palette PNG), uint16 beyond (a 16-bit grayscale PNG: a palette holds 256 colours at most),
+    so that an overlay's default ignore value (255 in uint8, 65535 else) is never a class."""
+    return label_space(num_classes)[1]
 
 
 def colour_scale(values: np.ndarray) -> np.ndarray:

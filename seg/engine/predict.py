@@ -5,7 +5,7 @@ exported TorchScript model.
 keeps the input's path relative to ``input`` and its stem. For an image ``<name>.<ext>``:
 
 * ``labels/<name>.png``: the class index per pixel as a palette PNG (mode ``P``, the dataset's colours, so viewers
-  show colours and ``np.array(Image.open(...))`` gives the indices); beyond 256 classes, which a palette cannot
+  show colours and ``np.array(Image.open(...))`` gives the indices); beyond 255 classes, which a palette cannot
   hold, a 16-bit grayscale PNG (mode ``I;16``, the same ``np.array`` gives uint16 indices);
 * ``overlays/<name>.jpg``: the colour-coded prediction blended over the image;
 * with ``probs``: ``confidence/<name>.png`` and ``entropy/<name>.png``, colour-scale maps (``seg.engine.confidence``),
@@ -132,7 +132,7 @@ def save_prediction(labels: np.ndarray, image: np.ndarray, palette: np.ndarray, 
                     overlay_path: Path) -> None:
     label_path.parent.mkdir(parents=True, exist_ok=True)
     overlay_path.parent.mkdir(parents=True, exist_ok=True)
-    label_image = Image.fromarray(labels)  # uint16 (more than 256 classes): mode "I;16", a 16-bit grayscale PNG
+    label_image = Image.fromarray(labels)  # uint16 (more than 255 classes): mode "I;16", a 16-bit grayscale PNG
     if labels.dtype == np.uint8:
         label_image.putpalette(np.asarray(palette, dtype=np.uint8)[:256].reshape(-1).tolist())  # becomes mode "P"
     label_image.save(label_path)
