@@ -277,3 +277,18 @@ def test_coco_json_with_more_than_255_categories(tmp_path):
     expected[coco.annToMask(coco.anns[2]) > 0] = 65535
     assert mask.dtype == np.uint16 and (mask == 400).any() and (mask == 65535).any()
     np.testing.assert_array_equal(mask, expected)
+
+
+def test_colour_coded_masks_with_300_colours(tmp_path):
+    """A colour table of 300 classes (dataset.colors): colour i is class i, past 255 too (no wrap to 8 bits)."""
+    write_wide_folder(tmp_path, count=2)
+    colours = colour_map(NUM_CLASSES)
+    for index, path in enumerate(sorted((tmp_path / "masks").iterdir())):
+        path.unlink()
+        labels = np.arange(64 * 64).reshape(64, 64) % NUM_CLASSES
+        Image.fromarray(colours[labels]).save(tmp_path / "masks" / f"img_{index}.png")
+    dataset = FolderSegmentation(tmp_path, "all", colors=colours.tolist())
+    assert dataset.num_classes == NUM_CLASSES
+    _, mask = dataset[0]
+    assert mask.dtype == np.uint16
+    np.testing.assert_array_equal(mask, np.arange(64 * 64).reshape(64, 64) % NUM_CLASSES)

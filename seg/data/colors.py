@@ -36,14 +36,15 @@ class ColourTable:
         packed = pack(self.colours)
         order = np.argsort(packed, kind="stable")
         object.__setattr__(self, "_keys", packed[order])
-        object.__setattr__(self, "_classes", order.astype(np.uint8))
+        # uint16 beyond 255 colours: 16-bit labels (65535 = ignore), as index masks of that many classes
+        object.__setattr__(self, "_classes", order.astype(np.uint8 if len(order) <= 255 else np.uint16))
 
     def __len__(self) -> int:
         return len(self.colours)
 
     def to_indices(self, rgb: np.ndarray, path: Union[str, Path]) -> np.ndarray:
-        """Class indices ``[H, W]`` uint8 of an RGB mask ``[H, W, 3]``; a colour not in the table is an error naming
-        the file, the most frequent unknown colour and its pixel count."""
+        """Class indices ``[H, W]`` (uint8, uint16 beyond 255 colours) of an RGB mask ``[H, W, 3]``; a colour not in
+        the table is an error naming the file, the most frequent unknown colour and its pixel count."""
         packed = pack(rgb)
         position = np.minimum(np.searchsorted(self._keys, packed), len(self._keys) - 1)
         known = self._keys[position] == packed
