@@ -385,6 +385,8 @@ def model_kwargs(cfg: Mapping, num_classes: int, pretrained: Optional[str] = Non
 def dataset_kwargs(dataset_cfg: Mapping, split: Optional[str] = None) -> Dict:
     """Arguments of ``seg.data.build_dataset`` from the ``dataset`` group (optionally another split)."""
     kwargs = {k: v for k, v in dataset_cfg.items() if k not in DATASET_RUN_KEYS}
+    if dataset_cfg.get("ignore_index", 255) != 255:  # the ignore value of 16-bit masks (dataset=folder)
+        kwargs["ignore_index"] = dataset_cfg["ignore_index"]
     if split is not None:
         kwargs["split"] = split
     return kwargs

@@ -194,8 +194,9 @@ def test_nothing_paired_and_missing_folders(tmp_path):
         folder(tmp_path)
     with pytest.raises(DatasetError, match=r"dataset\.val_fraction must be a number in \(0, 1\), got 1\.5"):
         folder(tmp_path, num_classes=3, val_fraction=1.5)
-    with pytest.raises(DatasetError, match=r"dataset\.label_map maps mask values 0-255 .* got 300: 1"):
-        folder(tmp_path, num_classes=3, label_map={300: 1})
+    with pytest.raises(DatasetError, match=r"dataset\.label_map maps mask values \(0-255 in 8-bit masks, 0-65535 in "
+                                           r"16-bit ones\) .* got 70000: 1"):
+        folder(tmp_path, num_classes=3, label_map={70000: 1})
 
 
 def test_unknown_colour_names_the_colour_and_its_pixels(tmp_path):

@@ -180,17 +180,20 @@ def test_mask_value_out_of_range(voc):
         build_dataset("voc", voc[0], "train")[0]
 
 
-@pytest.mark.parametrize("mode, detail", [("RGB", "3 channels"), ("RGBA", "4 channels"), ("I;16", "16 bits"),
-                                          ("I", "32-bit")])
+@pytest.mark.parametrize("mode, detail", [("RGB", "3 channels"), ("RGBA", "4 channels"), ("F", "floating-point"),
+                                          ("I", "values 1..70000")])
 def test_mask_mode_refused(voc, mode, detail):
+    """16-bit masks are read (tests/test_wide_masks.py); colour, float and 32-bit values beyond 16 bits are not."""
     path = folder(voc) / "SegmentationClass/2007_000001.png"
     values = np.ones((24, 32), np.uint8)
     if mode in ("RGB", "RGBA"):
         image = Image.fromarray(np.stack([values] * len(mode), axis=-1), mode)
     else:
-        image = Image.fromarray(values.astype(np.uint16 if mode == "I;16" else np.int32))
+        values = values.astype(np.float32 if mode == "F" else np.int32)
+        values[0, 0] = 0 if mode == "F" else 70000
+        image = Image.fromarray(values)
         assert image.mode == mode
-    image.save(path, format="TIFF" if mode == "I" else "PNG")  # PNG cannot hold 32-bit; readers go by content
+    image.save(path, format="PNG" if mode in ("RGB", "RGBA") else "TIFF")  # PNG cannot hold these; read by content
     assert Image.open(path).mode == mode
     with pytest.raises(DatasetError, match=f"{re.escape(str(path))} has {detail}"):
         build_dataset("voc", voc[0], "train")[0]

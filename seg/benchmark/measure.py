@@ -122,7 +122,9 @@ def fake_batch(batch: int, hw: Tuple[int, int], s: Setup) -> Tuple[torch.Tensor,
     """A uint8 batch as the loader gives it (pinned on CUDA); labels with an ignore border like real masks."""
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, 3, *hw), dtype=torch.uint8, generator=generator)
-    labels = torch.randint(0, s.num_classes, (batch, *hw), dtype=torch.uint8, generator=generator)
+    wide = s.ignore_index > 255  # more than 255 classes: int32 labels, 65535 = ignore, as TransformedDataset gives
+    labels = torch.randint(0, s.num_classes, (batch, *hw), dtype=torch.int32 if wide else torch.uint8,
+                           generator=generator)
     labels[:, :2], labels[:, :, :2] = s.ignore_index, s.ignore_index
     return (images.pin_memory(), labels.pin_memory()) if s.device.type == "cuda" else (images, labels)
 

@@ -14,6 +14,7 @@ import torch
 from seg import config
 from seg.benchmark import measure
 from seg.data import build_dataset
+from seg.data.base import label_space
 from seg.data.loader import build_train_loader
 from seg.data.transforms import normalize
 from seg.engine.device import place, resolve_amp, resolve_device, versions
@@ -135,7 +136,7 @@ def make_setup(cfg: Mapping, num_classes: int) -> Tuple[measure.Setup, Dict]:
         warmup=warmup if cfg["warmup"] is None else cfg["warmup"], steps=cfg["steps"] or steps,
         batch=cfg["batch_size"], crop=config.crop_hw(cfg["crop_size"], "crop_size"),
         eval_batch=cfg["eval_batch_size"] or cfg["batch_size"], eval_hw=config.crop_hw(cfg["eval_size"], "eval_size"),
-        num_classes=num_classes, ignore_index=cfg["dataset"].get("ignore_index", 255))
+        num_classes=num_classes, ignore_index=label_space(num_classes)[0])
     return s, {"backbone": config.backbone_name(cfg), "os": cfg["os"], "head": cfg["model"]["head"],
                "aux_loss": cfg["model"]["aux_loss"], "batch_size": s.batch, "crop_size": list(s.crop),
                "num_classes": num_classes, "amp": cfg["amp"], "channels_last": s.channels_last,

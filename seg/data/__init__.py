@@ -1,7 +1,8 @@
 """Datasets, augmentation pipelines and sample validation.
 
 ``build_dataset(name, root, split, num_classes=None, class_names=None, **options)`` builds any dataset from the
-keys of a ``configs/dataset/*.yaml`` file (less ``val_split`` and ``ignore_index``); ``DATASETS`` is the registry.
+keys of a ``configs/dataset/*.yaml`` file (less ``val_split``, and ``ignore_index`` unless it is not 255: the ignore
+value of ``folder``'s 16-bit masks); ``DATASETS`` is the registry.
 Class weights against imbalance (``seg.data.class_weights``) are computed from a dataset's masks.
 """
 

@@ -1,10 +1,13 @@
 """What every dataset shares: the sample contract, file reading and per-sample validation.
 
 A dataset is a list of samples (image file, mask file, id) plus its classes. ``dataset[i]`` returns
-``(image uint8 [H, W, 3] RGB, mask uint8 [H, W])`` with class indices in ``[0, num_classes)`` and
-``IGNORE_INDEX`` (255) for unlabelled pixels. Every sample is validated when it is read: a file that is missing,
-truncated or unreadable, a mask that is not single-channel 8-bit, a label outside the classes, or an image and
-mask of different sizes raises ``DatasetError`` naming the file, never a silent cast.
+``(image uint8 [H, W, 3] RGB, mask [H, W])`` with class indices in ``[0, num_classes)`` and the dataset's
+``ignore_index`` for unlabelled pixels: a uint8 mask with ``IGNORE_INDEX`` (255) up to 255 classes, a uint16 mask
+with ``WIDE_IGNORE_INDEX`` (65535) beyond (``label_space``). Mask files are 8-bit (255 = ignore) or 16-bit
+(65535 = ignore) index images; either depth serves either label space, never by a silent cast. Every sample is
+validated when it is read: a file that is missing, truncated or unreadable, a mask that is not a single-channel
+8- or 16-bit image, a label outside the classes, or an image and mask of different sizes raises ``DatasetError``
+naming the file.
 """
 
 from __future__ import annotations
@@ -17,17 +20,24 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from seg.data.palette import extend_palette
 from seg.errors import UserError
 
 IGNORE_INDEX = 255
+# The ignore value of 16-bit masks, and of every label map of a dataset with more than 255 classes.
+WIDE_IGNORE_INDEX = 65535
+MAX_CLASSES = WIDE_IGNORE_INDEX  # class indices 0..65534 in 16-bit masks
 DOCS = "docs/datasets.md"
 
 # A truncated file must raise instead of loading a partly grey image (this is PIL's default; pinned here because
 # a training run must never learn from half-decoded samples).
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-# Masks hold class indices; these modes store one 8-bit value per pixel.
+# Masks hold class indices; these modes store one 8-bit value per pixel (16-bit masks: WIDE_GRAY_MODES).
 MASK_MODES = ("L", "P")
+# 16-bit and 32-bit integer grayscale modes (PIL opens 16-bit PNGs and TIFFs as one of these; a mask in mode "I" is
+# checked for its range)
+WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 class DatasetError(UserError, ValueError):
@@ -58,8 +68,10 @@ def resolve_classes(default_names: Sequence[str], num_classes: Optional[int], cl
     gives generic names ``class_0 ...`` unless ``class_names`` are given.
     """
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                    or not 1 <= num_classes <= IGNORE_INDEX):
-        raise DatasetError(f"dataset.num_classes must be an integer in [1, {IGNORE_INDEX}], got {num_classes!r}")
+                                    or not 1 <= num_classes <= MAX_CLASSES):
+        raise DatasetError(f"dataset.num_classes must be an integer in [1, {MAX_CLASSES}] (up to {IGNORE_INDEX} "
+                           f"with 8-bit masks, 255 = ignore; more needs 16-bit masks, {WIDE_IGNORE_INDEX} = ignore), "
+                           f"got {num_classes!r}")
     if class_names is not None:
         if isinstance(class_names, str) or not all(isinstance(n, str) for n in class_names):
             raise DatasetError(f"dataset.class_names must be a list of strings, got {class_names!r}")
@@ -76,17 +88,14 @@ def resolve_classes(default_names: Sequence[str], num_classes: Optional[int], cl
     if fixed and len(names) != len(default_names):
         raise DatasetError(f"this dataset has {len(default_names)} classes ({', '.join(default_names)}); "
                            f"dataset.num_classes / dataset.class_names must match that count")
-    if not 1 <= len(names) <= IGNORE_INDEX:
-        raise DatasetError(f"dataset.class_names must hold 1 to {IGNORE_INDEX} names, got {len(names)}")
+    if not 1 <= len(names) <= MAX_CLASSES:
+        raise DatasetError(f"dataset.class_names must hold 1 to {MAX_CLASSES} names (more than {IGNORE_INDEX} need "
+                           f"16-bit masks, {WIDE_IGNORE_INDEX} = ignore), got {len(names)}")
     return names
 
 
 class ImageTooLarge(DatasetError):
     """An image with more pixels than the caller allows (PIL's decompression-bomb guard, or ``max_pixels``)."""
-
-
-# 16-bit and 32-bit integer grayscale modes (PIL opens 16-bit PNGs and TIFFs as one of these)
-WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def read_image(path: Path, max_pixels: Optional[int] = None, what: str = "image") -> np.ndarray:
@@ -111,15 +120,60 @@ def read_image(path: Path, max_pixels: Optional[int] = None, what: str = "image"
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """Decode a single-channel 8-bit mask (``L`` or palette ``P`` PNG) into its raw values ``[H, W]``."""
+    """Decode a single-channel mask into its raw values ``[H, W]``: uint8 from an 8-bit image (``L`` or palette
+    ``P`` PNG), uint16 from a 16-bit grayscale image (PNG or TIFF, ``I;16*``, or ``I`` holding 16-bit values)."""
     with open_image(path, "mask") as img:
+        if img.mode in WIDE_GRAY_MODES:
+            return wide_values(img, path)
         if img.mode not in MASK_MODES:
-            detail = {"RGB": "3 channels (a colour image)", "RGBA": "4 channels", "I;16": "16 bits per pixel",
-                      "I": "32-bit integers", "1": "1 bit per pixel"}.get(img.mode, f"mode {img.mode}")
+            detail = {"RGB": "3 channels (a colour image)", "RGBA": "4 channels", "F": "floating-point values",
+                      "1": "1 bit per pixel"}.get(img.mode, f"mode {img.mode}")
             raise DatasetError(
-                f"mask {path} has {detail}; masks must be single-channel 8-bit images (PNG mode L or P) holding "
-                f"class indices, with {IGNORE_INDEX} for ignored pixels (convert colour or 16-bit masks to indices)")
+                f"mask {path} has {detail}; masks must be single-channel 8-bit (PNG mode L or P, {IGNORE_INDEX} = "
+                f"ignore) or 16-bit grayscale images ({WIDE_IGNORE_INDEX} = ignore) holding class indices "
+                f"(convert colour masks to indices)")
         return np.array(img, dtype=np.uint8)
+
+
+def wide_values(img: Image.Image, path: Path) -> np.ndarray:
+    """The uint16 values of a 16-bit (or 32-bit integer) grayscale image; 32-bit values outside 0..65535 are an
+    error, never wrapped."""
+    values = np.asarray(img)
+    if values.dtype != np.uint16:
+        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        if low < 0 or high > WIDE_IGNORE_INDEX:
+            raise DatasetError(f"mask {path} has values {low}..{high}; 16-bit masks hold class indices 0.."
+                               f"{WIDE_IGNORE_INDEX - 1} and {WIDE_IGNORE_INDEX} = ignore")
+    return values.astype(np.uint16)
+
+
+def label_space(num_classes: int) -> Tuple[int, type]:
+    """``(ignore index, dtype)`` of a dataset's label maps: ``(255, uint8)`` up to 255 classes, else
+    ``(65535, uint16)``."""
+    return (IGNORE_INDEX, np.uint8) if num_classes <= IGNORE_INDEX else (WIDE_IGNORE_INDEX, np.uint16)
+
+
+def value_table(depth_ignore: int, ignore_index: int, extra_ignore: Optional[int] = None,
+                label_map: Optional[Dict[int, int]] = None) -> np.ndarray:
+    """uint16 ``[depth_ignore + 1]``: mask file value -> label. Identity, except the file's own ignore value
+    (``depth_ignore``: 255 or 65535) and ``extra_ignore`` -> ``ignore_index``, then ``label_map`` (file value ->
+    class or ``ignore_index``) on top."""
+    table = np.arange(depth_ignore + 1, dtype=np.uint16)
+    table[depth_ignore] = ignore_index
+    if extra_ignore is not None and extra_ignore <= depth_ignore:
+        table[extra_ignore] = ignore_index
+    for old, new in (label_map or {}).items():
+        if old <= depth_ignore:
+            table[old] = new
+    return table
+
+
+def to_labels(values: np.ndarray, ignore_index: int) -> np.ndarray:
+    """Raw mask values (uint8: 255 = ignore; uint16: 65535 = ignore) as labels with ``ignore_index``: the array
+    itself when the depths match, else uint16 (``check_sample`` then finds the values outside the classes before
+    ``__getitem__`` narrows it)."""
+    depth_ignore = IGNORE_INDEX if values.dtype == np.uint8 else WIDE_IGNORE_INDEX
+    return values if depth_ignore == ignore_index else value_table(depth_ignore, ignore_index)[values]
 
 
 def open_image(path: Path, what: str, max_pixels: Optional[int] = None) -> Image.Image:
@@ -167,26 +221,30 @@ def _pil_pixel_limit(max_pixels: Optional[int]):
 
 def check_sample(image: np.ndarray, mask: np.ndarray, num_classes: int, image_name: str, mask_name: str,
                  hint: str = "") -> None:
-    """Raise ``DatasetError`` if the mask does not match the image or holds a value that is not a class or 255.
+    """Raise ``DatasetError`` if the mask does not match the image or holds a value that is not a class or the
+    ignore index of ``num_classes``'s label space (255, or 65535 beyond 255 classes).
 
     ``hint`` ends the out-of-range message (how this dataset's options remap values).
     """
     if image.shape[:2] != mask.shape:
         raise DatasetError(f"image {image_name} is {image.shape[1]}x{image.shape[0]} (WxH) but the mask from "
                            f"{mask_name} is {mask.shape[1]}x{mask.shape[0]}")
-    counts = np.bincount(mask.ravel(), minlength=256)
-    bad = np.flatnonzero(counts[num_classes:IGNORE_INDEX]) + num_classes
+    ignore_index, _ = label_space(num_classes)
+    counts = np.bincount(mask.ravel(), minlength=ignore_index + 1)
+    counts[ignore_index] = 0
+    bad = np.flatnonzero(counts[num_classes:]) + num_classes
     if bad.size:
-        raise DatasetError(f"mask {mask_name} holds values {bad.tolist()} outside the {num_classes} classes "
-                           f"[0, {num_classes - 1}] and the ignore value {IGNORE_INDEX}{hint}")
+        shown = bad.tolist() if bad.size <= 20 else bad[:20].tolist() + [f"... {bad.size - 20} more"]
+        raise DatasetError(f"mask {mask_name} holds values {shown} outside the {num_classes} classes "
+                           f"[0, {num_classes - 1}] and the ignore value {ignore_index}{hint}")
 
 
 class SegmentationDataset:
     """Base class: ``samples`` and ``class_names``; subclasses override ``load_mask`` (and ``mask_source``) when
     masks need decoding.
 
-    Attributes: ``class_names``, ``num_classes``, ``palette`` (uint8 ``[256, 3]``: the colour of each mask value),
-    ``ignore_index`` (255), ``root`` and ``split``, and:
+    Attributes: ``class_names``, ``num_classes``, ``palette`` (uint8 ``[max(256, num_classes), 3]``: the colour of
+    each mask value), ``ignore_index`` (255, or 65535 beyond 255 classes), ``root`` and ``split``, and:
 
     - ``problems``: what listing the files found wrong (an image without a mask, two files with one stem); the
       samples concerned are left out. ``build_dataset`` refuses a dataset with problems unless asked not to, so
@@ -196,7 +254,6 @@ class SegmentationDataset:
     - ``label_decoding``: the options that turn mask files into labels (part of the class-weight cache key).
     """
 
-    ignore_index = IGNORE_INDEX
     derived_splits: Optional[Dict[str, List[str]]] = None
     classes_from_data = False  # True: the class list was found in the files (LabelMe labels), so training records it
     value_hint = ""  # appended to the "values outside the classes" error
@@ -212,13 +269,17 @@ class SegmentationDataset:
         self.split = split
         self.samples = list(samples)
         self.class_names = list(class_names)
-        self.palette = np.asarray(palette, dtype=np.uint8).reshape(256, 3)
+        self.palette = extend_palette(palette, self.num_classes)
         self.problems = list(problems)
         self.label_decoding = dict(label_decoding or {})
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def ignore_index(self) -> int:
+        return label_space(self.num_classes)[0]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -227,7 +288,8 @@ class SegmentationDataset:
         return self.samples[index].id
 
     def load_mask(self, index: int) -> np.ndarray:
-        return read_mask(self.samples[index].mask)
+        """The labels of a sample (``ignore_index`` for ignored pixels), uint8 or uint16, not yet checked."""
+        return to_labels(read_mask(self.samples[index].mask), self.ignore_index)
 
     def mask_source(self, index: int) -> str:
         """Where a sample's mask comes from, for error messages."""
@@ -238,7 +300,7 @@ class SegmentationDataset:
         image = read_image(sample.image)
         mask = self.load_mask(index)
         check_sample(image, mask, self.num_classes, str(sample.image), self.mask_source(index), self.value_hint)
-        return image, mask
+        return image, mask.astype(label_space(self.num_classes)[1], copy=False)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, {len(self)} samples, "

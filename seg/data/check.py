@@ -19,12 +19,13 @@ class CheckReport:
     num_samples: int
     class_names: List[str]
     problems: List[str] = field(default_factory=list)
-    # pixels per mask value (0-255) and, per class, the number of images that contain it
-    pixel_counts: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=np.int64))
-    image_counts: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=np.int64))
+    # pixels per label value (0 to the ignore index) and, per value, the number of images that contain it
+    pixel_counts: np.ndarray = field(default_factory=lambda: np.zeros(IGNORE_INDEX + 1, dtype=np.int64))
+    image_counts: np.ndarray = field(default_factory=lambda: np.zeros(IGNORE_INDEX + 1, dtype=np.int64))
     image_sizes: Counter = field(default_factory=Counter)  # (height, width) -> number of images
     statistics: Optional[PixelStatistics] = None  # of the samples without problems: what class weights come from
     skipped: List[str] = field(default_factory=list)  # objects an annotation file holds that were not drawn
+    ignore_index: int = IGNORE_INDEX  # 65535 for the 16-bit labels of more than 255 classes
 
     @property
     def ok(self) -> bool:
@@ -40,15 +41,17 @@ class CheckReport:
         lines += [f"  problem: {p}" for p in self.problems]
         lines += [f"  skipped: {line}" for line in self.skipped]
         total = int(self.pixel_counts.sum())
-        labelled = total - int(self.pixel_counts[IGNORE_INDEX])
+        ignored = int(self.pixel_counts[self.ignore_index])
+        labelled = total - ignored
         weights = self.suggested_weights()
         lines.append(f"class pixel frequencies and suggested train.class_weights ({labelled} labelled pixels, "
-                     f"{self.pixel_counts[IGNORE_INDEX] / max(total, 1):.2%} of all pixels ignored):")
+                     f"{ignored / max(total, 1):.2%} of all pixels ignored, value {self.ignore_index}):")
         name_width = max([len(n) for n in self.class_names] + [5])
-        lines.append(f"  {'#':>3} {'class':<{name_width}} {'pixels':>8} {'images':>7} "
+        digits = max(3, len(str(len(self.class_names) - 1)))
+        lines.append(f"  {'#':>{digits}} {'class':<{name_width}} {'pixels':>8} {'images':>7} "
                      + " ".join(f"{m:>16}" for m in METHODS))
         for index, name in enumerate(self.class_names):
-            lines.append(f"  {index:3d} {name:<{name_width}} {self.pixel_counts[index] / max(labelled, 1):8.3%} "
+            lines.append(f"  {index:{digits}d} {name:<{name_width}} {self.pixel_counts[index] / max(labelled, 1):8.3%} "
                          f"{self.image_counts[index]:7d} " + " ".join(f"{weights[m][index]:16.4f}" for m in METHODS))
         lines.append("  as lists: " + "; ".join(
             f"train.class_weights=[{','.join(f'{w:.4g}' for w in weights[m])}]" for m in METHODS))
@@ -67,14 +70,17 @@ def check_dataset(dataset, progress: bool = True) -> CheckReport:
     """
     report = CheckReport(num_samples=len(dataset), class_names=list(dataset.class_names),
                          problems=list(dataset.problems), statistics=PixelStatistics(dataset.num_classes),
-                         skipped=dataset.skipped_lines() if hasattr(dataset, "skipped_lines") else [])
+                         skipped=dataset.skipped_lines() if hasattr(dataset, "skipped_lines") else [],
+                         ignore_index=dataset.ignore_index)
+    report.pixel_counts = np.zeros(dataset.ignore_index + 1, dtype=np.int64)
+    report.image_counts = np.zeros(dataset.ignore_index + 1, dtype=np.int64)
     for index in tqdm(range(len(dataset)), desc="checking", unit="image", disable=not progress):
         try:
             image, mask = dataset[index]
         except DatasetError as error:
             report.problems.append(f"{dataset.sample_id(index)}: {error}")
             continue
-        counts = np.bincount(mask.ravel(), minlength=256)
+        counts = np.bincount(mask.ravel(), minlength=dataset.ignore_index + 1)
         report.pixel_counts += counts
         report.image_counts += counts > 0
         report.statistics.add_counts(counts)

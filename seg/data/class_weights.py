@@ -54,7 +54,8 @@ class PixelStatistics:
                 setattr(self, name, np.zeros(self.num_classes, dtype=np.int64))
 
     def add_counts(self, counts: np.ndarray) -> None:
-        """Add one mask, given as its ``np.bincount(minlength=256)``; values outside the classes are not counted."""
+        """Add one mask, given as its ``np.bincount(minlength=num_classes)``; values outside the classes are not
+        counted."""
         per_class = np.asarray(counts[: self.num_classes], dtype=np.int64)
         present = per_class > 0
         self.pixels += per_class
@@ -62,7 +63,7 @@ class PixelStatistics:
         self.images += present
 
     def add(self, mask: np.ndarray) -> None:
-        self.add_counts(np.bincount(mask.ravel(), minlength=256))
+        self.add_counts(np.bincount(mask.ravel(), minlength=self.num_classes))
 
     def weights(self, method: str) -> List[float]:
         if method == "median_frequency":
@@ -124,7 +125,7 @@ def compute_statistics(dataset: SegmentationDataset, progress: bool = False, thr
     stats = PixelStatistics(dataset.num_classes)
 
     def counts(index: int) -> np.ndarray:
-        return np.bincount(dataset.load_mask(index).ravel(), minlength=256)
+        return np.bincount(dataset.load_mask(index).ravel(), minlength=dataset.num_classes)
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         for result in tqdm(pool.map(counts, range(len(dataset))), total=len(dataset), desc="class statistics",

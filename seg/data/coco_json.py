@@ -42,7 +42,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from seg.data.base import IGNORE_INDEX, DatasetError, Sample, SegmentationDataset, not_found, resolve_classes
+from seg.data.base import DatasetError, Sample, SegmentationDataset, label_space, not_found, resolve_classes
 from seg.data.coco import decode_segmentation
 from seg.data.folder import ALL_SPLIT, split_ids
 from seg.data.mask_exports import find_split
@@ -319,7 +319,8 @@ class COCOJSONSegmentation(SegmentationDataset):
                     problems.append(segmentation)
                     bad = True
                 elif segmentation is not None:
-                    value = IGNORE_INDEX if ann.get("iscrowd") and self.crowd == "ignore" else class_of[category]
+                    ignored = ann.get("iscrowd") and self.crowd == "ignore"
+                    value = None if ignored else class_of[category]  # None: the ignore index
                     objects.append((ann["id"], value, segmentation))
             if bad:
                 continue
@@ -330,7 +331,8 @@ class COCOJSONSegmentation(SegmentationDataset):
 
     def load_mask(self, index: int) -> np.ndarray:
         height, width = self.sizes[index]
-        target = np.zeros((height, width), dtype=np.uint8)
+        ignore, dtype = label_space(self.num_classes)  # uint16 beyond 255 categories (LVIS-style label sets)
+        target = np.zeros((height, width), dtype=dtype)
         drawn = []
         for order, (ann_id, value, segmentation) in enumerate(self.objects[index]):
             try:
@@ -340,7 +342,7 @@ class COCOJSONSegmentation(SegmentationDataset):
                     from None
             drawn.append((-int(mask.sum()), order, value, mask))
         for _, _, value, mask in sorted(drawn, key=lambda d: d[:2]):  # largest first, smaller on top
-            target[mask] = value
+            target[mask] = ignore if value is None else value
         return target
 
     def mask_source(self, index: int) -> str:

@@ -22,6 +22,7 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 
 from seg.data.base import DatasetError
+from seg.data.palette import extend_palette
 
 KEY = "dataset.colors"
 
@@ -35,14 +36,15 @@ class ColourTable:
         packed = pack(self.colours)
         order = np.argsort(packed, kind="stable")
         object.__setattr__(self, "_keys", packed[order])
-        object.__setattr__(self, "_classes", order.astype(np.uint8))
+        # uint16 beyond 255 colours: 16-bit labels (65535 = ignore), as index masks of that many classes
+        object.__setattr__(self, "_classes", order.astype(np.uint8 if len(order) <= 255 else np.uint16))
 
     def __len__(self) -> int:
         return len(self.colours)
 
     def to_indices(self, rgb: np.ndarray, path: Union[str, Path]) -> np.ndarray:
-        """Class indices ``[H, W]`` uint8 of an RGB mask ``[H, W, 3]``; a colour not in the table is an error naming
-        the file, the most frequent unknown colour and its pixel count."""
+        """Class indices ``[H, W]`` (uint8, uint16 beyond 255 colours) of an RGB mask ``[H, W, 3]``; a colour not in
+        the table is an error naming the file, the most frequent unknown colour and its pixel count."""
         packed = pack(rgb)
         position = np.minimum(np.searchsorted(self._keys, packed), len(self._keys) - 1)
         known = self._keys[position] == packed
@@ -150,7 +152,8 @@ def _is_int(text: str) -> bool:
 
 
 def palette_with(colours: Sequence[Sequence[int]], base: np.ndarray) -> np.ndarray:
-    """``base`` (``[256, 3]``) with its first entries replaced by ``colours``."""
-    palette = np.array(base, dtype=np.uint8).reshape(256, 3).copy()
+    """``base`` (``[256, 3]`` or more rows) with its first entries replaced by ``colours``; more colours than
+    rows (over 256 classes) extend it."""
+    palette = extend_palette(base, len(colours)).copy()
     palette[: len(colours)] = np.asarray(colours, dtype=np.uint8).reshape(-1, 3)
     return palette

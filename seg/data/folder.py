@@ -6,9 +6,10 @@ Layout under ``root`` (the two folder names are options)::
     masks/<sub folders>/<stem>.png        the same relative path and stem (.png .bmp .tif .tiff .gif .webp)
     train.txt, val.txt                    optional: one stem per line (the path under images/ without extension)
 
-Masks hold class indices (palette or 8-bit grayscale PNGs, 255 = ignore) or, with ``colors``, one colour per class
-(RGB images as annotation tools export them, see ``seg.data.colors``). ``label_map`` then remaps values, e.g.
-``{255: 1}`` for 0/255 binary masks or ``{5: 255}`` to ignore a "void" class.
+Masks hold class indices (palette or 8-bit grayscale PNGs, 255 = ignore; 16-bit grayscale PNGs or TIFFs for more
+than 255 classes, 65535 = ignore, or ``ignore_index``) or, with ``colors``, one colour per class (RGB images as
+annotation tools export them, see ``seg.data.colors``). ``label_map`` then remaps values, e.g. ``{255: 1}`` for
+0/255 binary masks or ``{5: 255}`` to ignore a "void" class.
 
 Without split lists, the split is derived from ``val_fraction`` and ``seed``: stems ranked by a hash of
 ``(seed, stem)``, the first ``val_fraction`` of them for validation, the same on every machine. Adding files to the
@@ -30,6 +31,8 @@ import numpy as np
 from seg.data.base import (
     IGNORE_INDEX,
     MASK_MODES,
+    WIDE_GRAY_MODES,
+    WIDE_IGNORE_INDEX,
     DatasetError,
     Sample,
     SegmentationDataset,
@@ -38,6 +41,8 @@ from seg.data.base import (
     read_image,
     read_mask,
     resolve_classes,
+    value_table,
+    wide_values,
 )
 from seg.data.colors import ColourTable, colour_list, palette_with, read_colour_table
 from seg.data.voc import read_split_file, voc_palette
@@ -139,24 +144,25 @@ def split_ids(root: Path, split: str, stems: List[str], splits, val_fraction: fl
     return [stem for stem in ids if stem in known], problems, None
 
 
-def _label_lookup(label_map: Optional[Mapping]) -> Optional[np.ndarray]:
-    """A 256-entry table applying ``label_map`` (``{value: new value}``), or None when there is none."""
+def _label_map(label_map: Optional[Mapping]) -> Optional[Dict[int, int]]:
+    """``label_map`` (``{value: new value}``) as checked integers, or None when there is none."""
     if label_map is None:
         return None
     if not isinstance(label_map, Mapping):
         raise DatasetError(f"dataset.label_map must be a mapping {{value: new value}}, e.g. {{255: 1}}, "
                            f"got {label_map!r}")
-    lookup = np.arange(256, dtype=np.uint8)
+    checked = {}
     for old, new in label_map.items():
         try:
             old_value, new_value = int(old), int(new)
         except (TypeError, ValueError):
             old_value = new_value = -1
-        if not (0 <= old_value <= 255 and 0 <= new_value <= 255) or isinstance(new, bool):
-            raise DatasetError(f"dataset.label_map maps mask values 0-255 to class indices or {IGNORE_INDEX}, "
-                               f"got {old!r}: {new!r}")
-        lookup[old_value] = new_value
-    return lookup
+        if not (0 <= old_value <= WIDE_IGNORE_INDEX and 0 <= new_value <= WIDE_IGNORE_INDEX) or isinstance(new, bool):
+            raise DatasetError(f"dataset.label_map maps mask values (0-255 in 8-bit masks, 0-{WIDE_IGNORE_INDEX} in "
+                               f"16-bit ones) to class indices or the ignore index ({IGNORE_INDEX}, or "
+                               f"{WIDE_IGNORE_INDEX} with more than {IGNORE_INDEX} classes), got {old!r}: {new!r}")
+        checked[old_value] = new_value
+    return checked
 
 
 class FolderSegmentation(SegmentationDataset):
@@ -166,6 +172,7 @@ class FolderSegmentation(SegmentationDataset):
     (``{split: [stems]}``) takes precedence over split files: it is how a training run's recorded split comes back.
     ``colors``: a list of ``[r, g, b]`` (class i's colour in row i) or the path of a CSV / labelmap.txt file.
     ``palette``: display colours, a list of ``[r, g, b]`` per class (default: ``colors``, else VOC's colour map).
+    ``ignore_index``: the value of ignored pixels in 16-bit masks (None or 255: 65535); 8-bit masks use 255.
     """
 
     value_hint = "; remap them with dataset.label_map or raise dataset.num_classes"
@@ -176,7 +183,7 @@ class FolderSegmentation(SegmentationDataset):
                  colors: Union[str, Path, Sequence[Sequence[int]], None] = None,
                  label_map: Optional[Mapping[int, int]] = None, palette: Optional[Sequence[Sequence[int]]] = None,
                  val_fraction: float = 0.2, seed: int = 0,
-                 splits: Optional[Mapping[str, Sequence[str]]] = None):
+                 splits: Optional[Mapping[str, Sequence[str]]] = None, ignore_index: Optional[int] = None):
         if root is None:
             raise DatasetError("dataset.root is required: the folder that holds images/ and masks/ "
                                "(see docs/datasets.md)")
@@ -187,7 +194,9 @@ class FolderSegmentation(SegmentationDataset):
             if not (root / str(value)).is_dir():
                 raise not_found(f"{key} folder (dataset.{key}={value})", root / str(value))
         self.colour_table: Optional[ColourTable] = read_colour_table(colors, root) if colors is not None else None
-        self.lookup = _label_lookup(label_map)
+        self.label_map = _label_map(label_map)
+        self.wide_ignore = _wide_ignore(ignore_index)
+        self._tables: Dict[type, Optional[np.ndarray]] = {}
         names = self._classes(num_classes, class_names, label_map is not None)
         pairs, problems = pair_files(root / images, root / masks, self.unannotated)
         ids, listing_problems = self._split_ids(root, split, sorted(pairs), splits, val_fraction, seed)
@@ -195,9 +204,11 @@ class FolderSegmentation(SegmentationDataset):
         decoding = {"colors": None if self.colour_table is None else self.colour_table.colours.tolist(),
                     "label_map": None if label_map is None else sorted((int(k), int(v)) for k, v in
                                                                         label_map.items())}
-        super().__init__(root, split, samples, names, self._palette(palette), problems + listing_problems,
-                         decoding)
-        if self.num_classes == 2 and self.lookup is None and self.colour_table is None:
+        if self.wide_ignore != WIDE_IGNORE_INDEX:
+            decoding["ignore_index"] = self.wide_ignore
+        super().__init__(root, split, samples, names, self._palette(palette, len(names)),
+                         problems + listing_problems, decoding)
+        if self.num_classes == 2 and self.label_map is None and self.colour_table is None:
             self.load_mask(0)  # 0/255 binary masks: say so now rather than at the first training batch
 
     # -- construction -----------------------------------------------------------------------------------------
@@ -215,11 +226,13 @@ class FolderSegmentation(SegmentationDataset):
                                f"extra ones with dataset.label_map")
         return names
 
-    def _palette(self, palette) -> np.ndarray:
+    def _palette(self, palette, num_classes: int) -> np.ndarray:
+        """Up to 255 classes, value 255 (ignore) keeps VOC's colour whatever the colours listed."""
+        shown = num_classes if num_classes > IGNORE_INDEX else IGNORE_INDEX
         if palette is not None:
-            return palette_with(colour_list(palette, "dataset.palette")[:IGNORE_INDEX], voc_palette())
+            return palette_with(colour_list(palette, "dataset.palette")[:shown], voc_palette())
         if self.colour_table is not None:
-            return palette_with(self.colour_table.colours[:IGNORE_INDEX], voc_palette())
+            return palette_with(self.colour_table.colours[:shown], voc_palette())
         return voc_palette()
 
     def _split_ids(self, root: Path, split: str, stems: List[str], splits, val_fraction: float,
@@ -234,20 +247,41 @@ class FolderSegmentation(SegmentationDataset):
             values = self.colour_table.to_indices(read_image(path, what="mask"), path)
         else:
             values = read_index_mask(path)
-        if self.lookup is not None:
-            return self.lookup[values]
-        if self.num_classes == 2:
+        if self.label_map is None and self.num_classes == 2:
             check_not_binary_255(values, path)
-        return values
+        table = self._table(values.dtype)
+        return values if table is None else table[values]
+
+    def _table(self, dtype) -> Optional[np.ndarray]:
+        """File value -> label for masks of ``dtype`` (``seg.data.base.value_table``), made once per depth; None
+        where the values are the labels (8-bit masks of up to 255 classes, 16-bit ones beyond, no remapping)."""
+        if dtype not in self._tables:
+            wide = dtype == np.uint16
+            table = value_table(WIDE_IGNORE_INDEX if wide else IGNORE_INDEX, self.ignore_index,
+                                self.wide_ignore if wide else None, self.label_map)
+            self._tables[dtype] = None if np.array_equal(table, np.arange(len(table))) else table
+        return self._tables[dtype]
+
+
+def _wide_ignore(ignore_index) -> int:
+    """``dataset.ignore_index`` as the ignore value of 16-bit masks: 255 (every dataset's default) means 65535."""
+    if ignore_index is None or ignore_index == IGNORE_INDEX:
+        return WIDE_IGNORE_INDEX
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or not 0 <= ignore_index < 65536:
+        raise DatasetError(f"dataset.ignore_index must be an integer in [0, {WIDE_IGNORE_INDEX}] (the value of ignored "
+                           f"pixels in 16-bit masks; 255 means {WIDE_IGNORE_INDEX}), got {ignore_index!r}")
+    return ignore_index
 
 
 def read_index_mask(path: Path) -> np.ndarray:
-    """Class indices of an index mask: palette or 8-bit grayscale, a 1-bit image (0/255), or an RGB image whose
-    three channels are equal (a grayscale mask saved as RGB). A colour image is an error pointing to
-    dataset.colors."""
+    """Raw values of an index mask: uint8 from a palette or 8-bit grayscale image, a 1-bit image (0/255) or an RGB
+    image whose three channels are equal (a grayscale mask saved as RGB); uint16 from a 16-bit grayscale image. A
+    colour image is an error pointing to dataset.colors."""
     with open_image(path, "mask") as img:
         if img.mode in MASK_MODES:
             return np.array(img, dtype=np.uint8)
+        if img.mode in WIDE_GRAY_MODES:
+            return wide_values(img, path)
         if img.mode == "1":
             return np.array(img.convert("L"), dtype=np.uint8)
         if img.mode in ("RGB", "RGBA"):
@@ -260,7 +294,10 @@ def read_index_mask(path: Path) -> np.ndarray:
 
 
 def check_not_binary_255(values: np.ndarray, path: Path) -> None:
-    """A 2-class mask holding only 0 and 255 is a 0/255 binary mask read as "background and ignored": refuse it."""
+    """A 2-class 8-bit mask holding only 0 and 255 is a 0/255 binary mask read as "background and ignored": refuse
+    it."""
+    if values.dtype != np.uint8:
+        return
     counts = np.bincount(values.ravel(), minlength=256)
     if counts[IGNORE_INDEX] and not counts[1:IGNORE_INDEX].any():
         raise DatasetError(f"mask {path} holds only 0 and 255 with 2 classes, but 255 is the ignore value: for 0/255 "

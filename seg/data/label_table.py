@@ -39,8 +39,8 @@ def identity(num_labels: int) -> np.ndarray:
 
 def apply_table(mask: np.ndarray, table: np.ndarray, path: Path, allowed: str) -> np.ndarray:
     """``table[mask]`` as uint8; values the table does not map are an error naming the file and ``allowed``."""
-    present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
-    bad = [int(v) for v in present if table[v] == NOT_A_LABEL]
+    present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))  # a 16-bit mask may hold values past 255
+    bad = [int(v) for v in present if v >= len(table) or table[v] == NOT_A_LABEL]
     if bad:
         raise DatasetError(f"mask {path} holds values {bad} that are not {allowed}")
     return table[mask].astype(np.uint8)

@@ -37,11 +37,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from seg.data.base import (
-    IGNORE_INDEX,
     DatasetError,
     Sample,
     SegmentationDataset,
     check_sample,
+    label_space,
     not_found,
     read_image,
     resolve_classes,
@@ -159,7 +159,7 @@ class LabelMeSegmentation(SegmentationDataset):
         self.background = names[0]
         value_of = {name: index for index, name in enumerate(names)}
         value_of.update({name: 0 for name in BACKGROUND_LABELS if name not in value_of})
-        value_of[IGNORE_LABEL] = IGNORE_INDEX
+        value_of[IGNORE_LABEL] = label_space(len(names))[0]
         ids, split_problems, self.derived_splits = split_ids(root, split, sorted(parsed), splits, val_fraction,
                                                              seed, "readable LabelMe file")
         self.skipped: Skipped = {}
@@ -227,7 +227,7 @@ class LabelMeSegmentation(SegmentationDataset):
                      width: int) -> Optional[str]:
         """A problem line, ``""`` for a shape skipped (counted), None for a shape to draw."""
         if shape["label"] not in value_of:
-            known = ", ".join(k for k, v in value_of.items() if v != IGNORE_INDEX and (v or k == self.background))
+            known = ", ".join(k for k, v in value_of.items() if k != IGNORE_LABEL and (v or k == self.background))
             return f"{where} has the label {shape['label']!r}, which is not a class ({known}); add it to " \
                    f"dataset.class_names"
         kind = shape.get("shape_type") or "polygon"
@@ -253,7 +253,7 @@ class LabelMeSegmentation(SegmentationDataset):
     # -- reading ----------------------------------------------------------------------------------------------
     def load_mask(self, index: int) -> np.ndarray:
         height, width = self.sizes[index]
-        target = np.zeros((height, width), dtype=np.uint8)
+        target = np.zeros((height, width), dtype=label_space(self.num_classes)[1])
         for value, kind, points, patch in self.shapes[index]:  # file order: later shapes on top
             if kind == "mask":
                 with decode_base64_image(patch, f"the mask shape in {self.samples[index].mask}") as img:

@@ -15,9 +15,11 @@ def build_train_loader(dataset, sampler: Sampler, batch_size: int, crop_size: Un
                        scale_range: Optional[Sequence[float]] = (0.5, 2.0), hflip: bool = True,
                        color_jitter: bool = False, num_workers: int = 2, pin_memory: bool = False,
                        seed: int = 0) -> DataLoader:
-    """Batches of ``(images uint8 [N, 3, H, W], masks uint8 [N, H, W])`` for the ``(index, seed)`` pairs that
-    ``sampler`` yields (see ``TransformedDataset``), so the data depend on the sampler alone, not on the workers."""
-    transform = train_transform(crop_size, scale_range=scale_range, hflip=hflip, color_jitter=color_jitter)
+    """Batches of ``(images uint8 [N, 3, H, W], masks [N, H, W])`` (uint8, int32 beyond 255 classes) for the
+    ``(index, seed)`` pairs that ``sampler`` yields (see ``TransformedDataset``), so the data depend on the sampler
+    alone, not on the workers."""
+    transform = train_transform(crop_size, scale_range=scale_range, hflip=hflip, color_jitter=color_jitter,
+                                fill_mask=dataset.ignore_index)
     return DataLoader(TransformedDataset(dataset, transform), batch_size=batch_size, sampler=sampler,
                       num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
                       worker_init_fn=worker_init_fn, drop_last=True,

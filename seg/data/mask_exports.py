@@ -201,6 +201,8 @@ class RoboflowSegmentation(SegmentationDataset):
     def load_mask(self, index: int) -> np.ndarray:
         path = self.samples[index].mask
         values = read_index_mask(path)
+        if values.dtype != np.uint8:
+            raise DatasetError(f"mask {path} is a 16-bit image; {ROBOFLOW_CLASSES} lists 8-bit mask values")
         mapped = self.lookup[values]
         if (mapped < 0).any():
             unknown = sorted(set(np.unique(values[mapped < 0]).tolist()))

@@ -3,7 +3,8 @@
 Samples stay uint8 from disk to the device: the pipelines never normalise, batches are uint8 (four times less
 to copy into pinned memory and over PCIe), and ``normalize`` turns them into float on the device.
 
-Masks are only ever resized with nearest neighbour and padded with 255 (ignore), never 0.
+Masks are only ever resized with nearest neighbour and padded with the ignore index (255, or 65535 for the uint16
+masks of more than 255 classes), never 0. uint16 masks become int32 tensors (torch 2.4 has few uint16 kernels).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
-from seg.data.base import IGNORE_INDEX  # noqa: E402
+from seg.data.base import IGNORE_INDEX, WIDE_IGNORE_INDEX  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,8 +39,9 @@ MEAN_PIXEL = tuple(round(m * 255) for m in IMAGENET_MEAN)
 
 def train_transform(crop_size: Union[int, Sequence[int]], scale_range: Optional[Sequence[float]] = (0.5, 2.0),
                     hflip: bool = True, color_jitter: bool = False,
-                    fill: Sequence[float] = MEAN_PIXEL) -> A.Compose:
-    """Random scale (one factor for both sides), pad to the crop with ``fill`` / 255, random crop, flip, jitter.
+                    fill: Sequence[float] = MEAN_PIXEL, fill_mask: int = IGNORE_INDEX) -> A.Compose:
+    """Random scale (one factor for both sides), pad to the crop with ``fill`` / ``fill_mask`` (the dataset's
+    ignore index), random crop, flip, jitter.
 
     ``crop_size`` is an int or ``(height, width)``; ``scale_range=None`` disables rescaling. Padding goes to the
     bottom and right, as in torchvision's reference.
@@ -52,7 +54,7 @@ def train_transform(crop_size: Union[int, Sequence[int]], scale_range: Optional[
                                    mask_interpolation=cv2.INTER_NEAREST, p=1.0))
     steps += [
         A.PadIfNeeded(height, width, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=tuple(fill),
-                      fill_mask=IGNORE_INDEX),
+                      fill_mask=fill_mask),
         A.RandomCrop(height, width),
     ]
     if hflip:
@@ -68,7 +70,8 @@ def eval_transform() -> A.Compose:
 
 
 class TransformedDataset(Dataset):
-    """``dataset`` with ``transform`` applied; samples come out as ``(image uint8 [3, H, W], mask uint8 [H, W])``.
+    """``dataset`` with ``transform`` applied; samples come out as ``(image uint8 [3, H, W], mask [H, W])``, the mask
+    uint8 (up to 255 classes) or int32 (uint16 masks: more than 255 classes, 65535 = ignore).
 
     ``ds[(index, seed)]`` seeds the transform with ``seed`` first, so the augmentation of a sample depends only on
     ``(index, seed)``: not on the worker process, on the number of workers or on what was drawn before. This is
@@ -108,14 +111,17 @@ class TransformedDataset(Dataset):
         self.transform.set_random_seed(int(seed))
         out = self.transform(image=image, mask=mask)
         image = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
-        return image, torch.from_numpy(np.ascontiguousarray(out["mask"]))
+        mask = out["mask"]
+        return image, torch.from_numpy(np.ascontiguousarray(mask if mask.dtype == np.uint8 else mask.astype(np.int32)))
 
 
 def pad_collate(batch: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Stack samples into ``(images uint8 [N, 3, H, W], masks uint8 [N, H, W])``.
+    """Stack samples into ``(images uint8 [N, 3, H, W], masks [N, H, W])`` (masks uint8, or int32 with 65535 as
+    ignore).
 
     Samples of different sizes (evaluation at original resolution) are placed top-left and padded to the largest
-    height and width: images with ``MEAN_PIXEL``, masks with 255 so that padding never counts in the metrics.
+    height and width: images with ``MEAN_PIXEL``, masks with the ignore index so that padding never counts in the
+    metrics.
     """
     images, masks = zip(*batch)
     height = max(image.shape[1] for image in images)
@@ -123,7 +129,8 @@ def pad_collate(batch: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[tor
     if all(image.shape[1:] == (height, width) for image in images):
         return torch.stack(images), torch.stack(masks)
     padded_images = torch.tensor(MEAN_PIXEL, dtype=torch.uint8).view(1, 3, 1, 1).repeat(len(images), 1, height, width)
-    padded_masks = torch.full((len(masks), height, width), IGNORE_INDEX, dtype=torch.uint8)
+    ignore = IGNORE_INDEX if masks[0].dtype == torch.uint8 else WIDE_IGNORE_INDEX
+    padded_masks = torch.full((len(masks), height, width), ignore, dtype=masks[0].dtype)
     for i, (image, mask) in enumerate(zip(images, masks)):
         padded_images[i, :, : image.shape[1], : image.shape[2]] = image
         padded_masks[i, : mask.shape[0], : mask.shape[1]] = mask

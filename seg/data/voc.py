@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 
 from seg.data.base import DatasetError, Sample, SegmentationDataset, not_found, resolve_classes
+from seg.data.palette import colour_map
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -28,15 +29,7 @@ VOC_CLASSES = (
 
 def voc_palette() -> np.ndarray:
     """The VOC colour map (the one stored in VOC's PNGs) for all 256 values; 255 is (224, 224, 192)."""
-    palette = np.zeros((256, 3), dtype=np.uint8)
-    for index in range(256):
-        value, colour = index, [0, 0, 0]
-        for bit in range(7, -1, -1):
-            for channel in range(3):
-                colour[channel] |= ((value >> channel) & 1) << bit
-            value >>= 3
-        palette[index] = colour
-    return palette
+    return colour_map(256)
 
 
 def find_voc_folder(root: Union[str, Path, None], year: str = "2012",

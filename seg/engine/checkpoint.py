@@ -246,9 +246,10 @@ def num_classes_of(state: Mapping) -> int:
 
 
 def palette_of(state: Mapping) -> np.ndarray:
-    """The dataset palette (``[256, 3]`` uint8) a checkpoint or an export's metadata holds; VOC's if none."""
+    """The dataset palette (``[256, 3]`` uint8, a row per class beyond 256 classes) a checkpoint or an export's
+    metadata holds; VOC's if none."""
     palette = state.get("palette")
-    return voc_palette() if palette is None else np.asarray(palette, dtype=np.uint8).reshape(256, 3)
+    return voc_palette() if palette is None else np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
 
 
 def model_from_checkpoint(state: Mapping, output_stride: Optional[int] = None,

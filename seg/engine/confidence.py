@@ -21,12 +21,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from seg.data.base import label_space
+
 BAND_ELEMENTS = 1 << 24  # about 64 MB of float32 per band: bounded memory, few Python steps
 COLOUR_MAP = cv2.COLORMAP_VIRIDIS
 
 
 class Summary(NamedTuple):
-    labels: np.ndarray                   # [H, W] uint8 class indices
+    labels: np.ndarray                   # [H, W] class indices: uint8, uint16 beyond 255 classes (label_dtype)
     confidence: Optional[np.ndarray]     # [H, W] float32 in [0, 1], or None if not asked for
     entropy: Optional[np.ndarray]        # [H, W] float32 in [0, 1], or None
 
@@ -42,18 +44,25 @@ def _bands(probabilities: torch.Tensor):
 def summarise(probabilities: torch.Tensor, maps: bool = False) -> Summary:
     """Labels (and, with ``maps``, confidence and entropy) of one image's probabilities ``[C, H, W]``."""
     classes, height, width = probabilities.shape
-    labels = np.empty((height, width), dtype=np.uint8)
+    labels = np.empty((height, width), dtype=label_dtype(classes))
     confidence = np.empty((height, width), dtype=np.float32) if maps else None
     entropy = np.empty((height, width), dtype=np.float32) if maps else None
     for top, bottom in _bands(probabilities):
         band = probabilities[:, top:bottom].float()
         best, index = band.max(0)
-        labels[top:bottom] = index.to(torch.uint8).cpu().numpy()
+        labels[top:bottom] = index.to(torch.int32).cpu().numpy()
         if maps:
             confidence[top:bottom] = best.cpu().numpy()
             spread = -(band * band.clamp_min(1e-12).log()).sum(0) / math.log(classes) if classes > 1 else best * 0
             entropy[top:bottom] = spread.clamp(0, 1).cpu().numpy()
     return Summary(labels, confidence, entropy)
+
+
+def label_dtype(num_classes: int) -> type:
+    """The dtype of predicted label maps, the one of the dataset's label maps (``seg.data.base.label_space``): uint8
+    up to 255 classes (a palette PNG), uint16 beyond (a 16-bit grayscale PNG: a palette holds 256 colours at most),
+    so that an overlay's default ignore value (255 in uint8, 65535 else) is never a class."""
+    return label_space(num_classes)[1]
 
 
 def colour_scale(values: np.ndarray) -> np.ndarray:

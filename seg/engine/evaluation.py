@@ -42,6 +42,7 @@ from seg.data.transforms import (
 )
 from seg.engine import distributed
 from seg.engine.checkpoint import CheckpointError, checkpoint_in, load_trained, model_from_checkpoint, num_classes_of
+from seg.engine.confidence import label_dtype
 from seg.engine.device import autocast, place, resolve_amp, resolve_device, size_cpu_threads
 from seg.engine.inference import default_stride, segment
 from seg.io import replacing
@@ -91,7 +92,7 @@ def evaluate(model: torch.nn.Module, dataset, device: torch.device, predictor: P
         images_seen += images.shape[0]
         for i in range(min(keep_samples - len(samples), images.shape[0])):
             samples.append((raw_images[i].permute(1, 2, 0).numpy(), raw_labels[i].numpy(),
-                            predictions[i].to(torch.uint8).cpu().numpy()))
+                            predictions[i].to(torch.int32).cpu().numpy().astype(label_dtype(num_classes))))
     distributed.all_reduce_sum(matrix)
     distributed.all_reduce_sum(images_seen)
     model.train(was_training)
@@ -246,13 +247,13 @@ def confusion_heatmap(matrix: torch.Tensor, class_names: Sequence[str]) -> Image
 
     Class names are drawn along both axes when the cells are large enough to read them (up to ~60 classes).
     """
-    counts = matrix.double().cpu().numpy()
+    counts = matrix.cpu().numpy().astype(np.float32)  # float32: 3000 classes' matrix is 36 MB, not 72
     rows = counts.sum(1, keepdims=True)
     fractions = counts / np.maximum(rows, 1)
-    rgb = EMPTY + fractions[..., None] * (FULL - EMPTY)
+    rgb = EMPTY.astype(np.float32) + fractions[..., None] * (FULL - EMPTY).astype(np.float32)
     rgb[rows[:, 0] == 0] = NO_LABELS
     n = len(class_names)
-    cell = max(4, min(32, 640 // max(n, 1)))
+    cell = max(1 if n > 640 else 4, min(32, 640 // max(n, 1)))  # beyond 640 classes one pixel per cell
     grid = Image.fromarray(rgb.round().astype(np.uint8)).resize((n * cell, n * cell), Image.NEAREST)
     if cell < 10:
         return grid

@@ -5,7 +5,8 @@ exported TorchScript model.
 keeps the input's path relative to ``input`` and its stem. For an image ``<name>.<ext>``:
 
 * ``labels/<name>.png``: the class index per pixel as a palette PNG (mode ``P``, the dataset's colours, so viewers
-  show colours and ``np.array(Image.open(...))`` gives the indices);
+  show colours and ``np.array(Image.open(...))`` gives the indices); beyond 255 classes, which a palette cannot
+  hold, a 16-bit grayscale PNG (mode ``I;16``, the same ``np.array`` gives uint16 indices);
 * ``overlays/<name>.jpg``: the colour-coded prediction blended over the image;
 * with ``probs``: ``confidence/<name>.png`` and ``entropy/<name>.png``, colour-scale maps (``seg.engine.confidence``),
   and with ``probs_npy`` ``probs/<name>.npy``, the probabilities (float16 ``[C, H, W]``);
@@ -34,7 +35,7 @@ from seg.data import DatasetError, normalize
 from seg.data.base import ImageTooLarge, read_image
 from seg.engine import submission
 from seg.engine.checkpoint import checkpoint_in, num_classes_of, palette_of, restore
-from seg.engine.confidence import save_map, save_probabilities, summarise
+from seg.engine.confidence import label_dtype, save_map, save_probabilities, summarise
 from seg.engine.device import autocast, place, resolve_amp, resolve_device
 from seg.engine.inference import segment
 from seg.engine.video import VIDEO_SUFFIXES, is_video, overlay_video
@@ -51,7 +52,7 @@ OUTPUT_FOLDERS = ("labels", "overlays", "confidence", "entropy", "probs", "citys
 @dataclass
 class LoadedModel:
     model: nn.Module                   # normalised input -> {"out": logits}
-    palette: np.ndarray                # [256, 3] uint8
+    palette: np.ndarray                # [256, 3] uint8 (a row per class beyond 256 classes)
     num_classes: int
     crop_size: Optional[Tuple[int, int]]
     amp: str                           # the AMP mode to use when the config says null (as trained)
@@ -131,8 +132,9 @@ def save_prediction(labels: np.ndarray, image: np.ndarray, palette: np.ndarray, 
                     overlay_path: Path) -> None:
     label_path.parent.mkdir(parents=True, exist_ok=True)
     overlay_path.parent.mkdir(parents=True, exist_ok=True)
-    label_image = Image.fromarray(labels)
-    label_image.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1).tolist())  # becomes mode "P"
+    label_image = Image.fromarray(labels)  # uint16 (more than 255 classes): mode "I;16", a 16-bit grayscale PNG
+    if labels.dtype == np.uint8:
+        label_image.putpalette(np.asarray(palette, dtype=np.uint8)[:256].reshape(-1).tolist())  # becomes mode "P"
     label_image.save(label_path)
     Image.fromarray(overlay(image, labels, palette)).save(overlay_path, quality=90)
 
@@ -153,7 +155,8 @@ class Writer:
         return probabilities(self.loaded.model, images, self.device, self.options, self.amp_dtype)
 
     def label_frames(self, frames: np.ndarray) -> np.ndarray:
-        return self.probabilities(frames).argmax(1).to(torch.uint8).cpu().numpy()
+        probabilities = self.probabilities(frames)
+        return probabilities.argmax(1).to(torch.int32).cpu().numpy().astype(label_dtype(probabilities.shape[1]))
 
     def image(self, image: np.ndarray, relative: Path, label_ids: Optional[Path] = None) -> None:
         """The files of one image; ``label_ids``: its submission file (format=cityscapes) instead of labels and
