@@ -76,13 +76,15 @@ class RuntimeSource:
                                 f"{state['config']['os']}): give the checkpoint, which is exported at os= on the fly")
             onnx_file, metadata = path, state["export_metadata"]
         else:
-            onnx_file, metadata = self._export(state, path, output_stride)
+            onnx_file, metadata = self.export(state, path, output_stride)
         model, description = runtime_model(onnx_file, self.backend, device, self.precision, metadata)
         log.info("running %s", description)
         return model
 
     @staticmethod
-    def _export(state: Mapping, checkpoint: Path, output_stride: Optional[int]):
+    def export(state: Mapping, checkpoint: Path, output_stride: Optional[int]):
+        """``(ONNX file, its metadata)`` of the checkpoint ``state`` read from ``checkpoint``: the cached export
+        beside it when it is of this very file, else a new one."""
         stride = output_stride or state["config"]["os"]
         target = cached_onnx(checkpoint, stride)
         source = fingerprint(checkpoint)
