@@ -37,7 +37,7 @@ MODEL_KEYS = {**{argument: config_key(argument) for argument in CONFIG_KEYS}, "n
 ACCUMULATE = {"float32": torch.float32, "float16": torch.float16}
 EXPORT_FORMATS = ("torchscript", "onnx", "export")
 BACKENDS = ("torch", "onnxruntime", "openvino")  # what runs a model in evaluate.py and predict.py (seg.deployment)
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")  # int8: the file scripts/quantize.py writes
 BACKBONE_SOURCES = ("torchvision", "timm")  # backbone.source: the built-in ResNets, or any timm encoder
 PREDICT_FORMATS = ("default", "cityscapes")  # predict.py's ``format``: its own files, or a Cityscapes submission
 # dataset keys that describe the run rather than how to read the files
@@ -405,6 +405,9 @@ def validate_inference(cfg: MutableMapping) -> None:
         choice(cfg["amp"], "amp", AMP_MODES)
     choice(cfg["backend"], "backend", BACKENDS)
     choice(cfg["precision"], "precision", PRECISIONS)
+    if cfg["backend"] == "torch" and cfg["precision"] == "int8":
+        raise ConfigError("precision=int8 runs the int8 ONNX file of scripts/quantize.py: backend=onnxruntime or "
+                          "backend=openvino with ckpt=<that file>")
     if cfg["backend"] == "torch" and cfg["precision"] == "bf16":  # eager torch's bf16 is its autocast
         if cfg["amp"] not in (None, "bf16"):
             raise ConfigError(f"precision=bf16 runs torch under bf16 autocast, but amp={cfg['amp']}: drop one")

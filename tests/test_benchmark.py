@@ -167,20 +167,20 @@ def test_torchvision_model_matches_ours(output_stride, tv_layer4, ours_layer4):
 
 
 def test_deployment_table_rows(tmp_path):
-    """backends=[onnxruntime,openvino] precisions=[fp32,bf16]: eager torch fp32 (the baseline, ratio 1), channels_last
-    and bf16 autocast, then each runtime at each precision, in the JSON and the printed table."""
+    """backends=[onnxruntime,openvino] precisions=[fp32,bf16,int8]: eager torch fp32 (the baseline, ratio 1),
+    channels_last and bf16 autocast, then each runtime at each precision, in the JSON and the printed table."""
     for package in ("onnxruntime", "openvino"):
         needed(package)
     if torch.__version__ < export_module.DYNAMIC_EXPORT_TORCH:
         pytest.skip(f"runtimes run ONNX exports, which keep H, W free from torch {export_module.DYNAMIC_EXPORT_TORCH}")
     cfg = compose_config("benchmark", [*TINY[:-4], "data_steps=0", "micro=false", "device=cpu", "cpu_threads=1",
-                                       "backends=[onnxruntime,openvino]", "precisions=[fp32,bf16]", "output=null"])
+                                       "backends=[onnxruntime,openvino]", "precisions=[fp32,bf16,int8]", "output=null"])
     result = run_benchmark(cfg, tmp_path, echo=False)
     rows = result["inference_backends"]
     assert [(r["backend"], r["precision"], r["layout"]) for r in rows] == [
         ("torch", "fp32", "contiguous"), ("torch", "fp32", "channels_last"), ("torch", "bf16", "channels_last"),
-        ("onnxruntime", "fp32", "onnx"), ("onnxruntime", "bf16", "onnx"), ("openvino", "fp32", "onnx"),
-        ("openvino", "bf16", "onnx")]
+        ("onnxruntime", "fp32", "onnx"), ("onnxruntime", "bf16", "onnx"), ("onnxruntime", "int8", "onnx int8 (QDQ)"),
+        ("openvino", "fp32", "onnx"), ("openvino", "bf16", "onnx"), ("openvino", "int8", "onnx int8 (QDQ)")]
     assert rows[0]["ratio_vs_torch"] == 1.0
     for row in rows:
         assert row["batch"] == 2 and row["size"] == [64, 96] and row["peak_mem_mb"] is None  # CPU: no per-row peak
@@ -189,7 +189,8 @@ def test_deployment_table_rows(tmp_path):
             continue
         assert row["latency_ms"] > 0 and row["img_per_s"] > 0
         assert row["ratio_vs_torch"] == pytest.approx(rows[0]["latency_ms"] / row["latency_ms"])
-        assert (row["file_mb"] or 0) > 1 if row["layout"] == "onnx" else row["file_mb"] is None  # ResNet-18: ~60 MB
+        assert row["file_mb"] is None if row["backend"] == "torch" else row["file_mb"] > 1  # ResNet-18: ~60 MB
+    assert rows[-1]["file_mb"] < 0.3 * rows[-2]["file_mb"]  # int8 weights: about a quarter of fp32's
     table = format_table(result)
     assert "inference backends (latency at batch 1, img/s at batch 2" in table and "openvino     bf16" in table
 

@@ -1,6 +1,7 @@
 """backend=onnxruntime | openvino in evaluate.py and predict.py: the same outputs as eager torch, from a checkpoint
 (exported on the fly and cached) or from export.py's ONNX file; one line for what cannot run."""
 
+import re
 import sys
 
 import numpy as np
@@ -101,18 +102,25 @@ def test_predict_script_takes_an_onnx_file_and_says_what_cannot_run(ckpt, images
     run_script("predict.py", [f"ckpt={onnx_file}", f"input={images}", f"output={tmp_path / 'out'}",
                               "backend=onnxruntime", "device=cpu"])
     assert sorted(p.name for p in (tmp_path / "out" / "labels").iterdir()) == ["a.png", "b.png"]
+    result = run_script("predict.py", [f"ckpt={onnx_file}", f"input={images}", f"output={tmp_path / 'x'}",
+                                       "device=cpu"], check=False)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and lines == [
+        f"error: {onnx_file} is an ONNX file: run it with backend=onnxruntime or backend=openvino (evaluate.py and "
+        "predict.py)"], result.stderr
     refusals = {
         "backend=tensorrt": "backend must be one of ['torch', 'onnxruntime', 'openvino']",
-        "backend=torch": f"{onnx_file} is an ONNX file: run it with backend=onnxruntime or backend=openvino",
-        "backend=onnxruntime precision=bf16": "backend=onnxruntime runs precision=fp32 only here",
+        "backend=onnxruntime precision=bf16": "backend=onnxruntime has no bf16 on the CPU here",
+        "backend=openvino precision=int8": f"precision=int8 runs an int8 model, and {onnx_file} is fp32",
+        "backend=torch precision=int8": "precision=int8 runs the int8 ONNX file of scripts/quantize.py",
         "backend=openvino os=8": "os=8 cannot change an exported model's output stride (it is 16)",
     }
     for options, message in refusals.items():
-        result = run_script("predict.py", [f"ckpt={onnx_file}", f"input={images}", f"output={tmp_path / 'x'}",
-                                           "device=cpu", *options.split()], check=False)
-        assert result.returncode == 1, options
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert len(lines) == 1 and message in lines[0], (options, result.stderr)
+        cfg = compose_config("predict", [f"ckpt={onnx_file}", f"input={images}", f"output={tmp_path / 'x'}",
+                                         "device=cpu", *options.split()])
+        with pytest.raises(UserError, match=re.escape(message)):
+            predict(cfg, source=model_source(cfg))
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_missing_runtime_names_its_extra(ckpt, images, tmp_path, monkeypatch):

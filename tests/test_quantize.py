@@ -62,7 +62,7 @@ def test_both_runtimes_run_the_int8_file(quantized, backend, tmp_path):
     labels = {}
     for name, model, chosen in (("fp32", ckpt, "torch"), ("int8", output, backend)):
         cfg = compose_config("predict", [f"ckpt={model}", f"input={images}", f"output={tmp_path / name}",
-                                         "device=cpu", f"backend={chosen}"])
+                                         "device=cpu", f"backend={chosen}", f"precision={name}"])
         predict(cfg, source=model_source(cfg))
         labels[name] = np.stack([np.array(Image.open(p)) for p in sorted((tmp_path / name / "labels").glob("*.png"))])
     assert len(labels["int8"]) == 11 and (labels["int8"] == labels["fp32"]).mean() >= AGREEMENT

@@ -1,5 +1,5 @@
 """The benchmark's deployment table: the same model and ``segment`` call in eager torch (fp32, channels_last, bf16
-autocast) and in the runtimes (``backends=[onnxruntime,openvino]`` x ``precisions=[fp32,bf16]``), each timed as
+autocast) and in the runtimes (``backends=[onnxruntime,openvino]`` x ``precisions=[fp32,bf16,int8]``), each timed as
 ``measure.time_inference`` times eager inference, with its speed as a ratio against eager torch fp32 measured in the
 same run.
 """
@@ -16,6 +16,7 @@ from torch import nn
 
 from seg.benchmark import measure
 from seg.data import IMAGENET_MEAN, IMAGENET_STD
+from seg.deployment.quantize import quantize_onnx
 from seg.deployment.runtimes import runtime_model
 from seg.engine.device import place
 from seg.errors import UserError
@@ -24,6 +25,7 @@ from seg.export import export_model
 ROW_KEYS = ("backend", "precision", "layout", "batch", "size", "latency_ms", "img_per_s", "ratio_vs_torch",
             "peak_mem_mb", "file_mb", "note")
 # What a runtime cannot run here: (backend, precision) -> why (a row says so instead of a figure)
+CALIBRATION_IMAGES = 4
 UNSUPPORTED = {("onnxruntime", "bf16"): "onnxruntime's CPU execution provider has no bf16 kernels for this model"}
 
 
@@ -67,15 +69,21 @@ def backends_phase(model: nn.Module, s: measure.Setup, backends: Sequence[str],
             return rows + [_row(b, p, "onnx", s, None, None, note=f"not exported: {error}")
                            for b in backends for p in precisions]
         metadata = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-        size_mb = path.stat().st_size / 2 ** 20
+        files = {"fp32": path, "bf16": path}
+        if "int8" in precisions:  # calibrated on the timing's random images: the speed is the int8 file's, whatever
+            files["int8"] = Path(folder) / "model.int8.onnx"  # the ranges (quantize.py calibrates on real images)
+            images = measure.fake_batch(CALIBRATION_IMAGES, s.eval_hw, s)[0].permute(0, 2, 3, 1).cpu().numpy()
+            quantize_onnx(path, files["int8"], iter(images))
         for backend in backends:
             for precision in precisions:
+                size_mb = files[precision].stat().st_size / 2 ** 20
+                layout = "onnx int8 (QDQ)" if precision == "int8" else "onnx"
                 if (backend, precision) in UNSUPPORTED:
-                    rows.append(_row(backend, precision, "onnx", s, None, None, size_mb,
+                    rows.append(_row(backend, precision, layout, s, None, None, size_mb,
                                      UNSUPPORTED[backend, precision]))
                     continue
-                runner, _ = runtime_model(path, backend, s.device, precision, metadata)
-                rows.append(_row(backend, precision, "onnx", s, measure.time_inference(runner, eager, None), baseline,
+                runner, _ = runtime_model(files[precision], backend, s.device, precision, metadata)
+                rows.append(_row(backend, precision, layout, s, measure.time_inference(runner, eager, None), baseline,
                                  size_mb))
                 del runner
     return rows

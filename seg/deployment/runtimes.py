@@ -24,7 +24,8 @@ log = logging.getLogger("seg.deployment")
 
 EXTRAS = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino")}  # backend -> module, extra
 # OpenVINO's CPU plugin runs in bf16 by default where the CPU has it (AVX-512 BF16, AMX): fp32 must be asked for.
-OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+# An int8 (QDQ) file runs its quantized layers in int8 whatever the hint; int8 keeps the others in f32.
+OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 Runtime = Callable[[np.ndarray], np.ndarray]  # [N, 3, H, W] float32 in [0, 1] -> logits
 
@@ -54,9 +55,9 @@ def onnx_metadata(path: Path) -> Dict:
 
 def open_onnxruntime(path: Path, device: torch.device, precision: str, threads: int) -> Runtime:
     ort = _import("onnxruntime")
-    if precision != "fp32":
-        raise BackendError(f"backend=onnxruntime runs precision=fp32 only here (precision={precision}: use "
-                           "backend=openvino or backend=torch for bf16, or scripts/quantize.py's int8 file)")
+    if precision == "bf16":
+        raise BackendError("backend=onnxruntime has no bf16 on the CPU here: backend=openvino or backend=torch for "
+                           "bf16, or precision=int8 with scripts/quantize.py's file")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     available = ort.get_available_providers()

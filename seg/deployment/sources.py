@@ -77,6 +77,13 @@ class RuntimeSource:
             onnx_file, metadata = path, state["export_metadata"]
         else:
             onnx_file, metadata = self.export(state, path, output_stride)
+        quantized = "quantization" in metadata
+        if self.precision == "int8" and not quantized:
+            raise UserError(f"precision=int8 runs an int8 model, and {onnx_file} is fp32: python scripts/quantize.py "
+                            f"ckpt={path} output=model.int8.onnx, then ckpt=model.int8.onnx")
+        if quantized and self.precision != "int8":
+            log.info("%s is an int8 model: its quantized layers run in int8 (precision=%s sets the others)",
+                     onnx_file, self.precision)
         model, description = runtime_model(onnx_file, self.backend, device, self.precision, metadata)
         log.info("running %s", description)
         return model
