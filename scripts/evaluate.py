@@ -6,6 +6,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from seg.deployment import model_source
 from seg.engine.evaluation import evaluate_checkpoint
 from seg.errors import exit_on_user_error
 
@@ -13,7 +14,7 @@ from seg.errors import exit_on_user_error
 @hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    evaluate_checkpoint(cfg, Path(HydraConfig.get().runtime.output_dir))
+    evaluate_checkpoint(cfg, Path(HydraConfig.get().runtime.output_dir), source=model_source(cfg))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
+from seg.deployment import model_source
 from seg.engine.predict import predict
 from seg.errors import exit_on_user_error
 
@@ -10,7 +11,7 @@ from seg.errors import exit_on_user_error
 @hydra.main(version_base="1.3", config_path="../configs", config_name="predict")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    predict(cfg)
+    predict(cfg, source=model_source(cfg))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ MODEL_KEYS = {**{argument: config_key(argument) for argument in CONFIG_KEYS}, "n
 # inference.accumulate -> segment's ``accumulate``: the dtype of the buffer probabilities are summed into
 ACCUMULATE = {"float32": torch.float32, "float16": torch.float16}
 EXPORT_FORMATS = ("torchscript", "onnx", "export")
+BACKENDS = ("torch", "onnxruntime", "openvino")  # what runs a model in evaluate.py and predict.py (seg.deployment)
+PRECISIONS = ("fp32", "bf16", "int8")  # int8: the file scripts/quantize.py writes
 BACKBONE_SOURCES = ("torchvision", "timm")  # backbone.source: the built-in ResNets, or any timm encoder
 PREDICT_FORMATS = ("default", "cityscapes")  # predict.py's ``format``: its own files, or a Cityscapes submission
 # dataset keys that describe the run rather than how to read the files
@@ -167,9 +169,11 @@ class InferenceConfig:
     amp: Optional[str]
     tta: TTAKeys
     inference: InferenceKeys
-    ckpt: Optional[str]
-    input: Optional[str]
-    output: Optional[str]
+    backend: str = "torch"
+    precision: str = "fp32"
+    ckpt: Optional[str] = None
+    input: Optional[str] = None
+    output: Optional[str] = None
 
 
 @dataclass
@@ -401,6 +405,15 @@ def validate_inference(cfg: MutableMapping) -> None:
     choice(cfg["device"], "device", DEVICES)
     if cfg["amp"] is not None:
         choice(cfg["amp"], "amp", AMP_MODES)
+    choice(cfg["backend"], "backend", BACKENDS)
+    choice(cfg["precision"], "precision", PRECISIONS)
+    if cfg["backend"] == "torch" and cfg["precision"] == "int8":
+        raise ConfigError("precision=int8 runs the int8 ONNX file of scripts/quantize.py: backend=onnxruntime or "
+                          "backend=openvino with ckpt=<that file>")
+    if cfg["backend"] == "torch" and cfg["precision"] == "bf16":  # eager torch's bf16 is its autocast
+        if cfg["amp"] not in (None, "bf16"):
+            raise ConfigError(f"precision=bf16 runs torch under bf16 autocast, but amp={cfg['amp']}: drop one")
+        cfg["amp"] = "bf16"
     if not isinstance(cfg["tta"]["flip"], bool):
         raise ConfigError(f"tta.flip must be true or false, got {cfg['tta']['flip']!r}")
     scales = cfg["tta"]["scales"]

@@ -26,7 +26,7 @@ from torch import nn
 from seg import __version__
 from seg.config import EXPORT_FORMATS, backbone_name, crop_hw, to_plain, validate_export
 from seg.data import IMAGENET_MEAN, IMAGENET_STD
-from seg.engine.checkpoint import checkpoint_in, num_classes_of, palette_of, restore
+from seg.engine.checkpoint import checkpoint_in, load_trained, model_from_checkpoint, num_classes_of, palette_of
 from seg.errors import UserError
 from seg.io import METADATA_FILE, load_torchscript, replacing, torchscript_is_the_contract
 
@@ -235,22 +235,29 @@ def export_checkpoint(config: Mapping) -> Dict:
     """export.py: the checkpoint ``config["ckpt"]`` at output stride ``config["os"]`` to ``config["output"]``."""
     cfg = to_plain(config)
     validate_export(cfg)
-    sizes = cfg["check"]["sizes"]
     cfg["ckpt"] = str(checkpoint_in(cfg["ckpt"]))
-    model, state = restore(cfg["ckpt"], cfg["os"])
+    return export_checkpoint_state(load_trained(cfg["ckpt"]), cfg["ckpt"], cfg["output"], cfg["format"], cfg["os"],
+                                   cfg["check"]["sizes"], cfg["check"]["rtol"], cfg["check"]["atol"])
+
+
+def export_checkpoint_state(state: Mapping, ckpt: Union[str, Path], output: Union[str, Path], format: str,
+                            output_stride: Optional[int] = None, sizes: Sequence[Sequence[int]] = CHECK_SIZES,
+                            rtol: float = 1e-4, atol: float = 1e-4, extra: Optional[Mapping] = None) -> Dict:
+    """The loaded checkpoint ``state`` (read from ``ckpt``) exported to ``output``, with its class names, palette
+    and settings as metadata (plus ``extra``)."""
+    model = model_from_checkpoint(state, output_stride, ckpt)
     trained = state["config"]
     metadata = {
         "class_names": list(state["class_names"]), "num_classes": num_classes_of(state),
         "palette": palette_of(state).tolist(), "backbone": backbone_name(trained),
         "head": trained["model"]["head"], "output_stride": model.output_stride,
         "crop_size": list(crop_hw(trained["train"]["crop_size"])), "iteration": state["iteration"],
-        "checkpoint": str(cfg["ckpt"]), "versions": state.get("versions"),
+        "checkpoint": str(ckpt), "versions": state.get("versions"), **dict(extra or {}),
     }
-    report = export_model(model, cfg["output"], cfg["format"], metadata, sizes, cfg["check"]["rtol"],
-                          cfg["check"]["atol"])
+    report = export_model(model, output, format, metadata, sizes, rtol, atol)
     for result in report["parity"]:
         log.info("parity on input %s: max |difference| %.3g (rtol %g, atol %g)", result["input"],
-                 result["max_abs_diff"], cfg["check"]["rtol"], cfg["check"]["atol"])
-    log.info("exported %s (%s, output stride %d, %d classes) to %s", cfg["ckpt"], cfg["format"],
-             model.output_stride, metadata["num_classes"], report["path"])
+                 result["max_abs_diff"], rtol, atol)
+    log.info("exported %s (%s, output stride %d, %d classes) to %s", ckpt, format, model.output_stride,
+             metadata["num_classes"], report["path"])
     return report

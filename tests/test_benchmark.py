@@ -9,12 +9,22 @@ import runpy
 
 import pytest
 import torch
-from helpers import REPO, compose_config, run_script
+from helpers import REPO, compose_config, needed, run_script
 from torchvision.models.segmentation import deeplabv3_resnet50
 
+from seg import export as export_module
 from seg.benchmark import measure
 from seg.benchmark.measure import build_torchvision_deeplabv3, peak_tflops, structure
-from seg.benchmark.run import _restrided, data_phase, make_setup, ratios, run_benchmark, train_phase, validate_benchmark
+from seg.benchmark.run import (
+    _restrided,
+    data_phase,
+    format_table,
+    make_setup,
+    ratios,
+    run_benchmark,
+    train_phase,
+    validate_benchmark,
+)
 from seg.config import ConfigError, dataset_kwargs, model_kwargs, to_plain
 from seg.data import build_dataset
 from seg.models import build_model
@@ -44,7 +54,7 @@ RATIO_KEYS = {"train_step_ms", "train_images_per_s", "train_wall_images_per_s", 
 DATA_KEYS = ("dataset", "num_workers", "batches", "samples_per_s", "first_batch_s", "run_steps", "wait_share",
              "wait_ms_per_step", "run_images_per_s")
 TOP_KEYS = {"schema", "device", "versions", "config", "settings", "model", "flops", "peak", "train", "inference",
-            "data", "micro", "torchvision", "ratios", "output"}
+            "data", "micro", "torchvision", "ratios", "output", "inference_backends"}
 
 
 def check_types(section, expected):
@@ -156,6 +166,35 @@ def test_torchvision_model_matches_ours(output_stride, tv_layer4, ours_layer4):
         assert structure(tv) == structure(reference)
 
 
+def test_deployment_table_rows(tmp_path):
+    """backends=[onnxruntime,openvino] precisions=[fp32,bf16,int8]: eager torch fp32 (the baseline, ratio 1),
+    channels_last and bf16 autocast, then each runtime at each precision, in the JSON and the printed table."""
+    for package in ("onnxruntime", "openvino"):
+        needed(package)
+    if torch.__version__ < export_module.DYNAMIC_EXPORT_TORCH:
+        pytest.skip(f"runtimes run ONNX exports, which keep H, W free from torch {export_module.DYNAMIC_EXPORT_TORCH}")
+    cfg = compose_config("benchmark", [*TINY[:-4], "data_steps=0", "micro=false", "device=cpu", "cpu_threads=1",
+                                       "backends=[onnxruntime,openvino]", "precisions=[fp32,bf16,int8]", "output=null"])
+    result = run_benchmark(cfg, tmp_path, echo=False)
+    rows = result["inference_backends"]
+    assert [(r["backend"], r["precision"], r["layout"]) for r in rows] == [
+        ("torch", "fp32", "contiguous"), ("torch", "fp32", "channels_last"), ("torch", "bf16", "channels_last"),
+        ("onnxruntime", "fp32", "onnx"), ("onnxruntime", "bf16", "onnx"), ("onnxruntime", "int8", "onnx int8 (QDQ)"),
+        ("openvino", "fp32", "onnx"), ("openvino", "bf16", "onnx"), ("openvino", "int8", "onnx int8 (QDQ)")]
+    assert rows[0]["ratio_vs_torch"] == 1.0
+    for row in rows:
+        assert row["batch"] == 2 and row["size"] == [64, 96] and row["peak_mem_mb"] is None  # CPU: no per-row peak
+        if (row["backend"], row["precision"]) == ("onnxruntime", "bf16"):
+            assert row["latency_ms"] is None and "no bf16" in row["note"]
+            continue
+        assert row["latency_ms"] > 0 and row["img_per_s"] > 0
+        assert row["ratio_vs_torch"] == pytest.approx(rows[0]["latency_ms"] / row["latency_ms"])
+        assert row["file_mb"] is None if row["backend"] == "torch" else row["file_mb"] > 1  # ResNet-18: ~60 MB
+    assert rows[-1]["file_mb"] < 0.3 * rows[-2]["file_mb"]  # int8 weights: about a quarter of fp32's
+    table = format_table(result)
+    assert "inference backends (latency at batch 1, img/s at batch 2" in table and "openvino     bf16" in table
+
+
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet34"])
 def test_compare_refuses_basic_block_backbones(backbone):
     cfg = compose_config("benchmark", [f"backbone={backbone}", "compare=torchvision"])
@@ -165,7 +204,8 @@ def test_compare_refuses_basic_block_backbones(backbone):
 
 @pytest.mark.parametrize("override, key", [("amp=fp8", "amp"), ("channels_last=maybe", "channels_last"),
                                            ("compare=timm", "compare"), ("eval_os=12", "eval_os"),
-                                           ("steps=0", "steps"), ("os=4", "os"), ("train.loss=lovasz", "train.loss")])
+                                           ("steps=0", "steps"), ("os=4", "os"), ("train.loss=lovasz", "train.loss"),
+                                           ("backends=[tensorrt]", "backends"), ("precisions=fp32", "precisions")])
 def test_invalid_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=rf"^{key} must be"):
         validate_benchmark(compose_config("benchmark", [override]))

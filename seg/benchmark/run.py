@@ -13,6 +13,7 @@ import torch
 
 from seg import config
 from seg.benchmark import measure
+from seg.benchmark.backends import backends_phase, format_rows
 from seg.data import build_dataset
 from seg.data.base import label_space
 from seg.data.loader import build_train_loader
@@ -63,6 +64,10 @@ def validate_benchmark(cfg: Mapping) -> None:
     for key, minimum in (("warmup", 0), ("steps", 1), ("eval_batch_size", 1), ("cpu_threads", 1)):  # null: a default
         if cfg[key] is not None:
             config.number(cfg[key], key, minimum, strict=False, integer=True)
+    for key, allowed in (("backends", config.BACKENDS), ("precisions", config.PRECISIONS)):
+        values = cfg[key]
+        if not isinstance(values, list) or not all(value in allowed for value in values):
+            raise config.ConfigError(f"{key} must be a list of {', '.join(allowed)}, got {values!r}")
     if cfg["peak_tflops"] is not None:
         config.number(cfg["peak_tflops"], "peak_tflops")
     for key in ("crop_size", "eval_size"):
@@ -114,6 +119,8 @@ def _run(cfg: Dict) -> Dict:
     # The trained weights re-strided to eval_os (as the paper evaluates), run eagerly as evaluate runs them.
     result["inference"] = measure.time_inference(_restrided(model, cfg["eval_os"]).eval(), s,
                                                  result["flops"]["eval_forward_per_image"])
+    result["inference_backends"] = backends_phase(model, s, cfg["backends"], cfg["precisions"]) \
+        if cfg["backends"] else None
     del model
     conv = dict.fromkeys(("shape", "dtype", "conv3x3"))
     has_aspp = result["model"]["aspp_rates"] is not None  # the micro-benchmarks time ASPP convolutions
@@ -245,4 +252,6 @@ def format_table(result: Mapping) -> str:
     lines += [table[0], "-" * len(table[0]), *table[1:]] + [""] * bool(named) + [
         f"{name}: " + ", ".join(f"{key} {_fmt(value, 3)}" for key, value in figures.items()
                                 if key not in ("dilation", "shape") and value is not None) for name, figures in named]
+    if result.get("inference_backends"):
+        lines += ["", *format_rows(result["inference_backends"])]
     return "\n".join(lines + (["", f"results: {result['output']}"] if result["output"] else []))

@@ -8,14 +8,14 @@ from __future__ import annotations
 import logging
 import random
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Protocol, Tuple, Union
 
 import numpy as np
 import torch
 
 from seg.data.cityscapes import CITYSCAPES_CLASSES
 from seg.data.voc import VOC_CLASSES, voc_palette
-from seg.engine.device import unwrap, versions
+from seg.engine.device import place, unwrap, versions
 from seg.errors import UserError
 from seg.io import atomic_save, describe, is_torchscript, safe_load
 from seg.models import DeepLabV3
@@ -205,6 +205,9 @@ def load_trained(path: Union[str, Path]) -> Dict:
     if is_torchscript(path):
         raise CheckpointError(f"{path} is an exported TorchScript model, not a training checkpoint: evaluate and "
                               "export need checkpoints/last.pt or best.pt of a training run")
+    if Path(path).suffix.lower() == ".onnx":
+        raise CheckpointError(f"{path} is an ONNX file: run it with backend=onnxruntime or backend=openvino "
+                              "(evaluate.py and predict.py)")
     state = load_file(path, what="checkpoint")
     if is_checkpoint(state):
         return _finite(dict(state), path)
@@ -259,6 +262,28 @@ def model_from_checkpoint(state: Mapping, output_stride: Optional[int] = None,
     ``output_stride`` switches the trained model to another stride with the same weights (None: as trained).
     """
     return build_from_file(read_model_file(state, path), path, output_stride)
+
+
+class ModelSource(Protocol):
+    """Where evaluate and predict get the checkpoint-shaped ``state`` of ``ckpt=`` and the model to run (normalised
+    images -> ``{"out": logits}``; ``output_stride`` None: as trained)."""
+
+    def state(self, path: Union[str, Path]) -> Dict: ...
+
+    def model(self, state: Mapping, path: Union[str, Path], output_stride: Optional[int],
+              device: torch.device) -> torch.nn.Module: ...
+
+
+class CheckpointSource:
+    """How evaluate and predict get a model in eager torch: the checkpoint (or another project's file) and the model
+    its config builds. ``seg.deployment``'s runtime sources answer the same two calls for exported files."""
+
+    def state(self, path: Union[str, Path]) -> Dict:
+        return load_trained(path)
+
+    def model(self, state: Mapping, path: Union[str, Path], output_stride: Optional[int],
+              device: torch.device) -> torch.nn.Module:
+        return place(model_from_checkpoint(state, output_stride, path), device)
 
 
 def restore(path: Union[str, Path], output_stride: Optional[int] = None) -> Tuple[DeepLabV3, Dict]:

@@ -41,9 +41,9 @@ from seg.data.transforms import (
     pad_collate,
 )
 from seg.engine import distributed
-from seg.engine.checkpoint import CheckpointError, checkpoint_in, load_trained, model_from_checkpoint, num_classes_of
+from seg.engine.checkpoint import CheckpointError, CheckpointSource, ModelSource, checkpoint_in, num_classes_of
 from seg.engine.confidence import label_dtype
-from seg.engine.device import autocast, place, resolve_amp, resolve_device, size_cpu_threads
+from seg.engine.device import autocast, resolve_amp, resolve_device, size_cpu_threads
 from seg.engine.inference import default_stride, segment
 from seg.io import replacing
 from seg.metrics import confusion_matrix, metrics_from_confusion
@@ -136,8 +136,9 @@ def check_classes(state: Mapping, class_names, where: str) -> None:
                     list(class_names))
 
 
-def evaluate_checkpoint(config: Mapping, run_dir) -> Dict:
+def evaluate_checkpoint(config: Mapping, run_dir, source: Optional[ModelSource] = None) -> Dict:
     """Evaluate ``config["ckpt"]`` as configured by ``configs/evaluate.yaml``; rank 0 writes into ``run_dir``.
+    ``source`` reads the checkpoint and builds its model (default: eager torch; ``seg.deployment``: runtimes).
 
     Returns the metrics (``metrics.json`` content). Runs under torchrun too: every process evaluates its share of
     the images and the confusion matrices are summed.
@@ -151,13 +152,13 @@ def evaluate_checkpoint(config: Mapping, run_dir) -> Dict:
     device_type = resolve_device(cfg["device"])
     distributed.init(device_type)
     try:
-        return _evaluate(cfg, Path(run_dir), distributed.local_device(device_type))
+        return _evaluate(cfg, Path(run_dir), distributed.local_device(device_type), source or CheckpointSource())
     finally:
         distributed.shutdown()
 
 
-def _evaluate(cfg: Dict, run_dir: Path, device) -> Dict:
-    state = load_trained(cfg["ckpt"])
+def _evaluate(cfg: Dict, run_dir: Path, device, source: ModelSource) -> Dict:
+    state = source.state(cfg["ckpt"])
     trained = state["config"]
     if "layout" in state and "name" not in cfg["dataset"]:
         raise ConfigError(f"{cfg['ckpt']} is a {state['layout']} file, which records no dataset: name the one to "
@@ -169,7 +170,7 @@ def _evaluate(cfg: Dict, run_dir: Path, device) -> Dict:
     exclude_cfg = cfg.get("metrics", {}).get("exclude_classes")
     exclude = excluded_classes(trained.get("metrics", {}).get("exclude_classes") if exclude_cfg is None
                                else exclude_cfg, dataset.class_names)
-    model = place(model_from_checkpoint(state, cfg["os"], cfg["ckpt"]), device)
+    model = source.model(state, cfg["ckpt"], cfg["os"], device)
     options = inference_kwargs(cfg, default_window=crop_hw(trained["train"]["crop_size"]))
     amp = cfg["amp"] if cfg["amp"] is not None else trained["train"]["amp"]
     amp_dtype = resolve_amp(amp, device.type, key="amp")

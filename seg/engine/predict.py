@@ -34,9 +34,9 @@ from seg.config import crop_hw, inference_kwargs, to_plain, validate_predict
 from seg.data import DatasetError, normalize
 from seg.data.base import ImageTooLarge, read_image
 from seg.engine import submission
-from seg.engine.checkpoint import checkpoint_in, num_classes_of, palette_of, restore
+from seg.engine.checkpoint import CheckpointSource, ModelSource, checkpoint_in, num_classes_of, palette_of
 from seg.engine.confidence import label_dtype, save_map, save_probabilities, summarise
-from seg.engine.device import autocast, place, resolve_amp, resolve_device
+from seg.engine.device import autocast, resolve_amp, resolve_device
 from seg.engine.inference import segment
 from seg.engine.video import VIDEO_SUFFIXES, is_video, overlay_video
 from seg.errors import MissingFileError, UserError
@@ -58,8 +58,11 @@ class LoadedModel:
     amp: str                           # the AMP mode to use when the config says null (as trained)
 
 
-def load_model(path, output_stride: Optional[int], device: torch.device) -> LoadedModel:
-    """A checkpoint (any output stride) or a TorchScript file from export.py (its stride is fixed).
+def load_model(path, output_stride: Optional[int], device: torch.device,
+               source: Optional[ModelSource] = None) -> LoadedModel:
+    """A checkpoint (any output stride) or a TorchScript file from export.py (its stride is fixed); ``source``
+    (default: eager torch) reads checkpoints and builds their models (``seg.deployment``: exported files and
+    runtimes).
 
     export.py's module normalises its [0, 1] input and calls its ``model`` submodule (normalised input ->
     ``{"out": logits}``), the interface ``segment`` uses: that submodule is used directly, without a round trip
@@ -78,9 +81,10 @@ def load_model(path, output_stride: Optional[int], device: torch.device) -> Load
         crop = metadata.get("crop_size")
         return LoadedModel(inner, palette_of(metadata), int(metadata["num_classes"]),
                            tuple(crop) if crop else None, "off")
-    model, state = restore(path, output_stride)
+    source = source or CheckpointSource()
+    state = source.state(path)
     trained = state["config"]
-    return LoadedModel(place(model, device), palette_of(state), num_classes_of(state),
+    return LoadedModel(source.model(state, path, output_stride, device), palette_of(state), num_classes_of(state),
                        crop_hw(trained["train"]["crop_size"]), trained["train"]["amp"])
 
 
@@ -213,7 +217,7 @@ def cannot_write(output: Path, error: OSError, detail: str = "") -> UserError:
     return UserError(f"cannot write predictions into {output}: {reason}; {remedy} output= folder")
 
 
-def predict(config: Mapping) -> Dict:
+def predict(config: Mapping, source: Optional[ModelSource] = None) -> Dict:
     """Run ``configs/predict.yaml``; returns ``{"written": n, "failed": [paths], "output": folder}`` (plus
     ``"submission"``, the zip, with ``format=cityscapes``).
 
@@ -223,7 +227,7 @@ def predict(config: Mapping) -> Dict:
     validate_predict(cfg)
     device = torch.device(resolve_device(cfg["device"]))
     output = Path(cfg["output"])
-    loaded = load_model(checkpoint_in(cfg["ckpt"]), cfg["os"], device)
+    loaded = load_model(checkpoint_in(cfg["ckpt"]), cfg["os"], device, source)
     root, files = list_inputs(Path(cfg["input"]), output)
     try:
         check_writable(output)  # before any file is segmented

@@ -1,0 +1,119 @@
+"""Deployment runtimes for exported ONNX files: ONNX Runtime and OpenVINO, as callables the engine runs like a model.
+
+Every runtime takes what export.py's files take (float32 RGB ``[N, 3, H, W]`` in [0, 1], normalisation inside)
+and returns logits ``[N, C, H, W]`` at the input size. ``RuntimeModel`` adapts one to the engine's interface
+(normalised input -> ``{"out": logits}``), so evaluation, prediction, TTA and the sliding window run unchanged on
+any backend. The runtimes are optional extras, imported only when chosen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Callable, Dict, Mapping, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from seg.errors import UserError
+from seg.io import METADATA_FILE
+
+log = logging.getLogger("seg.deployment")
+
+EXTRAS = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino")}  # backend -> module, extra
+# OpenVINO's CPU plugin runs in bf16 by default where the CPU has it (AVX-512 BF16, AMX): fp32 must be asked for.
+# An int8 (QDQ) file runs its quantized layers in int8 whatever the hint; int8 keeps the others in f32.
+OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+
+Runtime = Callable[[np.ndarray], np.ndarray]  # [N, 3, H, W] float32 in [0, 1] -> logits
+
+
+class BackendError(UserError, RuntimeError):
+    pass
+
+
+def _import(backend: str):
+    module, extra = EXTRAS[backend]
+    try:
+        return __import__(module)
+    except ImportError:
+        raise BackendError(f"backend={backend} needs the {extra} extra ({module} is not installed): "
+                           f'pip install -e ".[{extra}]"') from None
+
+
+def onnx_metadata(path: Path) -> Dict:
+    """export.py's metadata (class names, palette, input convention, output stride, ...) of an ONNX file; empty
+    for an ONNX file export.py did not write."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    text = {prop.key: prop.value for prop in proto.metadata_props}.get(METADATA_FILE, "{}")
+    return json.loads(text)
+
+
+def open_onnxruntime(path: Path, device: torch.device, precision: str, threads: int) -> Runtime:
+    ort = _import("onnxruntime")
+    if precision == "bf16":
+        raise BackendError("backend=onnxruntime has no bf16 on the CPU here: backend=openvino or backend=torch for "
+                           "bf16, or precision=int8 with scripts/quantize.py's file")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    available = ort.get_available_providers()
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise BackendError("device=cuda with backend=onnxruntime needs onnxruntime-gpu (CUDAExecutionProvider); "
+                               f"this onnxruntime has {', '.join(available)}: device=cpu, or pip install "
+                               "onnxruntime-gpu")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    else:
+        providers = ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(path), options, providers=providers)
+    name = session.get_inputs()[0].name
+    return lambda images: session.run(None, {name: images})[0]
+
+
+def open_openvino(path: Path, device: torch.device, precision: str, threads: int) -> Runtime:
+    ov = _import("openvino")
+    if device.type != "cpu":
+        raise BackendError("backend=openvino runs on the CPU here: device=cpu")
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", {
+        "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision], "INFERENCE_NUM_THREADS": threads})
+    request = compiled.create_infer_request()
+    return lambda images: request.infer({0: images})[compiled.output(0)].copy()
+
+
+OPENERS = {"onnxruntime": open_onnxruntime, "openvino": open_openvino}
+
+
+def open_runtime(path: Path, backend: str, device: torch.device, precision: str = "fp32",
+                 threads: int = 0) -> Runtime:
+    """The ``backend`` session of the ONNX file ``path`` (``threads`` 0: torch's intra-op thread count)."""
+    return OPENERS[backend](Path(path), device, precision, threads or torch.get_num_threads())
+
+
+class RuntimeModel(nn.Module):
+    """A runtime as the engine's model: normalised images -> ``{"out": logits}`` (the runtime's file normalises
+    itself, so the input is mapped back to [0, 1] first, with the file's own mean and std)."""
+
+    def __init__(self, runtime: Runtime, metadata: Mapping, description: str):
+        super().__init__()
+        self.runtime, self.description = runtime, description
+        self.output_stride = metadata.get("output_stride")
+        mean, std = metadata["mean"], metadata["std"]
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        unit = (images.float() * self.std + self.mean).clamp_(0, 1)
+        logits = self.runtime(np.ascontiguousarray(unit.cpu().numpy()))
+        return {"out": torch.from_numpy(np.asarray(logits, dtype=np.float32)).to(images.device)}
+
+
+def runtime_model(path: Path, backend: str, device: torch.device, precision: str,
+                  metadata: Mapping) -> Tuple[RuntimeModel, str]:
+    runtime = open_runtime(path, backend, device, precision)
+    description = f"{backend} ({precision}) on {path}"
+    return RuntimeModel(runtime, metadata, description).to(device), description

@@ -1,0 +1,129 @@
+"""backend=onnxruntime | openvino in evaluate.py and predict.py: the same outputs as eager torch, from a checkpoint
+(exported on the fly and cached) or from export.py's ONNX file; one line for what cannot run."""
+
+import re
+import sys
+
+import numpy as np
+import pytest
+import torch
+from helpers import compose_config, needed, run_script
+from PIL import Image
+from test_predict import decisive_checkpoint
+
+from seg import export as export_module
+from seg.deployment import model_source
+from seg.engine.evaluation import evaluate_checkpoint
+from seg.engine.predict import predict
+from seg.errors import UserError
+from seg.export import export_checkpoint
+
+NEWER = export_module.DYNAMIC_EXPORT_TORCH
+pytestmark = pytest.mark.skipif(torch.__version__ < NEWER, reason=f"ONNX export keeps H, W free from torch {NEWER} on")
+# probabilities stored as float16 by probs_npy; fp32 runtimes agree with torch far closer than that
+FP32_TOLERANCE = 2e-3
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    needed("onnxruntime")
+    return decisive_checkpoint(tmp_path_factory.mktemp("deploy"))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for name, size in (("a", (70, 90)), ("b", (64, 64))):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"{name}.png")
+    return folder
+
+
+def probabilities(ckpt, images, output, *overrides):
+    cfg = compose_config("predict", [f"ckpt={ckpt}", f"input={images}", f"output={output}", "device=cpu",
+                                     "probs=true", "probs_npy=true", *overrides])
+    predict(cfg, source=model_source(cfg))
+    return {path.stem: np.load(path).astype(np.float32) for path in sorted((output / "probs").glob("*.npy"))}
+
+
+@pytest.fixture(scope="module")
+def eager(ckpt, images, tmp_path_factory):
+    return probabilities(ckpt, images, tmp_path_factory.mktemp("eager"), "tta.flip=true")
+
+
+def assert_close(ours, theirs, tolerance):
+    assert ours.keys() == theirs.keys() and len(ours) == 2
+    for name in ours:
+        assert ours[name].shape == theirs[name].shape
+        assert np.abs(ours[name] - theirs[name]).max() <= tolerance, name
+
+
+def test_onnxruntime_from_a_checkpoint_is_exported_once_and_matches_torch(ckpt, images, eager, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="seg.deployment"):
+        assert_close(probabilities(ckpt, images, tmp_path / "a", "backend=onnxruntime", "tta.flip=true"), eager,
+                     FP32_TOLERANCE)
+    cached = ckpt.with_name("ckpt.os16.onnx")
+    assert cached.is_file() and f"exporting {ckpt} to {cached}" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="seg.deployment"):
+        probabilities(ckpt, images, tmp_path / "b", "backend=onnxruntime")
+    assert f"using {cached}, the ONNX export of {ckpt}" in caplog.text and "exporting" not in caplog.text
+    ckpt.touch()  # a resumed run rewrites last.pt: its export is made again
+    caplog.clear()
+    with caplog.at_level("INFO", logger="seg.deployment"):
+        probabilities(ckpt, images, tmp_path / "c", "backend=onnxruntime")
+    assert "exporting" in caplog.text
+
+
+def test_openvino_runs_export_py_files_in_fp32_and_bf16(ckpt, images, eager, tmp_path):
+    needed("openvino")
+    onnx_file = tmp_path / "model.onnx"
+    export_checkpoint(compose_config("export", [f"ckpt={ckpt}", f"output={onnx_file}", "format=onnx"]))
+    fp32 = probabilities(onnx_file, images, tmp_path / "fp32", "backend=openvino", "tta.flip=true")
+    assert_close(fp32, eager, FP32_TOLERANCE)
+    bf16 = probabilities(onnx_file, images, tmp_path / "bf16", "backend=openvino", "precision=bf16",
+                         "tta.flip=true")
+    assert_close(bf16, eager, 0.1)  # bf16 keeps 8 bits of mantissa
+
+
+def test_evaluate_with_a_runtime_gives_torchs_metrics(ckpt, data_root, tmp_path):
+    overrides = [f"ckpt={ckpt}", "device=cpu", f"dataset.root={data_root}", "num_workers=0",
+                 "inference.mode=slide", "inference.window=[48,48]"]
+    torch_metrics = evaluate_checkpoint(compose_config("evaluate", overrides), tmp_path / "torch")
+    cfg = compose_config("evaluate", overrides + ["backend=onnxruntime"])
+    runtime_metrics = evaluate_checkpoint(cfg, tmp_path / "ort", source=model_source(cfg))
+    assert runtime_metrics["num_images"] == torch_metrics["num_images"] > 0
+    assert runtime_metrics["mIoU"] == pytest.approx(torch_metrics["mIoU"], abs=1e-3)
+
+
+def test_predict_script_takes_an_onnx_file_and_says_what_cannot_run(ckpt, images, tmp_path):
+    onnx_file = tmp_path / "model.onnx"
+    export_checkpoint(compose_config("export", [f"ckpt={ckpt}", f"output={onnx_file}", "format=onnx"]))
+    run_script("predict.py", [f"ckpt={onnx_file}", f"input={images}", f"output={tmp_path / 'out'}",
+                              "backend=onnxruntime", "device=cpu"])
+    assert sorted(p.name for p in (tmp_path / "out" / "labels").iterdir()) == ["a.png", "b.png"]
+    result = run_script("predict.py", [f"ckpt={onnx_file}", f"input={images}", f"output={tmp_path / 'x'}",
+                                       "device=cpu"], check=False)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and lines == [
+        f"error: {onnx_file} is an ONNX file: run it with backend=onnxruntime or backend=openvino (evaluate.py and "
+        "predict.py)"], result.stderr
+    refusals = {
+        "backend=tensorrt": "backend must be one of ['torch', 'onnxruntime', 'openvino']",
+        "backend=onnxruntime precision=bf16": "backend=onnxruntime has no bf16 on the CPU here",
+        "backend=openvino precision=int8": f"precision=int8 runs an int8 model, and {onnx_file} is fp32",
+        "backend=torch precision=int8": "precision=int8 runs the int8 ONNX file of scripts/quantize.py",
+        "backend=openvino os=8": "os=8 cannot change an exported model's output stride (it is 16)",
+    }
+    for options, message in refusals.items():
+        cfg = compose_config("predict", [f"ckpt={onnx_file}", f"input={images}", f"output={tmp_path / 'x'}",
+                                         "device=cpu", *options.split()])
+        with pytest.raises(UserError, match=re.escape(message)):
+            predict(cfg, source=model_source(cfg))
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_missing_runtime_names_its_extra(ckpt, images, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # makes `import openvino` fail
+    with pytest.raises(UserError, match=r'backend=openvino needs the openvino extra .*pip install -e "\.\[openvino\]"'):
+        probabilities(ckpt, images, tmp_path, "backend=openvino")
