@@ -2,12 +2,13 @@
 (exported on the fly and cached) or from export.py's ONNX file; one line for what cannot run."""
 
 import re
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from helpers import compose_config, needed, run_script
+from helpers import REPO, compose_config, needed, run_script
 from PIL import Image
 from test_predict import decisive_checkpoint
 
@@ -127,3 +128,19 @@ def test_a_missing_runtime_names_its_extra(ckpt, images, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # makes `import openvino` fail
     with pytest.raises(UserError, match=r'backend=openvino needs the openvino extra .*pip install -e "\.\[openvino\]"'):
         probabilities(ckpt, images, tmp_path, "backend=openvino")
+
+
+def test_the_docs_serving_examples_run_without_seg(ckpt, tmp_path):
+    """docs/evaluation.md's ONNX Runtime and OpenVINO blocks, as written, on export.py's file, where `import seg`
+    fails; their logits equal the checkpoint's (through the backends tested above)."""
+    needed("openvino")
+    export_checkpoint(compose_config("export", [f"ckpt={ckpt}", f"output={tmp_path / 'model.onnx'}", "format=onnx"]))
+    text = (REPO / "docs" / "evaluation.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "model.onnx" in b]
+    assert len(blocks) == 2 and "onnxruntime" in blocks[0] and "openvino" in blocks[1]
+    for block in blocks:
+        check = "\nimport numpy\nnumpy.save('labels.npy', labels)\nassert len(meta['class_names']) == logits.shape[1]\n"
+        program = "import sys\nsys.modules['seg'] = None\n" + block + check
+        subprocess.run([sys.executable, "-c", program], cwd=tmp_path, check=True, timeout=300)
+        labels = np.load(tmp_path / "labels.npy")
+        assert labels.shape == (1, 512, 683) and len(np.unique(labels)) > 1
