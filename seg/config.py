@@ -74,6 +74,7 @@ class ModelKeys:
     aspp_conv: bool = False
     align_corners: bool = False
     aspp_separable: Optional[bool] = None
+    bn_momentum: Optional[float] = None  # seg.engine.batchnorm: a training setting, not build_model's
 
 
 @dataclass
@@ -127,6 +128,9 @@ class TrainKeys:
     tb_images: int
     max_nonfinite: int
     stop_at: Optional[int]
+    freeze_bn: bool = False
+    freeze_backbone: bool = False
+    accumulate: int = 1
 
 
 @dataclass
@@ -344,6 +348,11 @@ def validate_train(cfg: MutableMapping) -> None:
     number(train.get("ckpt_every_min", 30), "train.ckpt_every_min", strict=False)
     if train.get("stop_at") is not None:
         number(train["stop_at"], "train.stop_at", integer=True)
+    number(train.get("accumulate", 1), "train.accumulate", integer=True)
+    momentum = cfg["model"].get("bn_momentum")
+    if momentum is not None and not (isinstance(momentum, (int, float)) and 0 <= momentum <= 1):
+        raise ConfigError(f"model.bn_momentum must be null (torch's 0.1) or a number in [0, 1] (torch's momentum is "
+                          f"1 - the paper's decay: 0.9997 -> 0.0003), got {momentum!r}")
     crop_hw(train["crop_size"])
     scale_range = train["scale_range"]
     if len(scale_range) != 2 or not (0 < scale_range[0] <= scale_range[1] < math.inf):
@@ -380,6 +389,12 @@ def crop_hw(value, key: str = "train.crop_size") -> Tuple[int, int]:
 def model_kwargs(cfg: Mapping, num_classes: int, pretrained: Optional[str] = None) -> Dict:
     """Arguments of ``seg.models.build_model`` from a configuration."""
     return arguments_from_config(cfg, num_classes, pretrained)
+
+
+def batchnorm_kwargs(cfg: Mapping) -> Dict:
+    """Arguments of ``seg.engine.batchnorm.configure`` (configs written before these keys lack them)."""
+    return dict(momentum=cfg["model"].get("bn_momentum"), freeze_bn=bool(cfg["train"].get("freeze_bn", False)),
+                freeze_backbone=bool(cfg["train"].get("freeze_backbone", False)))
 
 
 def dataset_kwargs(dataset_cfg: Mapping, split: Optional[str] = None) -> Dict:
