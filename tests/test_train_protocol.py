@@ -217,3 +217,42 @@ def test_ddp_accumulation_with_a_frozen_backbone(tmp_path, cfg_train):
     assert not torch.equal(ddp["model"]["classifier.weight"], one["model"]["classifier.weight"])  # other data
     assert "effective batch 4 = train.accumulate 2 x 1 per process x 2 processes" in \
         (tmp_path / "ddp" / "train.log").read_text()
+
+
+def test_accumulation_under_a_grad_scaler_updates_once():
+    """fp16's GradScaler: every micro-batch's loss scaled, one unscale/step/update per optimizer step, and the update
+    equals the unscaled one (a power-of-two scale is exact)."""
+    from seg.engine.step import TrainStep
+
+    calls = []
+
+    class Counting(torch.amp.GradScaler):
+        def scale(self, outputs):
+            calls.append("scale")
+            return super().scale(outputs)
+
+        def step(self, optimizer, *args, **kwargs):
+            calls.append("step")
+            return super().step(optimizer, *args, **kwargs)
+
+        def update(self, new_scale=None):
+            calls.append("update")
+            return super().update(new_scale)
+
+    generator = torch.Generator().manual_seed(0)
+    data = [(torch.randint(0, 255, (2, 3, 8, 8), dtype=torch.uint8, generator=generator),
+             torch.zeros(2, 8, 8, dtype=torch.uint8)) for _ in range(4)]
+    weights = []
+    for scaler in (None, Counting("cpu", init_scale=2.0 ** 12)):
+        torch.manual_seed(0)
+        model = nn.Conv2d(3, 2, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True)
+        step = TrainStep(model, optimizer, lambda out, labels: out.square().mean(), torch.device("cpu"),
+                         scaler=scaler, accumulate=2)
+        stream = iter(data)
+        for _ in range(2):
+            step(*next(stream), stream)
+        weights.append(model.weight.detach().clone())
+    assert calls == ["scale", "scale", "step", "update"] * 2
+    torch.manual_seed(0)
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], nn.Conv2d(3, 2, 1).weight)  # trained
