@@ -37,7 +37,7 @@ MODEL_KEYS = {**{argument: config_key(argument) for argument in CONFIG_KEYS}, "n
 ACCUMULATE = {"float32": torch.float32, "float16": torch.float16}
 EXPORT_FORMATS = ("torchscript", "onnx", "export")
 BACKBONE_SOURCES = ("torchvision", "timm")  # backbone.source: the built-in ResNets, or any timm encoder
-PREDICT_FORMATS = ("default", "cityscapes")  # predict.py's ``format``: its own files, or a Cityscapes submission
+PREDICT_FORMATS = ("default", "cityscapes", "voc")  # predict.py's ``format``: its own files, or a server's
 # dataset keys that describe the run rather than how to read the files
 DATASET_RUN_KEYS = ("val_split", "ignore_index")
 
