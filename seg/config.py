@@ -327,6 +327,7 @@ def _check_model(cfg: Mapping) -> None:
 def validate_train(cfg: MutableMapping) -> None:
     """Check the type and range of every training key before any work starts (typed values are stored back)."""
     conform(cfg, TrainConfig)
+    check_required(cfg)
     _check_model(cfg)
     choice(cfg["device"], "device", DEVICES)
     number(cfg["seed"], "seed", strict=False, integer=True, below=2 ** 31)
@@ -363,6 +364,18 @@ def validate_train(cfg: MutableMapping) -> None:
     number(train.get("focal_gamma", 2.0), "train.focal_gamma", strict=False)
     validate_class_weights(train.get("class_weights"))
     excluded_classes(cfg.get("metrics", {}).get("exclude_classes"))
+
+
+def check_required(cfg: Mapping) -> None:
+    """The keys an experiment lists under ``required_keys`` (key -> what to give) must be set, unless the run
+    resumes. Not ``???`` in the experiment: merged onto train.yaml's ``null``, a missing value leaves the null."""
+    if cfg.get("resume"):
+        return
+    for key, what in (cfg.get("required_keys") or {}).items():
+        section, _, name = key.rpartition(".")
+        value = (cfg.get(section) or {} if section else cfg).get(name)
+        if value in (None, ""):
+            raise ConfigError(f"{key} must be set on the command line: {what}")
 
 
 def validate_class_weights(value, num_classes: Optional[int] = None) -> None:

@@ -4,10 +4,10 @@ import sys
 
 import pytest
 import torch
-from helpers import run_script, tiny_overrides
+from helpers import compose_config, run_script, tiny_overrides
 from torch import nn
 
-from seg.config import validate_train
+from seg.config import ConfigError, validate_train
 from seg.engine import batchnorm
 from seg.engine.checkpoint import CheckpointError, load_checkpoint
 from seg.engine.device import unwrap
@@ -256,3 +256,41 @@ def test_accumulation_under_a_grad_scaler_updates_once():
     assert calls == ["scale", "scale", "step", "update"] * 2
     torch.manual_seed(0)
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], nn.Conv2d(3, 2, 1).weight)  # trained
+
+
+def test_voc_paper_stage2_is_the_papers_second_stage(data_root):
+    cfg = compose_config("train", ["experiment=voc_paper_stage2", "dataset.root=/data/voc", "model.weights=s1.pt"])
+    stage1 = compose_config("train", ["experiment=voc_paper", "dataset.root=/data/voc"])
+    assert (cfg["os"], stage1["os"]) == (8, 16)
+    assert cfg["dataset"]["name"] == "voc" and cfg["dataset"]["split"] == "trainval"  # the official 2,913 images
+    assert cfg["train"]["lr"] == 0.001 and stage1["train"]["lr"] == 0.007
+    assert cfg["train"]["freeze_bn"] is True and not stage1["train"]["freeze_bn"]
+    for key in ("iters", "batch_size", "crop_size"):
+        assert cfg["train"][key] == stage1["train"][key]  # 30k iterations, batch 16, crop 513 in both stages
+    assert cfg["backbone"]["name"] == stage1["backbone"]["name"] == "resnet101"
+    assert cfg["model"]["multi_grid"] == stage1["model"]["multi_grid"] == [1, 2, 4]
+    assert cfg["backbone"]["pretrained"] == "none"  # no ImageNet download: stage 1's weights replace them
+
+
+def test_voc_paper_stage2_without_weights_is_one_line(tmp_path):
+    cfg = compose_config("train", ["experiment=voc_paper_stage2", f"dataset.root={tmp_path}"])
+    with pytest.raises(ConfigError, match="^model.weights must be set on the command line: stage 1's checkpoint") \
+            as raised:
+        train(cfg, tmp_path / "run")
+    assert "\n" not in str(raised.value) and not (tmp_path / "run").exists()  # before any work
+
+
+def test_stage2_starts_from_stage1_with_its_batchnorm_frozen(cfg_train, tmp_path):
+    """Stage 1 (BatchNorm trained, OS16) then experiment=voc_paper_stage2 on the tiny data: stage 2 starts from
+    stage 1's best.pt and keeps its BatchNorm statistics and affine parameters."""
+    train(cfg_train(**{"train.iters": 2}), tmp_path / "stage1")
+    best = tmp_path / "stage1" / "checkpoints" / "best.pt"
+    stage2 = cfg_train(**{"experiment": "voc_paper_stage2", "dataset": "synthetic", "dataset.split": "train",
+                          "model.weights": str(best), "train.iters": 2})
+    assert stage2["os"] == 8 and stage2["train"]["freeze_bn"] and stage2["train"]["lr"] == 0.001
+    train(stage2, tmp_path / "stage2")
+    first, second = (load_checkpoint(path)["model"] for path in (best, tmp_path / "stage2" / "checkpoints" / "last.pt"))
+    model = build_model("resnet18", num_classes=6)
+    names = sorted(bn_names(model))
+    assert names and all(torch.equal(first[key], second[key]) for key in names)
+    assert not torch.equal(first["classifier.weight"], second["classifier.weight"])
