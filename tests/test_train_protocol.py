@@ -42,7 +42,7 @@ def optimized(trainer):
 
 def test_freeze_bn_keeps_statistics_and_affine_parameters(cfg_train, tmp_path):
     # eval_every=1: each evaluation ends with model.train(), which must not wake the frozen layers
-    trainer, before = run_trainer(cfg_train(**{"train.freeze_bn": True, "train.iters": 3, "train.eval_every": 1}),
+    trainer, before = run_trainer(cfg_train(**{"train.freeze_bn": True, "train.iters": 2, "train.eval_every": 1}),
                                   tmp_path / "run")
     model = unwrap(trainer.model)
     after = model.state_dict()
@@ -59,7 +59,7 @@ def test_freeze_bn_keeps_statistics_and_affine_parameters(cfg_train, tmp_path):
 
 
 def test_freeze_backbone_trains_the_head_only(cfg_train, tmp_path):
-    trainer, before = run_trainer(cfg_train(**{"train.freeze_backbone": True, "train.iters": 3,
+    trainer, before = run_trainer(cfg_train(**{"train.freeze_backbone": True, "train.iters": 2,
                                                "train.eval_every": 1}), tmp_path / "run")
     model = unwrap(trainer.model)
     after = model.state_dict()
@@ -102,7 +102,7 @@ def test_bn_momentum_zero_keeps_statistics_in_training(cfg_train, tmp_path):
 def _equivalence_config(cfg_train, **extra):
     """Every pixel labelled (no ignore band, no padding: crops of the whole image), no dropout, BatchNorm frozen:
     the loss of a batch of 4 is then the mean of the losses of its two halves."""
-    return cfg_train(**{"dataset.border": 0, "dataset.image_size": 64, "train.crop_size": 64,
+    return cfg_train(**{"dataset.border": 0, "dataset.image_size": 32, "train.crop_size": 32,
                         "train.scale_range": "[1.0,1.0]", "model.dropout": 0.0, "train.freeze_bn": True,
                         "train.amp": "off", "train.iters": 3, "train.eval_every": 0, "train.lr": 0.05,
                         "train.log_every": 1, **extra})
@@ -128,9 +128,9 @@ def test_accumulate_two_batches_of_two_equals_a_batch_of_four(cfg_train, tmp_pat
     assert "effective batch 4 = train.accumulate 2 x 2 per process x 1 processes" in log
 
 
-@pytest.mark.parametrize("extra", [{"train.freeze_bn": True, "train.eval_every": 1}, {"train.accumulate": 2},
+@pytest.mark.parametrize("extra", [{"train.freeze_bn": True, "train.accumulate": 2, "train.eval_every": 1},
                                    {"train.freeze_backbone": True, "train.accumulate": 3}],
-                         ids=["freeze_bn", "accumulate", "freeze_backbone+accumulate"])
+                         ids=["freeze_bn+accumulate", "freeze_backbone+accumulate"])
 def test_resume_is_exact(cfg_train, tmp_path, extra):
     overrides = {"train.iters": 4, "train.eval_every": 0, "train.ckpt_every": 2, **extra}
     straight = train(cfg_train(**overrides), tmp_path / "straight")
