@@ -294,3 +294,50 @@ def test_stage2_starts_from_stage1_with_its_batchnorm_frozen(cfg_train, tmp_path
     names = sorted(bn_names(model))
     assert names and all(torch.equal(first[key], second[key]) for key in names)
     assert not torch.equal(first["classifier.weight"], second["classifier.weight"])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="POSIX signals")
+def test_signals_and_timed_checkpoints_fall_between_optimizer_steps(cfg_train, tmp_path, monkeypatch):
+    """With accumulate=2, a SIGUSR1 in the middle of an optimizer step and the time-based checkpoint both act after
+    the step's last micro-batch: the checkpoint's data position is a whole number of steps, and the resume reaches
+    the uninterrupted run's weights."""
+    import os
+    import signal
+
+    from seg.engine import trainer as trainer_module
+    from seg.engine.step import TrainStep
+    from seg.errors import Interrupted
+
+    overrides = {"train.iters": 4, "train.eval_every": 0, "train.ckpt_every": 0, "train.accumulate": 2}
+    saved = []
+    real_save = trainer_module.save_checkpoint
+
+    def recording(path, **kwargs):
+        if path.name == "last.pt":  # best.pt follows the evaluation at the end
+            saved.append((kwargs["iteration"], kwargs["sampler_position"]["consumed"]))
+        real_save(path, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", recording)
+    straight = train(cfg_train(**overrides, **{"train.ckpt_every_min": 0.0001}), tmp_path / "straight")
+    assert saved == [(i, i * 2 * 2) for i in (1, 2, 3, 4)]  # after every step (6 ms), never between micro-batches
+
+    calls = {"n": 0}
+    real_backward = TrainStep._backward
+
+    def signalling(self, images, labels):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the first micro-batch of iteration 2
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real_backward(self, images, labels)
+
+    monkeypatch.setattr(TrainStep, "_backward", signalling)
+    with pytest.raises(Interrupted):
+        train(cfg_train(**overrides), tmp_path / "run")
+    monkeypatch.setattr(TrainStep, "_backward", real_backward)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    assert calls["n"] == 4 and state["iteration"] == 2 and state["sampler"]["consumed"] == 2 * 2 * 2
+    resumed = train(cfg_train(**overrides, resume=str(last)), tmp_path / "run")
+    a, b = (load_checkpoint(tmp_path / run / "checkpoints" / "last.pt")["model"] for run in ("straight", "run"))
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert straight["losses"][2:] == resumed["losses"]
