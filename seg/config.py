@@ -39,7 +39,7 @@ EXPORT_FORMATS = ("torchscript", "onnx", "export")
 BACKENDS = ("torch", "onnxruntime", "openvino")  # what runs a model in evaluate.py and predict.py (seg.deployment)
 PRECISIONS = ("fp32", "bf16", "int8")  # int8: the file scripts/quantize.py writes
 BACKBONE_SOURCES = ("torchvision", "timm")  # backbone.source: the built-in ResNets, or any timm encoder
-PREDICT_FORMATS = ("default", "cityscapes")  # predict.py's ``format``: its own files, or a Cityscapes submission
+PREDICT_FORMATS = ("default", "cityscapes", "voc")  # predict.py's ``format``: its own files, or a server's
 # dataset keys that describe the run rather than how to read the files
 DATASET_RUN_KEYS = ("val_split", "ignore_index")
 
@@ -76,6 +76,7 @@ class ModelKeys:
     aspp_conv: bool = False
     align_corners: bool = False
     aspp_separable: Optional[bool] = None
+    bn_momentum: Optional[float] = None  # seg.engine.batchnorm: a training setting, not build_model's
 
 
 @dataclass
@@ -129,6 +130,9 @@ class TrainKeys:
     tb_images: int
     max_nonfinite: int
     stop_at: Optional[int]
+    freeze_bn: bool = False
+    freeze_backbone: bool = False
+    accumulate: int = 1
 
 
 @dataclass
@@ -327,6 +331,7 @@ def _check_model(cfg: Mapping) -> None:
 def validate_train(cfg: MutableMapping) -> None:
     """Check the type and range of every training key before any work starts (typed values are stored back)."""
     conform(cfg, TrainConfig)
+    check_required(cfg)
     _check_model(cfg)
     choice(cfg["device"], "device", DEVICES)
     number(cfg["seed"], "seed", strict=False, integer=True, below=2 ** 31)
@@ -348,6 +353,11 @@ def validate_train(cfg: MutableMapping) -> None:
     number(train.get("ckpt_every_min", 30), "train.ckpt_every_min", strict=False)
     if train.get("stop_at") is not None:
         number(train["stop_at"], "train.stop_at", integer=True)
+    number(train.get("accumulate", 1), "train.accumulate", integer=True)
+    momentum = cfg["model"].get("bn_momentum")
+    if momentum is not None and not (isinstance(momentum, (int, float)) and 0 <= momentum <= 1):
+        raise ConfigError(f"model.bn_momentum must be null (torch's 0.1) or a number in [0, 1] (torch's momentum is "
+                          f"1 - the paper's decay: 0.9997 -> 0.0003), got {momentum!r}")
     crop_hw(train["crop_size"])
     scale_range = train["scale_range"]
     if len(scale_range) != 2 or not (0 < scale_range[0] <= scale_range[1] < math.inf):
@@ -358,6 +368,18 @@ def validate_train(cfg: MutableMapping) -> None:
     number(train.get("focal_gamma", 2.0), "train.focal_gamma", strict=False)
     validate_class_weights(train.get("class_weights"))
     excluded_classes(cfg.get("metrics", {}).get("exclude_classes"))
+
+
+def check_required(cfg: Mapping) -> None:
+    """The keys an experiment lists under ``required_keys`` (key -> what to give) must be set, unless the run
+    resumes. Not ``???`` in the experiment: merged onto train.yaml's ``null``, a missing value leaves the null."""
+    if cfg.get("resume"):
+        return
+    for key, what in (cfg.get("required_keys") or {}).items():
+        section, _, name = key.rpartition(".")
+        value = (cfg.get(section) or {} if section else cfg).get(name)
+        if value in (None, ""):
+            raise ConfigError(f"{key} must be set on the command line: {what}")
 
 
 def validate_class_weights(value, num_classes: Optional[int] = None) -> None:
@@ -384,6 +406,12 @@ def crop_hw(value, key: str = "train.crop_size") -> Tuple[int, int]:
 def model_kwargs(cfg: Mapping, num_classes: int, pretrained: Optional[str] = None) -> Dict:
     """Arguments of ``seg.models.build_model`` from a configuration."""
     return arguments_from_config(cfg, num_classes, pretrained)
+
+
+def batchnorm_kwargs(cfg: Mapping) -> Dict:
+    """Arguments of ``seg.engine.batchnorm.configure`` (configs written before these keys lack them)."""
+    return dict(momentum=cfg["model"].get("bn_momentum"), freeze_bn=bool(cfg["train"].get("freeze_bn", False)),
+                freeze_backbone=bool(cfg["train"].get("freeze_backbone", False)))
 
 
 def dataset_kwargs(dataset_cfg: Mapping, split: Optional[str] = None) -> Dict:

@@ -264,3 +264,73 @@ def test_cityscapes_submission_refuses_what_the_server_would(cityscapes_ckpt, ck
                                       "b/berlin_000000_000019_leftImg8bit.jpg": (32, 32)})
     with pytest.raises(UserError, match="same frame"):
         run(cityscapes_ckpt, tmp_path / "twice", tmp_path / "out", "format=cityscapes")
+
+
+# -- VOC test-server submission ----------------------------------------------------------------------------------
+
+VOC_IMAGES = {"2008_000001.jpg": (40, 64), "sub/2010_004321.png": (37, 53)}
+
+
+def devkit_colormap(count=256):
+    """The VOC devkit's VOClabelcolormap.m, written out as MATLAB does it (bitget on the index, 3 bits a round)."""
+    colours = np.zeros((count, 3), dtype=np.uint8)
+    for i in range(count):
+        index, red, green, blue = i, 0, 0, 0
+        for j in range(8):
+            red |= ((index >> 0) & 1) << (7 - j)
+            green |= ((index >> 1) & 1) << (7 - j)
+            blue |= ((index >> 2) & 1) << (7 - j)
+            index >>= 3
+        colours[i] = (red, green, blue)
+    return colours
+
+
+@pytest.fixture(scope="module")
+def voc_ckpt(tmp_path_factory):
+    from seg.data.voc import VOC_CLASSES
+
+    grey = [[i, i, i] for i in range(256)]  # not VOC's: the submission has VOC's colour map whatever the run's
+    return decisive_checkpoint(tmp_path_factory.mktemp("voc_ckpt"), 21, VOC_CLASSES, grey)
+
+
+def test_voc_submission_layout_palette_and_values(voc_ckpt, tmp_path):
+    import tarfile
+
+    write_images(tmp_path / "test", VOC_IMAGES)
+    run(voc_ckpt, tmp_path / "test", tmp_path / "plain")  # the class indices, as predict writes them by default
+    result = run(voc_ckpt, tmp_path / "test", tmp_path / "sub", "format=voc")
+    folder = "results/VOC2012/Segmentation/comp6_test_cls"
+    assert result["submission"] == str(tmp_path / "sub" / "voc_submission.tar.gz")
+    with tarfile.open(result["submission"], "r:gz") as archive:  # tar zcf results.tgz results, as the server takes
+        members = {member.name: member for member in archive.getmembers()}
+        archive.extractall(tmp_path / "untarred", **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    assert sorted(members) == ["results", "results/VOC2012", "results/VOC2012/Segmentation", folder,
+                               f"{folder}/2008_000001.png", f"{folder}/2010_004321.png"]
+    assert all(members[name].isdir() for name in ("results", folder))
+    seen = set()
+    for name, (height, width) in VOC_IMAGES.items():
+        stem = name.split("/")[-1].split(".")[0]
+        written = Image.open(tmp_path / "untarred" / folder / f"{stem}.png")
+        assert written.mode == "P" and written.size == (width, height)
+        palette = np.array(written.getpalette(), dtype=np.uint8).reshape(-1, 3)
+        assert np.array_equal(palette[:256], devkit_colormap()[:len(palette)])
+        values = np.array(written)
+        expected = np.array(Image.open(tmp_path / "plain" / "labels" / f"{name.rsplit('.', 1)[0]}.png"))
+        assert np.array_equal(values, expected) and values.max() <= 20
+        assert (tmp_path / "sub" / folder / f"{stem}.png").read_bytes() == \
+            (tmp_path / "untarred" / folder / f"{stem}.png").read_bytes()
+        seen |= set(np.unique(values).tolist())
+    assert len(seen) >= 3  # several classes, so the values are compared, not only zeros
+    assert not (tmp_path / "sub" / "labels").exists() and not (tmp_path / "sub" / "overlays").exists()
+
+
+def test_voc_submission_refuses_what_the_server_would(voc_ckpt, ckpt, tmp_path):
+    write_images(tmp_path / "ok", {"2008_000001.jpg": (32, 32)})
+    write_images(tmp_path / "bad", {"photo.png": (32, 32)})
+    with pytest.raises(UserError, match="VOC image ids .*photo"):
+        run(voc_ckpt, tmp_path / "bad", tmp_path / "out", "format=voc")
+    with pytest.raises(UserError, match="needs a model of the 21 VOC classes, this one predicts 6"):
+        run(ckpt, tmp_path / "ok", tmp_path / "out", "format=voc")
+    write_images(tmp_path / "twice", {"a/2008_000001.png": (32, 32), "b/2008_000001.jpg": (32, 32)})
+    with pytest.raises(UserError, match="same image id"):
+        run(voc_ckpt, tmp_path / "twice", tmp_path / "out", "format=voc")

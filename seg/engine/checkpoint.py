@@ -34,6 +34,8 @@ SHAPE_KEYS = (("backbone", "source"), ("backbone", "name"), ("model", "head"), (
 # What a config written before a key existed meant by it (seg.models.spec), e.g. backbone.stem: standard.
 SHAPE_DEFAULTS = {**{(section, key): default for section, key, default in CONFIG_KEYS.values()},
                   ("backbone", "source"): "torchvision"}
+# Config entries that choose which parameters the optimizer holds: its saved state fits no other value.
+TRAINED_PART_KEYS = (("train", "freeze_bn"), ("train", "freeze_backbone"))
 # Config entries that only choose a new run's initial weights: a resume loads the checkpoint's instead.
 INITIAL_WEIGHT_KEYS = ("backbone.pretrained", "model.weights")
 
@@ -301,6 +303,13 @@ def check_resume_config(saved: Mapping, current: Mapping, path) -> None:
             raise CheckpointError(
                 f"cannot resume {path}: {section}.{key} was {old!r} in that run and is {new!r} now; "
                 f"resume with the original value, or start a new run with model.weights={path}")
+    for section, key in TRAINED_PART_KEYS:
+        old, new = bool(saved.get(section, {}).get(key, False)), bool(current.get(section, {}).get(key, False))
+        if old != new:
+            raise CheckpointError(
+                f"cannot resume {path}: {section}.{key} was {old} in that run and is {new} now (its optimizer state "
+                f"holds the parameters trained then); resume with the original value, or start a new stage with "
+                f"model.weights={path}")
 
 
 def reuse_recorded(saved: Mapping, current: Dict) -> None:

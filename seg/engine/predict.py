@@ -11,7 +11,9 @@ keeps the input's path relative to ``input`` and its stem. For an image ``<name>
 * with ``probs``: ``confidence/<name>.png`` and ``entropy/<name>.png``, colour-scale maps (``seg.engine.confidence``),
   and with ``probs_npy`` ``probs/<name>.npy``, the probabilities (float16 ``[C, H, W]``);
 * with ``format="cityscapes"``, instead of labels and overlays: ``cityscapes/<city>/<city>_<seq>_<frame>_labelIds.png``
-  and ``cityscapes_submission.zip`` for the benchmark server (``seg.engine.submission``).
+  and ``cityscapes_submission.zip`` for the benchmark server (``seg.engine.submission``);
+* with ``format="voc"``, instead of labels and overlays: ``results/VOC2012/Segmentation/comp6_test_cls/<id>.png``
+  and ``voc_submission.tar.gz`` for the VOC evaluation server (``seg.engine.voc_submission``).
 
 A video ``<name>.mp4`` (any container OpenCV reads) gives ``overlays/<name>.mp4``, same size and frame rate, its
 frames segmented ``batch_size`` at a time (``seg.engine.video``).
@@ -33,7 +35,7 @@ from tqdm import tqdm
 from seg.config import crop_hw, inference_kwargs, to_plain, validate_predict
 from seg.data import DatasetError, normalize
 from seg.data.base import ImageTooLarge, read_image
-from seg.engine import submission
+from seg.engine import submission, voc_submission
 from seg.engine.checkpoint import CheckpointSource, ModelSource, checkpoint_in, num_classes_of, palette_of
 from seg.engine.confidence import label_dtype, save_map, save_probabilities, summarise
 from seg.engine.device import autocast, resolve_amp, resolve_device
@@ -46,7 +48,8 @@ from seg.visualize import overlay
 log = logging.getLogger("seg.predict")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
-OUTPUT_FOLDERS = ("labels", "overlays", "confidence", "entropy", "probs", "cityscapes")  # what predict writes
+OUTPUT_FOLDERS = ("labels", "overlays", "confidence", "entropy", "probs", "cityscapes", "results")  # predict's
+SUBMISSIONS = {"cityscapes": submission, "voc": voc_submission}  # format -> its module (same names in each)
 
 
 @dataclass
@@ -154,6 +157,7 @@ class Writer:
     output: Path
     probs: bool
     probs_npy: bool
+    server: Optional[object] = None  # format=cityscapes / voc: its module in SUBMISSIONS
 
     def probabilities(self, images: np.ndarray) -> torch.Tensor:
         return probabilities(self.loaded.model, images, self.device, self.options, self.amp_dtype)
@@ -163,8 +167,8 @@ class Writer:
         return probabilities.argmax(1).to(torch.int32).cpu().numpy().astype(label_dtype(probabilities.shape[1]))
 
     def image(self, image: np.ndarray, relative: Path, label_ids: Optional[Path] = None) -> None:
-        """The files of one image; ``label_ids``: its submission file (format=cityscapes) instead of labels and
-        overlays."""
+        """The files of one image; ``label_ids``: its submission file (format=cityscapes / voc) instead of labels
+        and overlays."""
         probs = self.probabilities(image[None])[0]
         summary = summarise(probs, maps=self.probs)
         started: List[Path] = []
@@ -175,7 +179,7 @@ class Writer:
 
         try:
             if label_ids is not None:
-                submission.save_label_ids(summary.labels, target(self.output / "cityscapes" / label_ids))
+                self.server.save(summary.labels, target(self.output / self.server.FOLDER / label_ids))
             else:
                 save_prediction(summary.labels, image, self.loaded.palette,
                                 target(self.output / "labels" / f"{relative}.png"),
@@ -191,13 +195,13 @@ class Writer:
             raise cannot_write(self.output, error, f"the outputs of {relative} were removed") from None
 
 
-def submission_targets(files: List[Path], relatives: List[Path], num_classes: int) -> Dict[Path, Path]:
-    """format=cityscapes: each image's labelIds file, after checking names, model and inputs."""
+def submission_targets(files: List[Path], relatives: List[Path], num_classes: int, fmt: str) -> Dict[Path, Path]:
+    """format=cityscapes / voc: each image's submission file, after checking names, model and inputs."""
     videos = [path for path in files if is_video(path)]
     if videos:
-        raise submission.SubmissionError(f"format=cityscapes takes images, not videos: {videos[0]}")
-    submission.check_classes(num_classes)
-    return dict(zip(relatives, submission.submission_paths(relatives)))
+        raise submission.SubmissionError(f"format={fmt} takes images, not videos: {videos[0]}")
+    SUBMISSIONS[fmt].check_classes(num_classes)
+    return dict(zip(relatives, SUBMISSIONS[fmt].submission_paths(relatives)))
 
 
 def read_or_report(path: Path, max_pixels: Optional[int]) -> Optional[np.ndarray]:
@@ -219,7 +223,7 @@ def cannot_write(output: Path, error: OSError, detail: str = "") -> UserError:
 
 def predict(config: Mapping, source: Optional[ModelSource] = None) -> Dict:
     """Run ``configs/predict.yaml``; returns ``{"written": n, "failed": [paths], "output": folder}`` (plus
-    ``"submission"``, the zip, with ``format=cityscapes``).
+    ``"submission"``, the archive, with ``format=cityscapes`` or ``format=voc``).
 
     A file that cannot be read is reported and skipped; if any were, a ``UserError`` follows at the end.
     """
@@ -234,13 +238,13 @@ def predict(config: Mapping, source: Optional[ModelSource] = None) -> Dict:
     except OSError as error:
         raise cannot_write(output, error) from None
     relatives = [path.relative_to(root).with_suffix("") for path in files]
-    cityscapes = cfg["format"] == "cityscapes"
-    targets = submission_targets(files, relatives, loaded.num_classes) if cityscapes else {}
+    packer = SUBMISSIONS.get(cfg["format"])
+    targets = submission_targets(files, relatives, loaded.num_classes, cfg["format"]) if packer else {}
     if cfg["probs"] and any(is_video(path) for path in files):
         log.info("probs=true applies to images: videos get an overlay video only")
     amp_dtype = resolve_amp(cfg["amp"] if cfg["amp"] is not None else loaded.amp, device.type, key="amp")
     writer = Writer(loaded, device, {**inference_kwargs(cfg, loaded.crop_size), "progress": True}, amp_dtype,
-                    output, cfg["probs"], cfg["probs_npy"])
+                    output, cfg["probs"], cfg["probs_npy"], packer)
     failed: List[str] = []
     try:
         for path, relative in zip(tqdm(files, desc="predict", dynamic_ncols=True, disable=len(files) == 1),
@@ -255,15 +259,15 @@ def predict(config: Mapping, source: Optional[ModelSource] = None) -> Dict:
                 continue
             writer.image(image, relative, targets.get(relative))
         result = {"written": len(files) - len(failed), "failed": failed, "output": str(output)}
-        written = [targets[r] for p, r in zip(files, relatives) if cityscapes and str(p) not in failed]
+        written = [targets[r] for p, r in zip(files, relatives) if packer and str(p) not in failed]
         if written:
-            result["submission"] = str(submission.pack(output / "cityscapes", written, output / submission.ZIP_NAME))
+            result["submission"] = str(packer.pack(output / packer.FOLDER, written, output / packer.ARCHIVE_NAME))
     except OSError as error:  # the folder turned read-only, the disk is full
         if isinstance(error, UserError):
             raise
         raise cannot_write(output, error) from None
     if written:
-        log.info("wrote %d labelIds PNGs to %s and packed them into %s", len(written), output / "cityscapes",
+        log.info("wrote %d %s to %s and packed them into %s", len(written), packer.WHAT, output / packer.FOLDER,
                  result["submission"])
     else:
         log.info("wrote the outputs of %d input file(s) to %s", result["written"], output)

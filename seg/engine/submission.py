@@ -25,6 +25,9 @@ from seg.io import replacing
 NUM_CLASSES = len(CITYSCAPES_CLASSES)
 IMAGE_NAME = re.compile(r"^(?P<core>[^_]+_\d{6}_\d{6})_leftImg8bit$")
 ZIP_NAME = "cityscapes_submission.zip"
+FOLDER = "cityscapes"  # under predict's output (seg.engine.voc_submission has the same names)
+ARCHIVE_NAME = ZIP_NAME
+WHAT = "labelIds PNGs"
 
 
 class SubmissionError(UserError, ValueError):
@@ -61,6 +64,9 @@ def save_label_ids(train_ids: np.ndarray, path: Path) -> None:
     """A prediction in train ids ``[H, W]`` written as label ids (8-bit grey PNG)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(train_ids_to_label_ids(train_ids)).save(path)  # uint8 [H, W]: mode "L"
+
+
+save = save_label_ids  # the name predict calls each submission format's writer by
 
 
 def pack(folder: Path, relatives: Sequence[Path], target: Path) -> Path:

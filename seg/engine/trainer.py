@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from seg.config import (
     backbone_name,
+    batchnorm_kwargs,
     crop_hw,
     dataset_kwargs,
     excluded_classes,
@@ -33,7 +34,7 @@ from seg.data import build_dataset
 from seg.data.class_weights import resolve_class_weights
 from seg.data.folder import write_split_lists
 from seg.data.loader import build_train_loader
-from seg.engine import distributed
+from seg.engine import batchnorm, distributed
 from seg.engine.checkpoint import (
     all_finite,
     check_resume_config,
@@ -132,6 +133,7 @@ class Trainer:
             raise UserError(f"train.batch_size={self.t['batch_size']} (the global batch) must be divisible by "
                             f"the number of processes ({self.world})")
         self.batch_per_rank = self.t["batch_size"] // self.world
+        self.accumulate = int(self.t.get("accumulate", 1))  # batches per optimizer step; train.iters counts steps
         self.amp_dtype = resolve_amp(self.t["amp"], device_type)
         self.channels_last = device_type == "cuda"
         if device_type == "cuda":
@@ -198,7 +200,16 @@ class Trainer:
         if resume_state:
             self._restore(resume_state)
         self.sampler = ResumableSampler(len(self.train_set), seed, self.rank, self.world,
-                                        start=self.start_iter * self.batch_per_rank)
+                                        start=self.start_iter * self.samples_per_step)
+        if self.accumulate > 1:
+            log.info("gradient accumulation: effective batch %d = train.accumulate %d x %d per process x %d processes "
+                     "(train.batch_size %d); one optimizer step per %d batches", self.accumulate * self.t["batch_size"],
+                     self.accumulate, self.batch_per_rank, self.world, self.t["batch_size"], self.accumulate)
+
+    @property
+    def samples_per_step(self) -> int:
+        """Samples one rank consumes per iteration (optimizer step): its batch times ``train.accumulate``."""
+        return self.batch_per_rank * self.accumulate
 
     # -- construction -----------------------------------------------------------------------------------
     def _datasets(self):
@@ -242,10 +253,12 @@ class Trainer:
             log.info("model.weights %s: %s", self.cfg["model"]["weights"], report.summary())
         if resume_state:
             model.load_state_dict(resume_state["model"])
-        if self.world > 1 and self.device.type == "cuda":
+        bn = batchnorm_kwargs(self.cfg)
+        if self.world > 1 and self.device.type == "cuda" and not bn["freeze_bn"]:  # frozen BN has nothing to sync
             model = convert_sync_batchnorm(model)
-        elif self.world > 1:
+        elif self.world > 1 and not bn["freeze_bn"]:
             log.info("SyncBatchNorm needs CUDA: on the CPU each process keeps its own BatchNorm statistics")
+        batchnorm.configure(model, **bn)  # after the conversion, before the optimizer and DDP see the parameters
         place(model, self.device)
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -285,7 +298,7 @@ class Trainer:
         weights = None if self.class_weights is None else torch.tensor(self.class_weights, device=device)
         loss_fn = make_loss(t, self.val_set.ignore_index, weights)
         step = TrainStep(self.model, self.optimizer, loss_fn, device, self.amp_dtype, self.channels_last,
-                         self.scaler)
+                         self.scaler, self.accumulate)
         loss_sum = torch.zeros((), device=device)
         run_nonfinite = torch.zeros((), device=device)
         worst_run = torch.zeros((), device=device)
@@ -295,7 +308,7 @@ class Trainer:
         with tqdm(total=iters, initial=self.start_iter, desc="train", dynamic_ncols=True,
                   disable=not distributed.is_main()) as bar, coordinator:  # closed also on an error
             for iteration in range(self.start_iter + 1, stop_at + 1):
-                loss, nonfinite = step(*next(batches))
+                loss, nonfinite = step(*next(batches), batches)  # train.accumulate batches, one update
                 self.scheduler.step()
                 run_nonfinite = (run_nonfinite + nonfinite) * nonfinite
                 worst_run = torch.maximum(worst_run, run_nonfinite)
@@ -339,7 +352,7 @@ class Trainer:
         good = steps - skipped
         loss = float(loss_sum) / good if good else math.nan
         elapsed = time.perf_counter() - start
-        images_per_s = steps * self.t["batch_size"] / max(elapsed, 1e-9)
+        images_per_s = steps * self.t["batch_size"] * self.accumulate / max(elapsed, 1e-9)
         lr = self.optimizer.param_groups[0]["lr"]
         self.loss_history.append((iteration, loss))
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}")
@@ -389,7 +402,7 @@ class Trainer:
             save_checkpoint(self.files.checkpoints / name, model=self.model, config=self.cfg,
                             class_names=self.class_names, palette=self.palette.tolist(), iteration=iteration,
                             optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
-                            sampler_position=self.sampler.position(iteration * self.batch_per_rank),
+                            sampler_position=self.sampler.position(iteration * self.samples_per_step),
                             best_miou=self.best_miou, extra={"nonfinite_steps": self.nonfinite_total})
         finally:
             self.requests.saving = False
