@@ -24,11 +24,12 @@ import torch
 from torch import nn
 
 from seg import __version__
-from seg.config import EXPORT_FORMATS, backbone_name, crop_hw, to_plain, validate_export
+from seg.config import EXPORT_FORMATS, backbone_name, crop_hw, overwrite_flag, to_plain, validate_export
 from seg.data import IMAGENET_MEAN, IMAGENET_STD
 from seg.engine.checkpoint import checkpoint_in, num_classes_of, palette_of, restore
 from seg.errors import UserError
 from seg.io import METADATA_FILE, load_torchscript, replacing, torchscript_is_the_contract
+from seg.outputs import check_outputs
 
 log = logging.getLogger("seg.export")
 
@@ -237,6 +238,7 @@ def export_checkpoint(config: Mapping) -> Dict:
     validate_export(cfg)
     sizes = cfg["check"]["sizes"]
     cfg["ckpt"] = str(checkpoint_in(cfg["ckpt"]))
+    check_outputs([cfg["output"]], {"ckpt": cfg["ckpt"]}, "exported model", overwrite_flag(cfg))
     model, state = restore(cfg["ckpt"], cfg["os"])
     trained = state["config"]
     metadata = {
