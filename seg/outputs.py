@@ -126,11 +126,28 @@ def is_figure(path: Path) -> bool:
         return False
 
 
-def is_listed(path: Path, kind: str) -> bool:
-    """Listed as ``kind`` in the ``MANIFEST`` of a folder above ``path``."""
-    for folder in path.parents:
+_MANIFESTS: Dict[tuple, Dict] = {}  # (path, mtime, size) -> its content: read once per check of many files
+
+
+def _manifest(folder: Path) -> Optional[Dict]:
+    try:
+        stat = (folder / MANIFEST).stat()
+    except OSError:
+        return None
+    key = (str(folder / MANIFEST), stat.st_mtime_ns, stat.st_size)
+    if key not in _MANIFESTS:
         listed = _json(folder / MANIFEST)
-        if isinstance(listed, dict):
+        _MANIFESTS.clear()
+        _MANIFESTS[key] = listed if isinstance(listed, dict) else {}
+    return _MANIFESTS[key]
+
+
+def is_listed(path: Path, kind: str) -> bool:
+    """Listed as ``kind`` in the ``MANIFEST`` of the nearest folder above ``path`` that has one."""
+    path = Path(os.path.abspath(path))
+    for folder in path.parents:
+        listed = _manifest(folder)
+        if listed is not None:
             return listed.get(path.relative_to(folder).as_posix()) == kind
     return False
 
@@ -156,17 +173,34 @@ def _holds_files(folder: Path) -> bool:
     return any(p.is_file() for p in folder.rglob("*"))
 
 
-def _is_input(target: Path, source: Path, kind: Optional[str]) -> bool:
-    """``target`` is ``source`` (same file, links included), or an existing file inside the input folder ``source``
-    that is not an earlier output of this command's kind."""
-    if target.exists() and source.exists():
-        if os.path.samefile(target, source):
-            return True
-    elif target.resolve() == source.resolve():
-        return True
-    if source.is_dir() and target.is_file() and source.resolve() in target.resolve().parents:
-        return not recognised(target, kind)
-    return False
+class _Folders:
+    """Per folder, once (a predict run checks tens of thousands of files in a few folders): its real path and the
+    file, if any, that stands where it or a folder above it should be."""
+
+    def __init__(self):
+        self.known: Dict[Path, tuple] = {}
+
+    def __call__(self, folder: Path) -> tuple:
+        if folder not in self.known:
+            blocked = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+            self.known[folder] = (os.path.realpath(folder), blocked)
+        return self.known[folder]
+
+
+def _input_of(target: Path, real: str, exists: bool, sources: list, kind: Optional[str]) -> Optional[str]:
+    """How ``target`` is one of the ``sources`` (``(option, path, real path)``), or None: the same path, the same
+    file (a hard link), or an existing file inside an input folder that is not an earlier output of ``kind``."""
+    for name, source, source_real in sources:
+        if real == source_real:
+            return f"is {name}={source}"
+        if not exists:
+            continue
+        if real.startswith(source_real.rstrip(os.sep) + os.sep):
+            if os.path.isfile(real) and not recognised(target, kind):
+                return f"is a file inside {name}={source}"
+        elif os.path.isfile(source) and os.path.samefile(target, source):
+            return f"is the same file as {name}={source}"
+    return None
 
 
 def check_outputs(outputs: Iterable[PathLike], inputs: Mapping[str, Optional[PathLike]], kind: Optional[str] = None,
@@ -179,23 +213,26 @@ def check_outputs(outputs: Iterable[PathLike], inputs: Mapping[str, Optional[Pat
     of ``KINDS`` or ``None``; ``key``: the option that chooses the outputs; ``option``: how the user says
     ``overwrite`` (``--overwrite`` for argparse tools).
     """
-    sources = {name: Path(p).expanduser() for name, p in inputs.items() if p not in (None, "")}
+    sources = [(name, Path(p).expanduser()) for name, p in inputs.items() if p not in (None, "")]
+    sources = [(name, source, os.path.realpath(source)) for name, source in sources]
+    folder_info = _Folders()
     replaced = []
     for target, is_folder in [(Path(p), False) for p in outputs] + [(Path(p), True) for p in folders]:
         target = target.expanduser()
-        for name, source in sources.items():
-            if _is_input(target, source, kind):
-                where = "is" if target.resolve() == source.resolve() else "is the same file as" \
-                    if not source.is_dir() else "is a file inside"
-                raise OutputIsInput(f"{target} {where} {name}={source}, an input of this command: no option (not "
-                                    f"even {option}) lets a command write over its inputs; choose another {key}")
-        blocked = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+        real_parent, blocked = folder_info(target.parent)
+        exists = os.path.lexists(target)
+        real = os.path.realpath(target) if exists and os.path.islink(target) else os.path.join(real_parent, target.name)
+        how = _input_of(target, real, exists, sources, kind)
+        if how:
+            raise OutputIsInput(f"{target} {how}, an input of this command: no option (not even {option}) lets a "
+                                f"command write over its inputs; choose another {key}")
         if blocked is not None:
             raise OutputExists(f"cannot write {target}: {blocked} is a file, not a folder; choose another {key}")
+        if not exists:
+            continue
         if not is_folder and target.is_dir():
             raise OutputExists(f"cannot write {target}: it is a folder; choose another {key}")
-        exists = _holds_files(target) if is_folder and target.is_dir() else target.exists()
-        if not exists or recognised(target, kind):
+        if (is_folder and not _holds_files(target)) or recognised(target, kind):
             continue
         if not overwrite:
             what = f"exists already and is not {KINDS[kind][0]}" if kind else "exists already"
@@ -212,8 +249,8 @@ def record_outputs(folder: PathLike, files: Sequence[PathLike], kind: str) -> No
     folder = Path(folder)
     listed = _json(folder / MANIFEST)
     listed = listed if isinstance(listed, dict) else {}
-    base = folder.resolve()
-    listed.update({Path(f).resolve().relative_to(base).as_posix(): kind for f in files})
+    base = os.path.abspath(folder)
+    listed.update({Path(os.path.relpath(os.path.abspath(f), base)).as_posix(): kind for f in files})
     folder.mkdir(parents=True, exist_ok=True)
     temporary = folder / f".{MANIFEST}.tmp"
     temporary.write_text(json.dumps(listed, indent=0, sort_keys=True) + "\n")

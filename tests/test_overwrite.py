@@ -7,12 +7,13 @@ function the script calls, to keep the file fast.
 
 import json
 import os
+import runpy
 import shutil
 
 import numpy as np
 import pytest
 import torch
-from helpers import compose_config, needed, run_script, tiny_checkpoint
+from helpers import REPO, compose_config, needed, run_script, tiny_checkpoint
 from PIL import Image
 
 from seg.data.synthetic import write_folder_example
@@ -236,3 +237,36 @@ def test_prepare_scripts_name_their_overwrite_option(tmp_path):
     assert last_line(result) == (f"error: {listed} exists already: choose another --voc, or pass --overwrite to "
                                  "replace it")
     assert listed.read_text() == "mine\n"
+
+
+def test_overwrite_is_no_config_change_of_a_resumed_run():
+    """An older run's config has no ``overwrite``; a resume with it set logs no change (it is about the command)."""
+    from seg.engine.checkpoint import resume_changes
+
+    saved = {"train": {"lr": 0.1}, "seed": 0}
+    assert resume_changes(saved, {**saved, "overwrite": True}, 4) == []
+    assert resume_changes(saved, {**saved, "seed": 1}, 4) == ["resume: config changed: seed: 0 -> 1 (applies from "
+                                                                "iteration 5 on)"]
+
+
+def test_receptive_field_png_and_the_benchmark_files_are_recognised(tmp_path, capsys):
+    """receptive_field.py png=: its own figure again is fine, another PNG needs overwrite=true; the benchmarks' JSON
+    files are recognised by their content."""
+    pytest.importorskip("matplotlib")
+    main = runpy.run_path(str(REPO / "scripts" / "receptive_field.py"))["main"]
+    figure, photo = tmp_path / "rf.png", write_image(tmp_path / "photo.png")
+    for _ in range(2):
+        main(["layers=[[3,1],[3,2]]", "feature_size=17", f"png={figure}"])
+    before = contents(photo)
+    with pytest.raises(SystemExit, match=rf"^error: {photo} exists already and is not a figure of "
+                                         r"scripts/receptive_field\.py: choose another png, or pass overwrite=true"):
+        main(["layers=[[3,1],[3,2]]", "feature_size=17", f"png={photo}"])
+    assert contents(photo) == before
+    main(["layers=[[3,1],[3,2]]", "feature_size=17", f"png={photo}", "overwrite=true"])
+    check_outputs([photo], {}, "figure")  # now a figure of its own
+    (tmp_path / "benchmark.json").write_text(json.dumps({"schema": "seg.benchmark/1", "train": {}}))
+    (tmp_path / "models.json").write_text(json.dumps([{"name": "resnet50", "params_m": 1, "gflops": 2, "ratio": 1}]))
+    check_outputs([tmp_path / "benchmark.json"], {}, "benchmark")
+    check_outputs([tmp_path / "models.json"], {}, "models table")
+    with pytest.raises(OutputExists):
+        check_outputs([tmp_path / "models.json"], {}, "benchmark")

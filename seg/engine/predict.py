@@ -14,6 +14,9 @@ keeps the input's path relative to ``input`` and its stem. For an image ``<name>
 
 A video ``<name>.mp4`` (any container OpenCV reads) gives ``overlays/<name>.mp4``, same size and frame rate, its
 frames segmented ``batch_size`` at a time (``seg.engine.video``).
+
+Before any work the files it will write are checked (``seg.outputs``: never an input, another kind's file only
+with ``overwrite``) and listed in ``<output>/.seg_outputs.json``, which makes them its own for a later run.
 """
 
 from __future__ import annotations
