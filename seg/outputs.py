@@ -3,8 +3,9 @@
 A command names the files (and folders) it is about to write, its inputs, the kind of output it writes and the
 user's ``overwrite``; ``check_outputs`` then refuses, with one line naming the file and the option:
 
-* an output that is one of the inputs (the same file, also through a link), or an existing file inside an input
-  folder (a dataset image, a predicted image's own folder): ``OutputIsInput``, whatever ``overwrite`` says;
+* an output that is one of the inputs (the same path, a symbolic or hard link to it), or an existing file inside an
+  input folder that is not an earlier output of its own (a mask in ``labels/`` of predict.py's input folder, a
+  run folder inside the dataset): ``OutputIsInput``, whatever ``overwrite`` says;
 * an output whose folder is a file, or a file output that is a folder: ``OutputExists``, whatever ``overwrite`` says;
 * an existing file that is not an earlier output of the same kind: ``OutputExists`` unless ``overwrite`` is true.
 

@@ -82,6 +82,9 @@ def test_export_refuses_best_pt_a_dataset_image_and_a_link_to_its_checkpoint(run
         export(run, best, "overwrite=true")
     with pytest.raises(OutputIsInput, match=rf"^{link} is the same file as ckpt={last}, an input"):
         export(last, link, "overwrite=true")
+    (tmp_path / "symlink.pt").symlink_to(last)
+    with pytest.raises(OutputIsInput, match=rf"^{tmp_path / 'symlink.pt'} is ckpt={last}, an input"):
+        export(last, tmp_path / "symlink.pt", "overwrite=true")
     with pytest.raises(OutputExists, match=rf"cannot write {last}/model\.ts: {last} is a file, not a folder"):
         export(best, last / "model.ts", "overwrite=true")
     assert contents(last, best, image) == before
