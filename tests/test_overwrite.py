@@ -55,8 +55,8 @@ def write_image(path, size=(40, 48), seed=0):
 def test_export_script_never_writes_over_its_checkpoint(run, tmp_path):
     last = run / "checkpoints" / "last.pt"
     before = contents(last)
-    result = run_script("export.py", [f"ckpt={last}", f"output={last}", "overwrite=true",
-                                      f"hydra.run.dir={tmp_path / 'h'}"], check=False)
+    result = run_script("export.py", [f"ckpt={last}", f"output={last}", f"hydra.run.dir={tmp_path / 'h'}"],
+                        check=False)  # the command: on the old main it replaced the training with the export
     assert result.returncode == 1, result.stderr[-2000:]
     assert last_line(result) == (f"error: {last} is ckpt={last}, an input of this command: no option (not even "
                                  "overwrite=true) lets a command write over its inputs; choose another output")
