@@ -8,7 +8,7 @@ docs/datasets.md.
 import hydra
 from omegaconf import DictConfig
 
-from seg.config import to_plain
+from seg.config import overwrite_flag, to_plain
 from seg.data.benchmark_examples import write_benchmark_example
 from seg.errors import exit_on_user_error
 
@@ -18,7 +18,7 @@ from seg.errors import exit_on_user_error
 def main(cfg: DictConfig) -> None:
     cfg = to_plain(cfg)
     out = write_benchmark_example(cfg["format"], cfg["out"], num_images=cfg["num_images"],
-                                  image_size=cfg["image_size"], seed=cfg["seed"])
+                                  image_size=cfg["image_size"], seed=cfg["seed"], overwrite=overwrite_flag(cfg))
     print(f"wrote {cfg['num_images']} images in the {cfg['format']} layout to {out}; try: python "
           f"scripts/check_dataset.py dataset={cfg['format']} dataset.root={out} dataset.split=all")
 

@@ -12,7 +12,7 @@ own data", goes from this folder to a checked, trained, evaluated and exported m
 import hydra
 from omegaconf import DictConfig
 
-from seg.config import to_plain
+from seg.config import overwrite_flag, to_plain
 from seg.data.export_examples import write_export_example
 from seg.data.synthetic import write_folder_example
 from seg.errors import exit_on_user_error
@@ -24,12 +24,14 @@ def main(cfg: DictConfig) -> None:
     cfg = to_plain(cfg)
     if cfg["format"] != "folder":
         written = write_export_example(cfg["out"], cfg["format"], num_images=cfg["num_images"],
-                                       image_size=cfg["image_size"], num_classes=cfg["num_classes"], seed=cfg["seed"])
+                                       image_size=cfg["image_size"], num_classes=cfg["num_classes"], seed=cfg["seed"],
+                                       overwrite=overwrite_flag(cfg))
         print(f"wrote {len(written)} images as a {cfg['format']} export to {cfg['out']}: python scripts/train.py "
               f"dataset={cfg['format']} dataset.root={cfg['out']}")
         return
     out = write_folder_example(cfg["out"], num_images=cfg["num_images"], image_size=cfg["image_size"],
-                               num_classes=cfg["num_classes"], masks=cfg["masks"], seed=cfg["seed"])
+                               num_classes=cfg["num_classes"], masks=cfg["masks"], seed=cfg["seed"],
+                               overwrite=overwrite_flag(cfg))
     extra = f" and the colour table {out / 'classes.csv'}" if cfg["masks"] == "rgb" else ""
     print(f"wrote {cfg['num_images']} images to {out / 'images'}, their masks to {out / 'masks'}{extra}")
 

@@ -11,8 +11,8 @@ VOC2010/ImageSets/SegmentationContext/{train,val}.txt as mmsegmentation's conver
 import argparse
 import sys
 
-from seg.data.base import DatasetError
 from seg.data.pascal_context_json import prepare_pascal_context
+from seg.errors import UserError
 
 STANDARD_COUNTS = {"train": 4996, "val": 5104}
 
@@ -21,11 +21,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", required=True, help="trainval_merged.json")
     parser.add_argument("--voc", required=True, help="folder that holds VOCdevkit/")
-    parser.add_argument("--overwrite", action="store_true", help="write again over existing split lists and masks")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing split lists and masks (never the inputs)")
     args = parser.parse_args()
     try:
         counts = prepare_pascal_context(args.json, args.voc, overwrite=args.overwrite)
-    except DatasetError as error:
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     for phase, count in counts.items():

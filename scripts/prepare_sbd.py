@@ -9,8 +9,8 @@
 import argparse
 import sys
 
-from seg.data.base import DatasetError
 from seg.data.sbd import prepare_sbd
+from seg.errors import UserError
 
 STANDARD_COUNT = 10582
 
@@ -19,10 +19,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sbd", required=True, help="SBD folder (benchmark_RELEASE)")
     parser.add_argument("--voc", required=True, help="folder that holds VOCdevkit/")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing SegmentationClassAug/ or train_aug.txt (never the inputs)")
     args = parser.parse_args()
     try:
-        count = prepare_sbd(args.sbd, args.voc)
-    except DatasetError as error:
+        count = prepare_sbd(args.sbd, args.voc, overwrite=args.overwrite)
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"train_aug: {count} images" + ("" if count == STANDARD_COUNT else

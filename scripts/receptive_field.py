@@ -2,7 +2,7 @@
 
     python scripts/receptive_field.py layers=[[3,1],[3,2],[3,5]] [feature_size=65]
     python scripts/receptive_field.py backbone=resnet50 os=16 model.multi_grid=[1,2,4] \\
-        [model.aspp_rates=[6,12,18]] [input_size=513] [feature_size=33] [png=out.png] [--json]
+        [model.aspp_rates=[6,12,18]] [input_size=513] [feature_size=33] [png=out.png [overwrite=true]] [--json]
 
 A layer is [kernel, dilation(, stride(, padding))]; padding defaults to "same". Keys use the project's
 names; no Hydra run directory is created. The analysis itself is in seg.analysis.
@@ -17,9 +17,11 @@ import sys
 from omegaconf import OmegaConf
 
 from seg.analysis import analyse_layers, format_report, parse_layers
+from seg.errors import UserError
+from seg.outputs import check_outputs
 
 KEYS = {"layers", "backbone", "backbone.name", "os", "model.multi_grid", "model.aspp_rates", "input_size",
-        "feature_size", "png", "json"}
+        "feature_size", "png", "json", "overwrite"}
 
 
 def flatten(config: dict, prefix: str = "") -> dict:
@@ -63,6 +65,13 @@ def main(argv=None) -> None:
     unknown = sorted(set(options) - KEYS)
     if unknown:
         parser.error(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(KEYS))}")
+    if options.get("png"):  # before any work: the file must be free, a figure of this command's, or overwrite=true
+        if not isinstance(options.get("overwrite", False), bool):
+            parser.error(f"overwrite must be true or false, got {options['overwrite']!r}")
+        try:
+            check_outputs([options["png"]], {}, "figure", options.get("overwrite", False), key="png")
+        except UserError as error:
+            sys.exit(f"error: {error}")
     try:
         report = analyse(options)
     except ValueError as error:

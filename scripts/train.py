@@ -6,9 +6,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from seg.config import overwrite_flag, training_inputs
 from seg.engine.checkpoint import checkpoint_in
 from seg.engine.trainer import train
 from seg.errors import exit_on_user_error
+from seg.outputs import run_outputs
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
@@ -21,6 +23,7 @@ def main(cfg: DictConfig) -> None:
         cfg.resume = str(resume)
     if resume and resume.parent.name == "checkpoints":
         run_dir = resume.resolve().parent.parent  # keep writing into the resumed run
+    run_outputs(run_dir, resume, training_inputs(cfg), overwrite_flag(cfg))  # another run's checkpoints stay
     train(cfg, run_dir)
 
 

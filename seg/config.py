@@ -486,6 +486,24 @@ def inference_kwargs(cfg: Mapping, default_window: Optional[Sequence[int]]) -> D
                 accumulate=ACCUMULATE[inference.get("accumulate", "float32")])
 
 
+def overwrite_flag(cfg: Mapping) -> bool:
+    """``overwrite`` (``seg.outputs.check_outputs``): true or false; false where a config lacks it."""
+    value = cfg.get("overwrite", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"overwrite must be true or false, got {value!r}")
+    return value
+
+
+def training_inputs(cfg: Any) -> Dict[str, Optional[str]]:
+    """What a training reads besides ``resume`` (``seg.outputs.run_outputs``), by key: ``dataset.root``,
+    ``model.weights`` and a ``backbone.pretrained`` file."""
+    plain = to_plain(cfg, throw_on_missing=False)
+    pretrained = plain.get("backbone", {}).get("pretrained")
+    return {"dataset.root": plain.get("dataset", {}).get("root"),
+            "model.weights": plain.get("model", {}).get("weights"),
+            "backbone.pretrained": None if pretrained in ("imagenet", "none") else pretrained}
+
+
 def validate_export(cfg: MutableMapping) -> None:
     conform(cfg, ExportConfig)
     require(cfg, "ckpt", "python scripts/export.py ckpt=outputs/<run>/checkpoints/best.pt output=model.ts")

@@ -24,11 +24,12 @@ import torch
 from torch import nn
 
 from seg import __version__
-from seg.config import EXPORT_FORMATS, backbone_name, crop_hw, to_plain, validate_export
+from seg.config import EXPORT_FORMATS, backbone_name, crop_hw, overwrite_flag, to_plain, validate_export
 from seg.data import IMAGENET_MEAN, IMAGENET_STD
 from seg.engine.checkpoint import checkpoint_in, load_trained, model_from_checkpoint, num_classes_of, palette_of
 from seg.errors import UserError
 from seg.io import METADATA_FILE, load_torchscript, replacing, torchscript_is_the_contract
+from seg.outputs import check_outputs
 
 log = logging.getLogger("seg.export")
 
@@ -236,6 +237,7 @@ def export_checkpoint(config: Mapping) -> Dict:
     cfg = to_plain(config)
     validate_export(cfg)
     cfg["ckpt"] = str(checkpoint_in(cfg["ckpt"]))
+    check_outputs([cfg["output"]], {"ckpt": cfg["ckpt"]}, "exported model", overwrite_flag(cfg))
     return export_checkpoint_state(load_trained(cfg["ckpt"]), cfg["ckpt"], cfg["output"], cfg["format"], cfg["os"],
                                    cfg["check"]["sizes"], cfg["check"]["rtol"], cfg["check"]["atol"])
 

@@ -21,6 +21,7 @@ from seg.data.pascal_context_json import prepare_pascal_context
 from seg.engine.checkpoint import load_checkpoint
 from seg.engine.evaluation import evaluate_checkpoint
 from seg.engine.trainer import train
+from seg.outputs import OutputExists
 
 SIZE = 64
 
@@ -327,7 +328,7 @@ def test_prepare_pascal_context_from_the_official_json(tmp_path):
     val = build_dataset("pascal_context", tmp_path, "val")
     assert val.class_names[58] == "wood" and (val[0][1][:2] == 58).all() and (val[0][1][2:] == 255).all()
     # a second run does not write over the lists; an id outside the 59 classes names the image
-    with pytest.raises(DatasetError, match=r"train\.txt exists already: pass --overwrite"):
+    with pytest.raises(OutputExists, match=r"train\.txt exists already: choose another --voc, or pass --overwrite"):
         prepare_pascal_context(folder / "trainval_merged.json", folder, progress=False)
     context_json(folder / "trainval_merged.json", extra_category=1)
     with pytest.raises(DatasetError, match=r"image 2008_000002\.jpg in \S+json has category ids \[1\] that are not"):
@@ -354,7 +355,7 @@ def test_example_writer_gives_a_clean_dataset(tmp_path, fmt):
     present = {dataset.class_names[i] for i in np.flatnonzero(report.pixel_counts[:dataset.num_classes])}
     assert present and present <= EXAMPLE_CLASSES[fmt]
     assert report.pixel_counts[255] > 0  # the background: ADE20K's "other", COCO-Stuff's unlabeled, Context's 0
-    with pytest.raises(DatasetError, match="exists already"):
+    with pytest.raises(OutputExists, match="exists already"):
         write_benchmark_example(fmt, tmp_path)
     # the same through check_dataset.py's config: configs/dataset/<fmt>.yaml's keys reach the reader
     cfg = compose_config("check_dataset", [f"dataset={fmt}", f"dataset.root={tmp_path}", "dataset.split=val"])

@@ -12,6 +12,7 @@ from seg.data.colors import read_colour_table
 from seg.data.folder import derive_split
 from seg.data.synthetic import write_folder_example
 from seg.errors import UserError
+from seg.outputs import OutputExists
 
 
 def folder(root, split="train", **options):
@@ -274,7 +275,7 @@ def test_make_example_folder_script(tmp_path):
     assert len(dataset) == 4 and dataset.class_names == ["background", "disc", "square", "triangle", "ring", "cross"]
     assert {dataset.sample_id(i).split("/")[0] for i in range(4)} == {"site_a", "site_b"}
     assert all(dataset[i][1].max() < 6 for i in range(4))
-    with pytest.raises(DatasetError, match=re.escape(f"{out / 'images'} exists already")):
+    with pytest.raises(OutputExists, match=re.escape(f"{out / 'classes.csv'} exists already")):
         write_folder_example(out)
     write_folder_example(tmp_path / "index", num_images=2, image_size=32, masks="index")
     indexed = folder(tmp_path / "index", "all", num_classes=6)

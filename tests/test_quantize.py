@@ -78,7 +78,7 @@ def test_calibration_from_a_folder_and_one_line_refusals(quantized, tmp_path):
                                       "n=5", "evaluate=false"])
     result = quantize_checkpoint(cfg)
     assert result["calibration_images"] == 3 and "comparison" not in result
-    with pytest.raises(UserError, match=re.escape(f"output={output} is the model being quantized")):
+    with pytest.raises(UserError, match=re.escape(f"{output} is ckpt={output}, an input of this command")):
         quantize_checkpoint(compose_config("quantize", [f"ckpt={output}", f"output={output}"]))
     with pytest.raises(UserError, match=r"calibration=val is no folder, and the model records no dataset"):
         quantize_checkpoint(compose_config("quantize", [f"ckpt={output}", f"output={tmp_path / 'x.onnx'}"]))

@@ -7,9 +7,11 @@ from typing import Dict, Union
 
 import numpy as np
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from seg.analysis.feature_map import valid_taps
 from seg.analysis.layers import Layer
+from seg.outputs import FIGURE_SOFTWARE
 
 
 def _pyplot():
@@ -80,5 +82,7 @@ def save_png(report: Dict, path: Union[str, Path]) -> Path:
     # The viridis heat maps have at most 256 colours: a palette PNG is about five times smaller, same image.
     image = Image.fromarray(np.asarray(figure.canvas.buffer_rgba())[..., :3])
     plt.close(figure)
-    image.quantize(256).save(path, optimize=True)
+    info = PngInfo()
+    info.add_text("Software", FIGURE_SOFTWARE)  # how seg.outputs knows the file as this command's figure
+    image.quantize(256).save(path, optimize=True, pnginfo=info)
     return Path(path)

@@ -21,6 +21,7 @@ from seg.data.transforms import normalize
 from seg.engine.device import place, resolve_amp, resolve_device, versions
 from seg.engine.sampler import ResumableSampler
 from seg.models import build_model
+from seg.outputs import check_outputs
 
 DEFAULT_COUNTS = {"cuda": (10, 50), "cpu": (2, 5)}  # (warmup, steps) when the configuration leaves them null
 DATA_KEYS = ("dataset", "num_workers", "batches", "samples_per_s", "first_batch_s", "run_steps", "wait_share",
@@ -84,6 +85,9 @@ def run_benchmark(cfg: Any, run_dir: Optional[Path] = None, echo: bool = True) -
     to ``output`` (relative to ``run_dir``) and, with ``echo``, printed as a table."""
     cfg = config.to_plain(cfg, throw_on_missing=cfg["data_steps"] != 0)  # dataset.root: only for the loader figures
     validate_benchmark(cfg)
+    if cfg["output"]:  # before any work: the file must be free, a benchmark's own, or overwrite=true
+        check_outputs([Path(run_dir or ".") / cfg["output"]], {"dataset.root": cfg["dataset"].get("root")},
+                      "benchmark", config.overwrite_flag(cfg))
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg["cpu_threads"] or threads)  # for the run only
     try:

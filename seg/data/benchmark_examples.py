@@ -18,6 +18,7 @@ from PIL import Image
 from seg.data.base import DatasetError
 from seg.data.folder import write_split_lists
 from seg.data.synthetic import render
+from seg.outputs import check_outputs
 
 # background, disc, square, triangle, ring, cross -> the value stored in the format's mask files
 VALUES = {
@@ -47,7 +48,7 @@ def _paths(fmt: str, out: Path, split: str, index: int):
 
 
 def write_benchmark_example(fmt: str, out: Union[str, Path], num_images: int = 8, image_size: int = 96,
-                            seed: int = 0) -> Path:
+                            seed: int = 0, overwrite: bool = False) -> Path:
     """Write ``num_images`` images (a quarter, at least one, in val) in ``fmt``'s layout under ``out``."""
     if fmt not in VALUES:
         raise DatasetError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -56,8 +57,7 @@ def write_benchmark_example(fmt: str, out: Union[str, Path], num_images: int = 8
         raise DatasetError(f"num_images >= 2 and image_size >= 16 are needed, got {num_images}, {image_size}")
     out = Path(out).expanduser()
     first = _paths(fmt, out, "train", 0)[1].relative_to(out).parts[0]
-    if (out / first).exists():
-        raise DatasetError(f"{out / first} exists already: choose another out folder or remove it")
+    check_outputs([], {}, None, overwrite, folders=[out / first], key="out")  # files there: only with overwrite
     values = np.full(256, 255, dtype=np.uint8)
     values[: len(VALUES[fmt])] = VALUES[fmt]
     for split, indices in _splits(num_images).items():

@@ -21,19 +21,19 @@ from seg.data.base import DatasetError
 from seg.data.folder import write_split_lists
 from seg.data.synthetic import SYNTHETIC_CLASSES, render
 from seg.data.voc import voc_palette
+from seg.outputs import check_outputs
 
 EXPORT_FORMATS = ("coco_json", "labelme", "cvat", "roboflow")
 
 
 def write_export_example(out: Union[str, Path], fmt: str, num_images: int = 8, image_size: int = 96,
-                         num_classes: int = 6, seed: int = 0) -> Dict[str, np.ndarray]:
+                         num_classes: int = 6, seed: int = 0, overwrite: bool = False) -> Dict[str, np.ndarray]:
     """Write ``num_images`` synthetic images in export format ``fmt`` under ``out`` (a quarter, at least one, in the
     validation subset); returns ``{sample id: class-index mask}`` as ``dataset=fmt`` will read it."""
     if fmt not in EXPORT_FORMATS:
         raise DatasetError(f"format must be folder or one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     out = Path(out).expanduser()
-    if out.exists() and any(out.iterdir()):
-        raise DatasetError(f"{out} exists already and is not empty: choose another out folder")
+    check_outputs([], {}, None, overwrite, folders=[out], key="out")  # files in out: only with overwrite
     names = list(SYNTHETIC_CLASSES[:num_classes])
     num_val = max(1, num_images // 4)
     items = []

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from seg.data.base import DatasetError, not_found
 from seg.data.pascal_context import MASK_FOLDER, SPLIT_FOLDER, find_context_folder
+from seg.outputs import check_outputs
 
 # Category ids (of the 459 labels) of background and the 59 classes: mmsegmentation's converter's _mapping.
 CONTEXT_CATEGORY_IDS = (
@@ -70,15 +71,17 @@ def context_mask(image: dict, annotations: List[dict], source: Path) -> np.ndarr
 
 def prepare_pascal_context(json_path: Union[str, Path], voc_root: Union[str, Path], overwrite: bool = False,
                            progress: bool = True) -> Dict[str, int]:
-    """Write the masks and split lists; returns the number of images per split."""
+    """Write the masks and split lists; returns the number of images per split.
+
+    Existing split lists or masks (an earlier run's, mmsegmentation's converter's) are replaced only with
+    ``overwrite`` (``seg.outputs``)."""
     json_path = Path(json_path).expanduser()
     if not json_path.is_file():
         raise not_found("Pascal Context annotations (trainval_merged.json)", json_path)
     folder = find_context_folder(voc_root)
     split_files = {phase: folder / SPLIT_FOLDER / f"{phase}.txt" for phase in PHASES}
-    existing = [str(path) for path in split_files.values() if path.exists()]
-    if existing and not overwrite:
-        raise DatasetError(f"{existing[0]} exists already: pass --overwrite to write the masks and lists again")
+    check_outputs(list(split_files.values()), {"--json": json_path, "--voc": folder / "JPEGImages"}, None, overwrite,
+                  folders=[folder / MASK_FOLDER], key="--voc", option="--overwrite")
     data = load_annotations(json_path)
     by_image: Dict[int, List[dict]] = {}
     for annotation in data["annos_segmentation"]:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from seg.data.base import DatasetError, not_found, read_mask
 from seg.data.voc import VOC_CLASSES, find_voc_folder, read_split_file, voc_palette
+from seg.outputs import check_outputs
 
 
 def find_sbd_folder(sbd_root: Union[str, Path]) -> Path:
@@ -41,8 +42,12 @@ def read_sbd_mask(path: Path) -> np.ndarray:
     return mask.astype(np.uint8)
 
 
-def prepare_sbd(sbd_root: Union[str, Path], voc_root: Union[str, Path], progress: bool = True) -> int:
-    """Write ``SegmentationClassAug/`` and ``ImageSets/Segmentation/train_aug.txt``; returns the number of images."""
+def prepare_sbd(sbd_root: Union[str, Path], voc_root: Union[str, Path], progress: bool = True,
+                overwrite: bool = False) -> int:
+    """Write ``SegmentationClassAug/`` and ``ImageSets/Segmentation/train_aug.txt``; returns the number of images.
+
+    Existing masks or list (e.g. a downloaded ``SegmentationClassAug``) are replaced only with ``overwrite``.
+    """
     sbd = find_sbd_folder(sbd_root)
     voc = find_voc_folder(voc_root)
     split_files = [sbd / "train.txt", sbd / "val.txt", voc / "ImageSets/Segmentation/train.txt",
@@ -58,6 +63,10 @@ def prepare_sbd(sbd_root: Union[str, Path], voc_root: Union[str, Path], progress
                            "is it the full VOC 2012 trainval release?")
 
     output = voc / "SegmentationClassAug"
+    split_list = voc / "ImageSets" / "Segmentation" / "train_aug.txt"
+    check_outputs([split_list, *(output / f"{i}.png" for i in ids)],
+                  {"--sbd": sbd, "--voc": voc / "SegmentationClass"}, None, overwrite,
+                  key="--voc", option="--overwrite")
     output.mkdir(exist_ok=True)
     palette = voc_palette().tobytes()
     voc_masks = set(voc_train)
@@ -71,5 +80,5 @@ def prepare_sbd(sbd_root: Union[str, Path], voc_root: Union[str, Path], progress
         image = Image.fromarray(read_sbd_mask(sbd / "cls" / f"{sample_id}.mat"))
         image.putpalette(palette)
         image.save(target)
-    (voc / "ImageSets" / "Segmentation" / "train_aug.txt").write_text("\n".join(ids) + "\n")
+    split_list.write_text("\n".join(ids) + "\n")
     return len(ids)

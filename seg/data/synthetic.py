@@ -35,6 +35,7 @@ from PIL import Image
 
 from seg.data.base import IGNORE_INDEX, DatasetError
 from seg.data.voc import VOCSegmentation, voc_palette
+from seg.outputs import check_outputs
 
 # Bump when the generated content changes: the cache folder name includes it, so old caches are not reused.
 GENERATOR_VERSION = 2
@@ -221,12 +222,13 @@ def write_synthetic(folder: Path, image_size: int, num_train: int, num_val: int,
 
 
 def write_folder_example(out: Union[str, Path], num_images: int = 32, image_size: int = 96, num_classes: int = 6,
-                         masks: str = "rgb", seed: int = 0) -> Path:
+                         masks: str = "rgb", seed: int = 0, overwrite: bool = False) -> Path:
     """The synthetic images as "your own data" (``dataset=folder``): ``images/`` and ``masks/``, in two sub-folders.
 
     ``masks="rgb"``: colour-coded RGB masks and their colour table ``classes.csv`` (``name,r,g,b``, as annotation
     tools export them); ``masks="index"``: palette PNGs of class indices. No ignore band (colour masks have no
-    colour for it). ``out`` must not hold an ``images/`` or ``masks/`` folder yet.
+    colour for it). Files in ``out``'s ``images/`` or ``masks/`` (or its ``classes.csv``) are replaced only with
+    ``overwrite`` (``seg.outputs``).
     """
     if masks not in ("rgb", "index"):
         raise DatasetError(f"masks must be rgb or index, got {masks!r}")
@@ -234,9 +236,8 @@ def write_folder_example(out: Union[str, Path], num_images: int = 32, image_size
         raise DatasetError(f"num_images >= 2, image_size >= 16 and num_classes 2-{len(SYNTHETIC_CLASSES)} are needed, "
                            f"got {num_images}, {image_size}, {num_classes}")
     out = Path(out).expanduser()
-    for sub in ("images", "masks"):
-        if (out / sub).exists():
-            raise DatasetError(f"{out / sub} exists already: choose another out folder or remove it")
+    check_outputs([out / "classes.csv"] if masks == "rgb" else [], {}, None, overwrite,
+                  folders=[out / "images", out / "masks"], key="out")
     colours = voc_palette()[:num_classes]
     for index in range(num_images):
         rng = np.random.default_rng([seed, 2, index])

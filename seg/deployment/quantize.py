@@ -21,7 +21,7 @@ from typing import Dict, Iterator, Mapping, Optional
 import numpy as np
 import torch
 
-from seg.config import ConfigError, dataset_kwargs, number, require, to_plain
+from seg.config import ConfigError, dataset_kwargs, number, overwrite_flag, require, to_plain
 from seg.data import build_dataset
 from seg.data.base import read_image
 from seg.deployment.runtimes import onnx_metadata, runtime_model
@@ -33,6 +33,7 @@ from seg.engine.inference import segment
 from seg.engine.predict import IMAGE_SUFFIXES
 from seg.errors import UserError
 from seg.io import METADATA_FILE, replacing
+from seg.outputs import check_outputs
 
 log = logging.getLogger("seg.deployment")
 
@@ -153,8 +154,9 @@ def quantize_checkpoint(config: Mapping) -> Dict:
     override = {k: v for k, v in cfg["dataset"].items() if v is not None}
     dataset_cfg = {**trained, **override}
     output = Path(cfg["output"])
-    if output.resolve() in (Path(ckpt).resolve(), fp32.resolve()):
-        raise UserError(f"output={output} is the model being quantized: choose another file")
+    calibration = cfg["calibration"] if Path(str(cfg["calibration"])).is_dir() else None
+    check_outputs([output], {"ckpt": ckpt, "ckpt (its ONNX export)": fp32, "calibration": calibration},
+                  "exported model", overwrite_flag(cfg))
     count = quantize_onnx(fp32, output, calibration_images(str(cfg["calibration"]), cfg["n"], dataset_cfg))
     size = {name: path.stat().st_size / 2 ** 20 for name, path in (("fp32", fp32), ("int8", output))}
     log.info("wrote %s: int8 (QDQ), calibrated on %d images of %s; %.1f MB (fp32: %.1f MB)", output, count,

@@ -15,11 +15,12 @@ from typing import Dict, Mapping, Optional
 import torch
 from torch import nn
 
-from seg.config import BACKBONE_SOURCES
+from seg.config import BACKBONE_SOURCES, overwrite_flag
 from seg.deployment.runtimes import onnx_metadata, runtime_model
 from seg.engine.checkpoint import load_trained
 from seg.errors import UserError
 from seg.export import export_checkpoint_state
+from seg.outputs import check_outputs
 
 log = logging.getLogger("seg.deployment")
 
@@ -59,8 +60,8 @@ def exported_state(path: Path, metadata: Mapping) -> Dict:
 class RuntimeSource:
     """Models for ``backend`` (onnxruntime | openvino) at ``precision``."""
 
-    def __init__(self, backend: str, precision: str = "fp32"):
-        self.backend, self.precision = backend, precision
+    def __init__(self, backend: str, precision: str = "fp32", overwrite: bool = False):
+        self.backend, self.precision, self.overwrite = backend, precision, overwrite
 
     def state(self, path) -> Dict:
         path = Path(path)
@@ -76,7 +77,7 @@ class RuntimeSource:
                                 f"{state['config']['os']}): give the checkpoint, which is exported at os= on the fly")
             onnx_file, metadata = path, state["export_metadata"]
         else:
-            onnx_file, metadata = self.export(state, path, output_stride)
+            onnx_file, metadata = self.export(state, path, output_stride, self.overwrite)
         quantized = "quantization" in metadata
         if self.precision == "int8" and not quantized:
             raise UserError(f"precision=int8 runs an int8 model, and {onnx_file} is fp32: python scripts/quantize.py "
@@ -89,12 +90,14 @@ class RuntimeSource:
         return model
 
     @staticmethod
-    def export(state: Mapping, checkpoint: Path, output_stride: Optional[int]):
+    def export(state: Mapping, checkpoint: Path, output_stride: Optional[int], overwrite: bool = False):
         """``(ONNX file, its metadata)`` of the checkpoint ``state`` read from ``checkpoint``: the cached export
-        beside it when it is of this very file, else a new one."""
+        beside it when it is of this very file, else a new one (which replaces an earlier export only: a file of
+        that name that export.py did not write needs ``overwrite``)."""
         stride = output_stride or state["config"]["os"]
         target = cached_onnx(checkpoint, stride)
         source = fingerprint(checkpoint)
+        check_outputs([target], {"ckpt": checkpoint}, "exported model", overwrite, key="ckpt (its ONNX cache)")
         if target.is_file():
             metadata = onnx_metadata(target)
             if metadata.get("source") == source:
@@ -114,4 +117,6 @@ def model_source(config: Mapping):
     """The engine's ``ModelSource`` for ``config["backend"]`` and ``config["precision"]`` (checked by
     ``seg.config.validate_inference``); None (eager torch) for ``backend=torch``."""
     backend = config.get("backend", "torch")
-    return None if backend == "torch" else RuntimeSource(backend, config.get("precision", "fp32"))
+    if backend == "torch":
+        return None
+    return RuntimeSource(backend, config.get("precision", "fp32"), overwrite_flag(config))

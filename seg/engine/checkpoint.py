@@ -347,13 +347,14 @@ def resume_changes(saved: Mapping, current: Mapping, iteration: int) -> List[str
 
 
 def _differences(old: Mapping, new: Mapping, prefix: str = "") -> List[Tuple[str, str]]:
-    """``(key, "key: old -> new")`` for every value that differs (``resume`` aside)."""
+    """``(key, "key: old -> new")`` for every value that differs (``resume`` and ``overwrite`` aside: they are about
+    this command, not the run)."""
     changes = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         name = f"{prefix}{key}"
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             changes += _differences(a, b, name + ".")
-        elif a != b and key != "resume":
+        elif a != b and key != "resume" and name != "overwrite":
             changes.append((name, f"{name}: {a!r} -> {b!r}"))
     return changes

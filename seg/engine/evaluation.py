@@ -27,6 +27,7 @@ from seg.config import (
     dataset_kwargs,
     excluded_classes,
     inference_kwargs,
+    overwrite_flag,
     require,
     to_plain,
     validate_inference,
@@ -47,8 +48,11 @@ from seg.engine.device import autocast, resolve_amp, resolve_device, size_cpu_th
 from seg.engine.inference import default_stride, segment
 from seg.io import replacing
 from seg.metrics import confusion_matrix, metrics_from_confusion
+from seg.outputs import check_outputs
 
 log = logging.getLogger("seg.evaluate")
+
+EVALUATION_FILES = ("metrics.json", "confusion_matrix.csv", "confusion_matrix.png")  # what write_evaluation writes
 
 Predictor = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
 # Heat map colours: no pixels -> white, all of a row's pixels -> dark blue; grey rows have no labelled pixels.
@@ -148,6 +152,9 @@ def evaluate_checkpoint(config: Mapping, run_dir, source: Optional[ModelSource] 
     validate_inference(cfg)
     validate_loader(cfg)
     cfg["ckpt"] = str(checkpoint_in(cfg["ckpt"]))
+    inputs = {"ckpt": cfg["ckpt"], "dataset.root": cfg["dataset"].get("root")}
+    check_outputs([Path(run_dir) / name for name in EVALUATION_FILES], inputs, "evaluation", overwrite_flag(cfg),
+                  key="hydra.run.dir")
     size_cpu_threads(cfg["num_workers"])
     device_type = resolve_device(cfg["device"])
     distributed.init(device_type)

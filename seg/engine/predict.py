@@ -17,6 +17,9 @@ keeps the input's path relative to ``input`` and its stem. For an image ``<name>
 
 A video ``<name>.mp4`` (any container OpenCV reads) gives ``overlays/<name>.mp4``, same size and frame rate, its
 frames segmented ``batch_size`` at a time (``seg.engine.video``).
+
+Before any work the files it will write are checked (``seg.outputs``: never an input, another kind's file only
+with ``overwrite``) and listed in ``<output>/.seg_outputs.json``, which makes them its own for a later run.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from seg.config import crop_hw, inference_kwargs, to_plain, validate_predict
+from seg.config import crop_hw, inference_kwargs, overwrite_flag, to_plain, validate_predict
 from seg.data import DatasetError, normalize
 from seg.data.base import ImageTooLarge, read_image
 from seg.engine import submission, voc_submission
@@ -43,6 +46,7 @@ from seg.engine.inference import segment
 from seg.engine.video import VIDEO_SUFFIXES, is_video, overlay_video
 from seg.errors import MissingFileError, UserError
 from seg.io import check_writable, is_disk_full, is_torchscript, load_torchscript
+from seg.outputs import check_outputs, record_outputs
 from seg.visualize import overlay
 
 log = logging.getLogger("seg.predict")
@@ -204,6 +208,25 @@ def submission_targets(files: List[Path], relatives: List[Path], num_classes: in
     return dict(zip(relatives, SUBMISSIONS[fmt].submission_paths(relatives)))
 
 
+def planned_outputs(output: Path, files: List[Path], relatives: List[Path], cfg: Mapping) -> List[Path]:
+    """Every file ``predict`` will write for these inputs (``Writer.image``, ``overlay_video``, the submission zip),
+    for ``seg.outputs.check_outputs`` to see before any work."""
+    images = [relative for path, relative in zip(files, relatives) if not is_video(path)]
+    planned = [output / "overlays" / f"{relative}.mp4" for path, relative in zip(files, relatives) if is_video(path)]
+    server = SUBMISSIONS.get(cfg["format"])
+    if server:
+        planned += [output / server.FOLDER / name for name in server.submission_paths(images)]
+        planned.append(output / server.ARCHIVE_NAME)
+    else:
+        planned += [output / folder / f"{relative}{suffix}" for relative in images
+                    for folder, suffix in (("labels", ".png"), ("overlays", ".jpg"))]
+    if cfg["probs"]:
+        planned += [output / folder / f"{relative}.png" for relative in images for folder in ("confidence", "entropy")]
+    if cfg["probs_npy"]:
+        planned += [output / "probs" / f"{relative}.npy" for relative in images]
+    return planned
+
+
 def read_or_report(path: Path, max_pixels: Optional[int]) -> Optional[np.ndarray]:
     try:
         return read_image(path, max_pixels=max_pixels)
@@ -231,13 +254,17 @@ def predict(config: Mapping, source: Optional[ModelSource] = None) -> Dict:
     validate_predict(cfg)
     device = torch.device(resolve_device(cfg["device"]))
     output = Path(cfg["output"])
-    loaded = load_model(checkpoint_in(cfg["ckpt"]), cfg["os"], device, source)
+    ckpt = checkpoint_in(cfg["ckpt"])
     root, files = list_inputs(Path(cfg["input"]), output)
+    relatives = [path.relative_to(root).with_suffix("") for path in files]
+    planned = planned_outputs(output, files, relatives, cfg)
+    check_outputs(planned, {"ckpt": ckpt, "input": cfg["input"]}, "predictions", overwrite_flag(cfg))
     try:
         check_writable(output)  # before any file is segmented
+        record_outputs(output, planned, "predictions")  # claimed before written: an interrupted run's files too
     except OSError as error:
         raise cannot_write(output, error) from None
-    relatives = [path.relative_to(root).with_suffix("") for path in files]
+    loaded = load_model(ckpt, cfg["os"], device, source)
     packer = SUBMISSIONS.get(cfg["format"])
     targets = submission_targets(files, relatives, loaded.num_classes, cfg["format"]) if packer else {}
     if cfg["probs"] and any(is_video(path) for path in files):
