@@ -19,6 +19,7 @@ from PIL import Image
 
 from seg.engine import memory
 from seg.engine import predict as predict_module
+from seg.engine.evaluation import evaluate_checkpoint
 from seg.engine.inference import InferenceOutOfMemory, fit_to_memory, segment
 from seg.models import build_model
 
@@ -124,3 +125,20 @@ def test_free_memory_obeys_the_address_space_limit():
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
     assert 250 * 2 ** 20 < free <= 300 * 2 ** 20
+
+
+def test_evaluate_switches_each_image_that_does_not_fit(tmp_path, monkeypatch, caplog):
+    """evaluate.py's loop fits each image as predict does: with (pretended) room for the windows only, every val
+    image runs with the sliding window, one warning each naming the image, and the metrics equal an explicit
+    ``inference.mode=slide`` evaluation."""
+    path = tiny_checkpoint(tmp_path / "ckpt.pt", tmp_path / "data")
+    options = [f"ckpt={path}", "device=cpu", "num_workers=0", "inference.window=[32,32]"]
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 500_000)  # 64 px: ~1 MB whole, ~0.25 MB windows
+    with caplog.at_level("WARNING", logger="seg.inference"):
+        auto = evaluate_checkpoint(compose_config("evaluate", options), tmp_path / "auto")
+    monkeypatch.undo()
+    slide = evaluate_checkpoint(compose_config("evaluate", [*options, "inference.mode=slide"]), tmp_path / "slide")
+    assert auto == slide and auto["num_images"] == 3
+    switches = [r.getMessage() for r in caplog.records if "using inference.mode=slide" in r.getMessage()]
+    assert len(switches) == 3 and all("(64x64)" in line and "window [32, 32]" in line for line in switches)
+    assert len({line.split(" (64x64)")[0] for line in switches}) == 3  # each names its own image
