@@ -16,6 +16,9 @@ scales 0.5 ... 1.75 and flips:
 
 Everything returns probabilities, so ``argmax(1)`` gives the labels in every case, and one plain pass is exactly
 the model's softmax.
+
+Callers that take images of any size (predict, evaluate) pass their options through ``fit_to_memory`` first: a
+whole-image pass that would not fit in the memory free now (``seg.engine.memory``) becomes the sliding window.
 """
 
 from __future__ import annotations
