@@ -24,7 +24,7 @@ from seg.engine.inference import InferenceOutOfMemory, fit_to_memory, segment
 from seg.models import build_model
 
 SIDE = 2000                     # pixels: a whole-image forward of resnet18 needs about 0.5 GB, the windows 0.15 GB
-HEADROOM = 250 * 2 ** 20        # bytes of address space above what predict.py needs on a 64 px image
+HEADROOM = 320 * 2 ** 20        # bytes of address space above what predict.py needs on a 64 px image
 FAST = ["os=32", "inference.window=[500,500]", "inference.stride=[500,500]"]  # 16 windows, no overlap
 # Prints the process's peak address space (VmPeak, bytes) when the script it runs exits.
 PEAK = ("import atexit, runpy, sys\n"
