@@ -142,3 +142,16 @@ def test_evaluate_switches_each_image_that_does_not_fit(tmp_path, monkeypatch, c
     switches = [r.getMessage() for r in caplog.records if "using inference.mode=slide" in r.getMessage()]
     assert len(switches) == 3 and all("(64x64)" in line and "window [32, 32]" in line for line in switches)
     assert len({line.split(" (64x64)")[0] for line in switches}) == 3  # each names its own image
+
+
+@pytest.mark.parametrize("version", ["v2", "v1"])
+def test_free_memory_reads_the_cgroup_limit(tmp_path, version):
+    """A container's or SLURM job's memory cgroup (here a fake hierarchy: its root): the limit less the usage."""
+    folder = tmp_path if version == "v2" else tmp_path / "memory"
+    folder.mkdir(exist_ok=True)
+    names = ("memory.max", "memory.current") if version == "v2" else ("memory.limit_in_bytes", "memory.usage_in_bytes")
+    (folder / names[0]).write_text("1000000000\n")
+    (folder / names[1]).write_text("400000000\n")
+    assert memory._cgroup_room(tmp_path) == 600_000_000
+    (folder / names[0]).write_text("max\n" if version == "v2" else f"{2 ** 63 - 4096}\n")  # no limit
+    assert memory._cgroup_room(tmp_path) is None

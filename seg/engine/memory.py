@@ -79,7 +79,8 @@ def _cgroup_room(root: Path = CGROUP) -> Optional[int]:
 
 
 def _cgroup_folders(root: Path):
-    """This process's cgroup folder (v2: the ``0::`` line; v1: the ``memory`` controller's) and the root."""
+    """This process's cgroup folder and every folder above it (v2: the ``0::`` line; v1: the ``memory``
+    controller's): a limit set on a parent (SLURM's job above its steps) binds the process too."""
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
@@ -87,12 +88,12 @@ def _cgroup_folders(root: Path):
     for line in lines:
         _, controllers, path = line.split(":", 2)
         if controllers == "" or "memory" in controllers.split(","):
+            parts = Path(path.lstrip("/")).parts
             for base in (root, root / "memory"):
-                folder = base / path.lstrip("/")
-                if folder.is_dir():
-                    yield folder
-    yield root
-    yield root / "memory"
+                for depth in range(len(parts), -1, -1):
+                    folder = base.joinpath(*parts[:depth])
+                    if folder.is_dir():
+                        yield folder
 
 
 def _read_int(path: Path) -> Optional[int]:
