@@ -242,7 +242,7 @@ class Trainer:
             report = load_weights(model, self.cfg["model"]["weights"])
             log.info("model.weights %s: %s", self.cfg["model"]["weights"], report.summary())
         if resume_state:
-            load_exact(model, resume_state["model"], f"resume={self.cfg['resume']}")
+            load_exact(model, resume_state["model"], f"resume={self.cfg['resume']}", "the model of the run's config")
         if self.world > 1 and self.device.type == "cuda":
             model = convert_sync_batchnorm(model)
         elif self.world > 1:

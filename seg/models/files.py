@@ -38,7 +38,7 @@ def build_from_file(record: Foreign, source: Union[str, Path], output_stride: Op
     stride the file was trained at, or the peer's default)."""
     arguments = {**record.arguments, "pretrained": "none"}
     model = build_model(**arguments)
-    load_exact(model, record.state, f"{source} ({record.layout})")
+    load_exact(model, record.state, f"{source} ({record.layout})", "the model it describes")
     if output_stride is not None:
         model.set_output_stride(output_stride)
     return model.eval()

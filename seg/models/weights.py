@@ -124,12 +124,13 @@ def _backbone_of(state: Mapping[str, torch.Tensor]) -> Optional[str]:
     return f"backbone={name}" + (" backbone.stem=deep" if deep else "")
 
 
-def load_exact(model: nn.Module, state: Mapping[str, torch.Tensor], source) -> None:
+def load_exact(model: nn.Module, state: Mapping[str, torch.Tensor], source, what: str = "the model") -> None:
     """Load every tensor of ``state`` into ``model`` (a strict load), or raise a one-line ``WeightsError`` naming
-    ``source`` and what differs (``describe_mismatch``) instead of torch's size-mismatch traceback."""
+    ``source``, ``what`` the model is and what differs (``describe_mismatch``) instead of torch's size-mismatch
+    traceback."""
     problem = describe_mismatch(state, model.state_dict())
     if problem:
-        raise WeightsError(f"{source} does not fit the model: {problem}")
+        raise WeightsError(f"{source} does not fit {what}: {problem}")
     model.load_state_dict(state)
 
 
