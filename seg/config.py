@@ -454,7 +454,7 @@ def validate_inference(cfg: MutableMapping) -> None:
     for key, value in (("inference.window", window), ("inference.stride", stride)):
         if value is not None and (len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value)):
             raise ConfigError(f"{key} must be null or [height, width] in pixels, got {value!r}")
-    if mode == "slide" and window is not None and stride is not None and any(s > w for s, w in zip(stride, window)):
+    if window is not None and stride is not None and any(s > w for s, w in zip(stride, window)):
         raise ConfigError(f"inference.stride {list(stride)} must not exceed inference.window {list(window)}: "
                           "pixels between windows would get no prediction")
     choice(inference.get("accumulate", "float32"), "inference.accumulate", list(ACCUMULATE))
@@ -470,17 +470,18 @@ def validate_loader(cfg: MutableMapping) -> None:
 def inference_kwargs(cfg: Mapping, default_window: Optional[Sequence[int]]) -> Dict:
     """Keyword arguments of ``seg.engine.inference.segment``.
 
-    For sliding windows the window defaults to ``default_window`` (the training crop size); a ``null`` stride is
-    ``segment``'s default (two thirds of the window). In whole-image mode both stay ``None``.
+    The window defaults to ``default_window`` (the training crop size); a ``null`` stride is ``segment``'s
+    default (two thirds of the window). In whole-image mode they are what an image too large for the memory switches
+    to (``seg.engine.inference.fit_to_memory``); ``segment`` ignores them there.
     """
     inference = cfg["inference"]
     window, stride = inference["window"], inference["stride"]
-    if inference["mode"] == "slide":
-        if window is None and default_window is None:
-            raise ConfigError("inference.mode=slide needs inference.window=[height,width] here (the model does not "
-                              "record its training crop size)")
-        window = tuple(window if window is not None else default_window)
-        stride = tuple(stride) if stride is not None else None
+    if inference["mode"] == "slide" and window is None and default_window is None:
+        raise ConfigError("inference.mode=slide needs inference.window=[height,width] here (the model does not "
+                          "record its training crop size)")
+    window = window if window is not None else default_window
+    window = tuple(window) if window is not None else None
+    stride = tuple(stride) if stride is not None else None
     return dict(scales=tuple(float(s) for s in cfg["tta"]["scales"]), flip=cfg["tta"]["flip"],
                 mode=inference["mode"], window=window, stride=stride,
                 accumulate=ACCUMULATE[inference.get("accumulate", "float32")])

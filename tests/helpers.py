@@ -53,11 +53,13 @@ def compose_config(config_name: str, overrides: List[str]) -> dict:
 
 
 def run_script(script: str, args: List[str], launcher: List[str] = (), timeout: int = 300,
-               check: bool = True) -> subprocess.CompletedProcess:
+               check: bool = True, preexec_fn=None) -> subprocess.CompletedProcess:
+    """Run ``scripts/<script>`` as a user does; ``preexec_fn`` runs in the child before it starts (e.g. to set a
+    resource limit)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "1"}
     command = [*launcher] if launcher else [sys.executable]
     result = subprocess.run([*command, str(REPO / "scripts" / script), *args], capture_output=True, text=True,
-                            timeout=timeout, env=env, cwd=REPO)
+                            timeout=timeout, env=env, cwd=REPO, preexec_fn=preexec_fn)
     if check and result.returncode != 0:
         raise AssertionError(
             f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")

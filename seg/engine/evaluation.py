@@ -8,7 +8,6 @@ ones the training run logged, because both go through ``evaluate``.
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import logging
 from pathlib import Path
@@ -45,7 +44,7 @@ from seg.engine import distributed
 from seg.engine.checkpoint import CheckpointError, CheckpointSource, ModelSource, checkpoint_in, num_classes_of
 from seg.engine.confidence import label_dtype
 from seg.engine.device import autocast, resolve_amp, resolve_device, size_cpu_threads
-from seg.engine.inference import default_stride, segment
+from seg.engine.inference import default_stride, fit_to_memory, segment
 from seg.io import replacing
 from seg.metrics import confusion_matrix, metrics_from_confusion
 from seg.outputs import check_outputs
@@ -184,7 +183,7 @@ def _evaluate(cfg: Dict, run_dir: Path, device, source: ModelSource) -> Dict:
     log.info("evaluating %s (iteration %d, %s, output stride %d) on %s: %d images; %s, amp %s",
              cfg["ckpt"], state["iteration"], backbone_name(trained), model.output_stride, where, len(dataset),
              _describe(options), amp)
-    metrics, matrix, _ = evaluate(model, dataset, device, predictor=functools.partial(segment, **options),
+    metrics, matrix, _ = evaluate(model, dataset, device, predictor=fitting_predictor(options, dataset),
                                batch_size=cfg["batch_size"], num_workers=cfg["num_workers"], amp_dtype=amp_dtype,
                                progress=True, exclude=exclude)
     if distributed.is_main():
@@ -192,6 +191,20 @@ def _evaluate(cfg: Dict, run_dir: Path, device, source: ModelSource) -> Dict:
         paths = write_evaluation(run_dir, metrics, matrix, dataset.class_names)
         log.info("wrote %s, %s, %s", *paths.values())
     return metrics
+
+
+def fitting_predictor(options: Mapping, dataset) -> Predictor:
+    """``segment`` with ``options``, each batch fitted to the memory free (``fit_to_memory``: a whole image too
+    large runs as the sliding window), named in its messages by its images' ids (``evaluate`` reads this process's
+    share of the images in order)."""
+    ids = iter([dataset.sample_id(i) if hasattr(dataset, "sample_id") else f"#{i}"
+                for i in distributed.shard(list(range(len(dataset))))])
+
+    def predict(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        names = ", ".join(next(ids, "?") for _ in range(images.shape[0]))
+        return segment(model, images, **fit_to_memory(model, images, options, f"image {names}"))
+
+    return predict
 
 
 def _describe(options: Mapping) -> str:

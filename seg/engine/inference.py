@@ -16,17 +16,24 @@ scales 0.5 ... 1.75 and flips:
 
 Everything returns probabilities, so ``argmax(1)`` gives the labels in every case, and one plain pass is exactly
 the model's softmax.
+
+Callers that take images of any size (predict, evaluate) pass their options through ``fit_to_memory`` first: a
+whole-image pass that would not fit in the memory free now (``seg.engine.memory``) becomes the sliding window.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+import logging
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from seg.engine import memory
 from seg.errors import UserError
+
+log = logging.getLogger("seg.inference")
 
 PROGRESS_MIN_WINDOWS = 16  # fewer windows take too little time for a bar to help
 
@@ -84,6 +91,45 @@ def segment(model: torch.nn.Module, images: torch.Tensor, scales: Sequence[float
             "with a smaller inference.window), fewer or smaller tta.scales, or batch_size=1") from None
     passes = len(scales) * len(mirrors)
     return total if passes == 1 else total.div_(passes)
+
+
+def fit_to_memory(model: torch.nn.Module, images: torch.Tensor, options: Mapping, name: str) -> Dict:
+    """The options of ``segment`` for ``images`` (``name``: how the messages call them), within the memory free now.
+
+    Whole-image inference whose estimated peak (``seg.engine.memory``) exceeds the memory this process may still
+    use runs as the sliding window instead, with the window the options carry (the configured one, else the
+    training crop), and one warning says so (image, size, estimate, free memory). Switching rather than refusing:
+    the sliding window gives the model the context it was trained on, so its labels are as good, and a folder of
+    mixed sizes goes through in one run. Where no window is known, or the sliding window would not fit either, an
+    ``InferenceOutOfMemory`` names the image, its size and what to change, before any allocation fails.
+    """
+    if options["mode"] != "whole":
+        return dict(options)
+    free = memory.free_bytes(images.device)
+    if free is None:
+        return dict(options)
+    need = memory.whole_image_bytes(model, images, options["scales"], options["accumulate"])
+    if need <= free:
+        return dict(options)
+    size = "x".join(str(side) for side in images.shape[-2:])
+    window = options.get("window")
+    if window is None:
+        raise InferenceOutOfMemory(
+            f"{name} ({size}) needs about {_gb(need)} for whole-image inference and {_gb(free)} is free: use "
+            "inference.mode=slide inference.window=[height,width] (the model records no training crop size)")
+    slide = memory.slide_bytes(model, images, options["scales"], window, options["accumulate"])
+    if slide > free:
+        raise InferenceOutOfMemory(
+            f"{name} ({size}) does not fit in the {_gb(free)} free, whole (about {_gb(need)}) nor with "
+            f"inference.mode=slide (about {_gb(slide)}): use inference.accumulate=float16, a smaller "
+            "inference.window or fewer tta.scales, or a machine with more memory")
+    log.warning("%s (%s): whole-image inference needs about %s but %s is free: using inference.mode=slide "
+                "(window %s) for it", name, size, _gb(need), _gb(free), list(window))
+    return {**options, "mode": "slide"}
+
+
+def _gb(nbytes: int) -> str:
+    return f"{nbytes / 1e9:.2f} GB"
 
 
 def allocate_accumulator(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

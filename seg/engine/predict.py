@@ -42,7 +42,7 @@ from seg.engine import submission, voc_submission
 from seg.engine.checkpoint import CheckpointSource, ModelSource, checkpoint_in, num_classes_of, palette_of
 from seg.engine.confidence import label_dtype, save_map, save_probabilities, summarise
 from seg.engine.device import autocast, resolve_amp, resolve_device
-from seg.engine.inference import segment
+from seg.engine.inference import fit_to_memory, segment
 from seg.engine.video import VIDEO_SUFFIXES, is_video, overlay_video
 from seg.errors import MissingFileError, UserError
 from seg.io import check_writable, is_disk_full, is_torchscript, load_torchscript
@@ -132,11 +132,12 @@ def list_inputs(source: Path, output: Path) -> Tuple[Path, List[Path]]:
 
 @torch.inference_mode()
 def probabilities(model: nn.Module, images: np.ndarray, device: torch.device, options: Mapping,
-                  amp_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """Class probabilities ``[B, C, H, W]`` of RGB uint8 images ``[B, H, W, 3]`` (one size), on ``device``."""
+                  amp_dtype: Optional[torch.dtype] = None, name: str = "image") -> torch.Tensor:
+    """Class probabilities ``[B, C, H, W]`` of RGB uint8 images ``[B, H, W, 3]`` (one size), on ``device``;
+    whole-image inference that would not fit in memory runs as the sliding window (``fit_to_memory``)."""
     batch = normalize(torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2))
     with autocast(device.type, amp_dtype):
-        return segment(model, batch, **options)
+        return segment(model, batch, **fit_to_memory(model, batch, options, name))
 
 
 def save_prediction(labels: np.ndarray, image: np.ndarray, palette: np.ndarray, label_path: Path,
@@ -163,17 +164,17 @@ class Writer:
     probs_npy: bool
     server: Optional[object] = None  # format=cityscapes / voc: its module in SUBMISSIONS
 
-    def probabilities(self, images: np.ndarray) -> torch.Tensor:
-        return probabilities(self.loaded.model, images, self.device, self.options, self.amp_dtype)
+    def probabilities(self, images: np.ndarray, name: str) -> torch.Tensor:
+        return probabilities(self.loaded.model, images, self.device, self.options, self.amp_dtype, name)
 
     def label_frames(self, frames: np.ndarray) -> np.ndarray:
-        probabilities = self.probabilities(frames)
+        probabilities = self.probabilities(frames, f"{len(frames)} video frame(s)")
         return probabilities.argmax(1).to(torch.int32).cpu().numpy().astype(label_dtype(probabilities.shape[1]))
 
-    def image(self, image: np.ndarray, relative: Path, label_ids: Optional[Path] = None) -> None:
-        """The files of one image; ``label_ids``: its submission file (format=cityscapes / voc) instead of labels
-        and overlays."""
-        probs = self.probabilities(image[None])[0]
+    def image(self, image: np.ndarray, relative: Path, label_ids: Optional[Path] = None, name: str = "") -> None:
+        """The files of one image (``name``: its path, for messages); ``label_ids``: its submission file
+        (format=cityscapes / voc) instead of labels and overlays."""
+        probs = self.probabilities(image[None], name or str(relative))[0]
         summary = summarise(probs, maps=self.probs)
         started: List[Path] = []
 
@@ -284,7 +285,7 @@ def predict(config: Mapping, source: Optional[ModelSource] = None) -> Dict:
             if image is None:
                 failed.append(str(path))
                 continue
-            writer.image(image, relative, targets.get(relative))
+            writer.image(image, relative, targets.get(relative), str(path))
         result = {"written": len(files) - len(failed), "failed": failed, "output": str(output)}
         written = [targets[r] for p, r in zip(files, relatives) if packer and str(p) not in failed]
         if written:

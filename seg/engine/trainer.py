@@ -59,6 +59,7 @@ from seg.errors import Interrupted, UserError, record_in_log_files
 from seg.io import DiskFullError, is_disk_full
 from seg.models import build_model, load_weights
 from seg.models.deeplab import convert_sync_batchnorm, fetch_backbone_weights
+from seg.models.weights import load_exact
 from seg.visualize import overlay
 
 log = logging.getLogger("seg.train")
@@ -252,7 +253,7 @@ class Trainer:
             report = load_weights(model, self.cfg["model"]["weights"])
             log.info("model.weights %s: %s", self.cfg["model"]["weights"], report.summary())
         if resume_state:
-            model.load_state_dict(resume_state["model"])
+            load_exact(model, resume_state["model"], f"resume={self.cfg['resume']}", "the model of the run's config")
         bn = batchnorm_kwargs(self.cfg)
         if self.world > 1 and self.device.type == "cuda" and not bn["freeze_bn"]:  # frozen BN has nothing to sync
             model = convert_sync_batchnorm(model)

@@ -36,7 +36,7 @@ from seg.errors import UserError
 from seg.io import describe
 from seg.models.layouts import load_file, recognise
 from seg.models.layouts.base import strip_prefix, tensors_only
-from seg.models.weights import WeightsError, is_own_checkpoint
+from seg.models.weights import WeightsError, is_own_checkpoint, likely_cause
 
 OUTPUT_STRIDES = (8, 16, 32)
 STEMS = ("standard", "deep")
@@ -229,8 +229,10 @@ def load_backbone_weights(net: nn.Module, name: str, pretrained: str) -> None:
                     (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped)) if keys]
         hint = ("; it holds a whole segmentation model (backbone.* keys): use model.weights=PATH for that"
                 if any(k.startswith("backbone.") for k in unexpected) else "")
+        cause = likely_cause(state, own, missing + unexpected + [k for k in own if k in state and
+                                                                  state[k].shape != own[k].shape])
         raise WeightsError(f"{what} {source} do not fit {name}: {'; '.join(problems)} of its {len(own)} tensors: "
-                           f"expected {expected}{hint}")
+                           f"expected {expected}{hint}; {cause}")
     net.load_state_dict(state, strict=False)  # strict but for the classifier, which DeepLab drops
 
 

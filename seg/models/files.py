@@ -16,7 +16,7 @@ from seg.io import describe
 from seg.models.deeplab import build_model
 from seg.models.layouts import Foreign, load_file, recognise
 from seg.models.spec import arguments_from_config
-from seg.models.weights import EXPECTED, LoadReport, WeightsError, is_own_checkpoint
+from seg.models.weights import EXPECTED, LoadReport, WeightsError, is_own_checkpoint, load_exact
 
 
 def read_model_file(obj: Any, source: Union[str, Path]) -> Foreign:
@@ -38,11 +38,7 @@ def build_from_file(record: Foreign, source: Union[str, Path], output_stride: Op
     stride the file was trained at, or the peer's default)."""
     arguments = {**record.arguments, "pretrained": "none"}
     model = build_model(**arguments)
-    try:
-        model.load_state_dict(record.state)
-    except RuntimeError as error:
-        raise WeightsError(f"the weights in {source} ({record.layout}) do not fit the model they describe: "
-                           f"{' '.join(str(error).split())[:300]}") from None
+    load_exact(model, record.state, f"{source} ({record.layout})", "the model it describes")
     if output_stride is not None:
         model.set_output_stride(output_stride)
     return model.eval()

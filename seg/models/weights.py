@@ -47,6 +47,93 @@ class LoadReport:
         return "; ".join(parts)
 
 
+# ResNet by (blocks per stage, bottleneck blocks): what a file's backbone keys say it was trained with.
+RESNETS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34", ((3, 4, 6, 3), True): "resnet50",
+           ((3, 4, 23, 3), True): "resnet101", ((3, 8, 36, 3), True): "resnet152"}
+HEADS = {"decoder.reduce.": "deeplabv3plus", "decoder.block.": "deeplabv3", "classifier.cbr.": "lraspp"}
+SHOWN = 3  # differing tensors a message names
+
+
+def describe_mismatch(file: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """How the tensors of a file differ from a model's (None: every name and shape matches), in one line: how many
+    differ, the first few with both shapes, and the likely cause with the option that matches it.
+
+    Every path that puts a file's tensors into a model words its refusal with this (resume, evaluate, predict,
+    export through ``load_exact``; ``model.weights`` through ``load_weights``; ``backbone.pretrained``).
+    """
+    reshaped = [k for k in own if k in file and file[k].shape != own[k].shape]
+    missing = [k for k in own if k not in file]
+    unexpected = [k for k in file if k not in own]
+    if not (reshaped or missing or unexpected):
+        return None
+    parts = []
+    if reshaped:
+        shown = ", ".join(f"{k} {list(file[k].shape)} in the file, {list(own[k].shape)} in the model"
+                          for k in reshaped[:SHOWN])
+        parts.append(f"{len(reshaped)} of another shape ({shown}{', ...' if len(reshaped) > SHOWN else ''})")
+    for label, keys in (("missing from the file", missing), ("not in the model", unexpected)):
+        if keys:
+            parts.append(f"{len(keys)} {label} ({', '.join(keys[:SHOWN])}{', ...' if len(keys) > SHOWN else ''})")
+    differ = len(reshaped) + len(missing) + len(unexpected)
+    return f"{differ} tensors differ: {'; '.join(parts)}; {likely_cause(file, own, reshaped + missing + unexpected)}"
+
+
+def likely_cause(file: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], differing: List[str]) -> str:
+    """What the differing tensors point at (another number of classes, backbone, head or auxiliary head), with
+    the config keys of the file's architecture."""
+    causes = []
+    backbone = _backbone_of(file)
+    if any(_in_backbone(k, file) for k in differing):
+        if backbone and backbone != _backbone_of(own):
+            causes.append(f"another backbone ({backbone})")
+        else:
+            causes.append("another backbone (backbone=<the one the file was trained with>)")
+    head = next((name for prefix, name in HEADS.items() if any(k.startswith(prefix) for k in file)), None)
+    if any(k.startswith(("aspp.", "decoder.", "classifier.cbr.")) for k in differing) and head and \
+            head != next((n for p, n in HEADS.items() if any(k.startswith(p) for k in own)), None):
+        causes.append(f"another head (model.head={head})")
+    classes = [k for k in differing if k.startswith("classifier.") and k in file and k in own]
+    if classes and all(file[k].shape[1:] == own[k].shape[1:] for k in classes):
+        causes.append(f"another number of classes (the file has {file[classes[0]].shape[0]}: "
+                      f"dataset.num_classes={file[classes[0]].shape[0]})")
+    aux = [k for k in differing if k.startswith("aux_head.")]
+    if aux and not any(k.startswith("aux_head.") for k in own):
+        causes.append("an auxiliary head (model.aux_loss=true)")
+    elif aux and not any(k.startswith("aux_head.") for k in file):
+        causes.append("no auxiliary head (model.aux_loss=false)")
+    if not causes:
+        return "likely another architecture: configure the one the file was trained with"
+    return f"likely {' and '.join(causes)}"
+
+
+def _in_backbone(key: str, state: Mapping) -> bool:
+    """Backbone tensors: ``backbone.*`` in a whole model, every key in a backbone-only file."""
+    return key.startswith("backbone.") or not any(k.startswith("backbone.") for k in state)
+
+
+def _backbone_of(state: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """``backbone=resnetN`` (with ``backbone.stem=deep`` for a deep stem) that a state dict's ResNet keys
+    describe; None for anything else."""
+    prefix = "backbone." if any(k.startswith("backbone.") for k in state) else ""
+    blocks = tuple(len({k[len(f"{prefix}layer{i}."):].split(".")[0] for k in state
+                        if k.startswith(f"{prefix}layer{i}.")}) for i in range(1, 5))
+    name = RESNETS.get((blocks, f"{prefix}layer1.0.conv3.weight" in state))
+    if name is None:
+        return None
+    deep = any(k.startswith(f"{prefix}stem.") for k in state)
+    return f"backbone={name}" + (" backbone.stem=deep" if deep else "")
+
+
+def load_exact(model: nn.Module, state: Mapping[str, torch.Tensor], source, what: str = "the model") -> None:
+    """Load every tensor of ``state`` into ``model`` (a strict load), or raise a one-line ``WeightsError`` naming
+    ``source``, ``what`` the model is and what differs (``describe_mismatch``) instead of torch's size-mismatch
+    traceback."""
+    problem = describe_mismatch(state, model.state_dict())
+    if problem:
+        raise WeightsError(f"{source} does not fit {what}: {problem}")
+    model.load_state_dict(state)
+
+
 def is_own_checkpoint(obj: Any) -> bool:
     return isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping) and "config" in obj
 
@@ -118,17 +205,14 @@ def _allowed_gap(key: str, state: Mapping[str, torch.Tensor], own: Mapping[str, 
 def _check_complete(report: LoadReport, state, own, name: str, foreign: Optional[Foreign]) -> None:
     if not report.loaded:
         raise WeightsError(f"none of the {len(state)} tensors in {name} fit this model ({report.summary()}): "
-                           f"expected {EXPECTED} with the same backbone")
+                           f"expected {EXPECTED} with the same backbone; "
+                           f"{likely_cause(state, own, report.missing + report.unexpected + report.skipped)}")
     gaps = [k for k in report.missing if not _allowed_gap(k, state, own)]
     extra = [k for k in report.unexpected if not k.startswith("aux_head.")]
     if not gaps and not extra:
         return
     parts = sorted({k.split(".")[0] for k in gaps + extra})
-    problem = "; ".join(([f"{len(gaps)} tensors would stay randomly initialised (e.g. {', '.join(gaps[:2])})"]
-                         if gaps else [])
-                        + ([f"{len(extra)} of the file's would be dropped (e.g. {', '.join(extra[:2])})"]
-                           if extra else []))
-    problem = f"{name} do not fit this model's {', '.join(parts)} ({problem})"
+    problem = f"{name} do not fit this model's {', '.join(parts)}: {describe_mismatch(state, own)}"
     if foreign is not None:
         preset = f"model={foreign.preset} (it sets " if foreign.preset else "the architecture it was trained with ("
         raise WeightsError(f"{problem}: the file is a {foreign.layout}; train with {preset}"
