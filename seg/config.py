@@ -37,6 +37,10 @@ MODEL_KEYS = {**{argument: config_key(argument) for argument in CONFIG_KEYS}, "n
 ACCUMULATE = {"float32": torch.float32, "float16": torch.float16}
 EXPORT_FORMATS = ("torchscript", "onnx", "export")
 BACKBONE_SOURCES = ("torchvision", "timm")  # backbone.source: the built-in ResNets, or any timm encoder
+# evaluate/predict/export ``weights``: auto (the EMA where the checkpoint has one) | ema | raw
+WEIGHT_CHOICES = ("auto", "ema", "raw")
+LOGGERS = ("tensorboard", "mlflow", "wandb")  # ``logger``: TensorBoard is always on; the others are trackers beside it
+WANDB_MODES = ("online", "offline", "disabled")
 PREDICT_FORMATS = ("default", "cityscapes")  # predict.py's ``format``: its own files, or a Cityscapes submission
 # dataset keys that describe the run rather than how to read the files
 DATASET_RUN_KEYS = ("val_split", "ignore_index")
@@ -127,11 +131,29 @@ class TrainKeys:
     tb_images: int
     max_nonfinite: int
     stop_at: Optional[int]
+    ema_decay: Optional[float] = None  # null or 0: no EMA of the weights
 
 
 @dataclass
 class MetricsKeys:
     exclude_classes: Optional[List[str]]  # null in evaluate.yaml: as trained
+
+
+@dataclass
+class MlflowKeys:
+    tracking_uri: Optional[str] = None
+    experiment: str = "seg"
+    run_name: Optional[str] = None
+    log_checkpoint: bool = False
+
+
+@dataclass
+class WandbKeys:
+    project: str = "seg"
+    entity: Optional[str] = None
+    name: Optional[str] = None
+    mode: Optional[str] = None
+    log_checkpoint: bool = False
 
 
 @dataclass
@@ -144,6 +166,9 @@ class TrainConfig(ModelConfig):
     dataset: DatasetKeys
     train: TrainKeys
     metrics: MetricsKeys
+    logger: Any = "tensorboard"  # a name or a list of names: checked by tracker_kwargs
+    mlflow: MlflowKeys = dataclasses.field(default_factory=MlflowKeys)
+    wandb: WandbKeys = dataclasses.field(default_factory=WandbKeys)
 
 
 @dataclass
@@ -170,6 +195,7 @@ class InferenceConfig:
     ckpt: Optional[str]
     input: Optional[str]
     output: Optional[str]
+    weights: str = "auto"
 
 
 @dataclass
@@ -202,6 +228,7 @@ class ExportConfig:
     format: str
     os: Optional[int]
     check: CheckKeys
+    weights: str = "auto"
 
 
 _TYPE_NAMES = {int: ("an integer", "integers"), float: ("a number", "numbers"), bool: ("true or false", "booleans"),
@@ -344,6 +371,9 @@ def validate_train(cfg: MutableMapping) -> None:
     number(train.get("ckpt_every_min", 30), "train.ckpt_every_min", strict=False)
     if train.get("stop_at") is not None:
         number(train["stop_at"], "train.stop_at", integer=True)
+    if train.get("ema_decay") is not None:
+        number(train["ema_decay"], "train.ema_decay", strict=False, below=1)
+    tracker_kwargs(cfg)
     crop_hw(train["crop_size"])
     scale_range = train["scale_range"]
     if len(scale_range) != 2 or not (0 < scale_range[0] <= scale_range[1] < math.inf):
@@ -382,6 +412,22 @@ def model_kwargs(cfg: Mapping, num_classes: int, pretrained: Optional[str] = Non
     return arguments_from_config(cfg, num_classes, pretrained)
 
 
+def tracker_kwargs(cfg: Mapping) -> Dict[str, Dict]:
+    """Arguments of ``seg.engine.trackers.open_trackers``: ``{tracker: its section's keys}`` for each tracker that
+    ``logger`` names beside TensorBoard (which is always on). Configs written before ``logger`` existed have none."""
+    names = cfg.get("logger") or "tensorboard"
+    names = [names] if isinstance(names, str) else names
+    if not isinstance(names, (list, tuple)) or not names:
+        raise ConfigError(f"logger must be one of {list(LOGGERS)} or a list of them, e.g. logger=[mlflow,wandb], "
+                          f"got {names!r}")
+    for name in names:
+        choice(name, "logger", LOGGERS)
+    wandb = cfg.get("wandb") or {}
+    if wandb.get("mode") is not None:
+        choice(wandb["mode"], "wandb.mode", WANDB_MODES)
+    return {name: dict(cfg.get(name) or {}) for name in dict.fromkeys(names) if name != "tensorboard"}
+
+
 def dataset_kwargs(dataset_cfg: Mapping, split: Optional[str] = None) -> Dict:
     """Arguments of ``seg.data.build_dataset`` from the ``dataset`` group (optionally another split)."""
     kwargs = {k: v for k, v in dataset_cfg.items() if k not in DATASET_RUN_KEYS}
@@ -393,9 +439,10 @@ def dataset_kwargs(dataset_cfg: Mapping, split: Optional[str] = None) -> Dict:
 # -- evaluate.py, predict.py, export.py --------------------------------------------------------------------------
 
 def validate_inference(cfg: MutableMapping) -> None:
-    """``os``, ``device``, ``amp``, ``tta`` and ``inference`` (a ``null`` os / amp means: as trained)."""
+    """``os``, ``device``, ``amp``, ``tta``, ``inference`` and ``weights`` (a ``null`` os / amp means: as trained)."""
     conform(cfg, InferenceConfig)
     check_output_stride(cfg["os"], optional=True)
+    choice(cfg.get("weights", "auto"), "weights", WEIGHT_CHOICES)
     choice(cfg["device"], "device", DEVICES)
     if cfg["amp"] is not None:
         choice(cfg["amp"], "amp", AMP_MODES)
@@ -449,6 +496,7 @@ def validate_export(cfg: MutableMapping) -> None:
     require(cfg, "output", "python scripts/export.py ckpt=PATH output=model.ts [format=torchscript|onnx|export]")
     choice(cfg["format"], "format", EXPORT_FORMATS)
     check_output_stride(cfg["os"], optional=True)
+    choice(cfg.get("weights", "auto"), "weights", WEIGHT_CHOICES)
     sizes = cfg["check"]["sizes"]
     if not sizes or not all(len(s) == 2 and all(isinstance(v, int) and v >= 32 for v in s) for s in sizes):
         raise ConfigError(f"check.sizes must be a list of [height, width] pairs of at least 32 pixels, got {sizes!r}")

@@ -237,7 +237,7 @@ def export_checkpoint(config: Mapping) -> Dict:
     validate_export(cfg)
     sizes = cfg["check"]["sizes"]
     cfg["ckpt"] = str(checkpoint_in(cfg["ckpt"]))
-    model, state = restore(cfg["ckpt"], cfg["os"])
+    model, state = restore(cfg["ckpt"], cfg["os"], cfg.get("weights", "auto"))
     trained = state["config"]
     metadata = {
         "class_names": list(state["class_names"]), "num_classes": num_classes_of(state),
@@ -245,6 +245,7 @@ def export_checkpoint(config: Mapping) -> Dict:
         "head": trained["model"]["head"], "output_stride": model.output_stride,
         "crop_size": list(crop_hw(trained["train"]["crop_size"])), "iteration": state["iteration"],
         "checkpoint": str(cfg["ckpt"]), "versions": state.get("versions"),
+        "weights": state["weights"],
     }
     report = export_model(model, cfg["output"], cfg["format"], metadata, sizes, cfg["check"]["rtol"],
                           cfg["check"]["atol"])

@@ -156,7 +156,7 @@ def evaluate_checkpoint(config: Mapping, run_dir) -> Dict:
 
 
 def _evaluate(cfg: Dict, run_dir: Path, device) -> Dict:
-    state = load_trained(cfg["ckpt"])
+    state = load_trained(cfg["ckpt"], cfg.get("weights", "auto"))
     trained = state["config"]
     if "layout" in state and "name" not in cfg["dataset"]:
         raise ConfigError(f"{cfg['ckpt']} is a {state['layout']} file, which records no dataset: name the one to "

@@ -57,7 +57,7 @@ class LoadedModel:
     amp: str                           # the AMP mode to use when the config says null (as trained)
 
 
-def load_model(path, output_stride: Optional[int], device: torch.device) -> LoadedModel:
+def load_model(path, output_stride: Optional[int], device: torch.device, weights: str = "auto") -> LoadedModel:
     """A checkpoint (any output stride) or a TorchScript file from export.py (its stride is fixed).
 
     export.py's module normalises its [0, 1] input and calls its ``model`` submodule (normalised input ->
@@ -70,14 +70,18 @@ def load_model(path, output_stride: Optional[int], device: torch.device) -> Load
         if output_stride is not None:
             raise UserError(f"os={output_stride} cannot change an exported model's output stride; export the "
                             f"checkpoint again with os={output_stride}")
+        if weights != "auto":
+            raise UserError(f"weights={weights} cannot choose an exported model's weights; export the checkpoint "
+                            f"again with weights={weights}")
         exported, metadata = load_torchscript(path, map_location=device)
         inner = getattr(exported, "model", None)
         if not isinstance(inner, torch.jit.ScriptModule) or "num_classes" not in metadata:
             raise UserError(f"{path} is a TorchScript file but not one written by scripts/export.py")
         crop = metadata.get("crop_size")
+        log.info("weights: as exported into %s (%s)", path, metadata.get("weights", "raw"))
         return LoadedModel(inner, palette_of(metadata), int(metadata["num_classes"]),
                            tuple(crop) if crop else None, "off")
-    model, state = restore(path, output_stride)
+    model, state = restore(path, output_stride, weights)
     trained = state["config"]
     return LoadedModel(place(model, device), palette_of(state), num_classes_of(state),
                        crop_hw(trained["train"]["crop_size"]), trained["train"]["amp"])
@@ -220,7 +224,7 @@ def predict(config: Mapping) -> Dict:
     validate_predict(cfg)
     device = torch.device(resolve_device(cfg["device"]))
     output = Path(cfg["output"])
-    loaded = load_model(checkpoint_in(cfg["ckpt"]), cfg["os"], device)
+    loaded = load_model(checkpoint_in(cfg["ckpt"]), cfg["os"], device, cfg.get("weights", "auto"))
     root, files = list_inputs(Path(cfg["input"]), output)
     try:
         check_writable(output)  # before any file is segmented
