@@ -39,6 +39,10 @@ EXPORT_FORMATS = ("torchscript", "onnx", "export")
 BACKENDS = ("torch", "onnxruntime", "openvino")  # what runs a model in evaluate.py and predict.py (seg.deployment)
 PRECISIONS = ("fp32", "bf16", "int8")  # int8: the file scripts/quantize.py writes
 BACKBONE_SOURCES = ("torchvision", "timm")  # backbone.source: the built-in ResNets, or any timm encoder
+# evaluate/predict/export ``weights``: auto (the EMA where the checkpoint has one) | ema | raw
+WEIGHT_CHOICES = ("auto", "ema", "raw")
+LOGGERS = ("tensorboard", "mlflow", "wandb")  # ``logger``: TensorBoard is always on; the others are trackers beside it
+WANDB_MODES = ("online", "offline", "disabled")
 PREDICT_FORMATS = ("default", "cityscapes", "voc")  # predict.py's ``format``: its own files, or a server's
 # dataset keys that describe the run rather than how to read the files
 DATASET_RUN_KEYS = ("val_split", "ignore_index")
@@ -133,11 +137,29 @@ class TrainKeys:
     freeze_bn: bool = False
     freeze_backbone: bool = False
     accumulate: int = 1
+    ema_decay: Optional[float] = None  # null or 0: no EMA of the weights
 
 
 @dataclass
 class MetricsKeys:
     exclude_classes: Optional[List[str]]  # null in evaluate.yaml: as trained
+
+
+@dataclass
+class MlflowKeys:
+    tracking_uri: Optional[str] = None
+    experiment: str = "seg"
+    run_name: Optional[str] = None
+    log_checkpoint: bool = False
+
+
+@dataclass
+class WandbKeys:
+    project: str = "seg"
+    entity: Optional[str] = None
+    name: Optional[str] = None
+    mode: Optional[str] = None
+    log_checkpoint: bool = False
 
 
 @dataclass
@@ -150,6 +172,9 @@ class TrainConfig(ModelConfig):
     dataset: DatasetKeys
     train: TrainKeys
     metrics: MetricsKeys
+    logger: Any = "tensorboard"  # a name or a list of names: checked by tracker_kwargs
+    mlflow: MlflowKeys = dataclasses.field(default_factory=MlflowKeys)
+    wandb: WandbKeys = dataclasses.field(default_factory=WandbKeys)
 
 
 @dataclass
@@ -175,6 +200,7 @@ class InferenceConfig:
     inference: InferenceKeys
     backend: str = "torch"
     precision: str = "fp32"
+    weights: str = "auto"
     ckpt: Optional[str] = None
     input: Optional[str] = None
     output: Optional[str] = None
@@ -210,6 +236,7 @@ class ExportConfig:
     format: str
     os: Optional[int]
     check: CheckKeys
+    weights: str = "auto"
 
 
 _TYPE_NAMES = {int: ("an integer", "integers"), float: ("a number", "numbers"), bool: ("true or false", "booleans"),
@@ -358,6 +385,9 @@ def validate_train(cfg: MutableMapping) -> None:
     if momentum is not None and not (isinstance(momentum, (int, float)) and 0 <= momentum <= 1):
         raise ConfigError(f"model.bn_momentum must be null (torch's 0.1) or a number in [0, 1] (torch's momentum is "
                           f"1 - the paper's decay: 0.9997 -> 0.0003), got {momentum!r}")
+    if train.get("ema_decay") is not None:
+        number(train["ema_decay"], "train.ema_decay", strict=False, below=1)
+    tracker_kwargs(cfg)
     crop_hw(train["crop_size"])
     scale_range = train["scale_range"]
     if len(scale_range) != 2 or not (0 < scale_range[0] <= scale_range[1] < math.inf):
@@ -412,6 +442,20 @@ def batchnorm_kwargs(cfg: Mapping) -> Dict:
     """Arguments of ``seg.engine.batchnorm.configure`` (configs written before these keys lack them)."""
     return dict(momentum=cfg["model"].get("bn_momentum"), freeze_bn=bool(cfg["train"].get("freeze_bn", False)),
                 freeze_backbone=bool(cfg["train"].get("freeze_backbone", False)))
+def tracker_kwargs(cfg: Mapping) -> Dict[str, Dict]:
+    """Arguments of ``seg.engine.trackers.open_trackers``: ``{tracker: its section's keys}`` for each tracker that
+    ``logger`` names beside TensorBoard (which is always on). Configs written before ``logger`` existed have none."""
+    names = cfg.get("logger") or "tensorboard"
+    names = [names] if isinstance(names, str) else names
+    if not isinstance(names, (list, tuple)) or not names:
+        raise ConfigError(f"logger must be one of {list(LOGGERS)} or a list of them, e.g. logger=[mlflow,wandb], "
+                          f"got {names!r}")
+    for name in names:
+        choice(name, "logger", LOGGERS)
+    wandb = cfg.get("wandb") or {}
+    if wandb.get("mode") is not None:
+        choice(wandb["mode"], "wandb.mode", WANDB_MODES)
+    return {name: dict(cfg.get(name) or {}) for name in dict.fromkeys(names) if name != "tensorboard"}
 
 
 def dataset_kwargs(dataset_cfg: Mapping, split: Optional[str] = None) -> Dict:
@@ -427,9 +471,10 @@ def dataset_kwargs(dataset_cfg: Mapping, split: Optional[str] = None) -> Dict:
 # -- evaluate.py, predict.py, export.py --------------------------------------------------------------------------
 
 def validate_inference(cfg: MutableMapping) -> None:
-    """``os``, ``device``, ``amp``, ``tta`` and ``inference`` (a ``null`` os / amp means: as trained)."""
+    """``os``, ``device``, ``amp``, ``tta``, ``inference`` and ``weights`` (a ``null`` os / amp means: as trained)."""
     conform(cfg, InferenceConfig)
     check_output_stride(cfg["os"], optional=True)
+    choice(cfg.get("weights", "auto"), "weights", WEIGHT_CHOICES)
     choice(cfg["device"], "device", DEVICES)
     if cfg["amp"] is not None:
         choice(cfg["amp"], "amp", AMP_MODES)
@@ -511,6 +556,7 @@ def validate_export(cfg: MutableMapping) -> None:
     require(cfg, "output", "python scripts/export.py ckpt=PATH output=model.ts [format=torchscript|onnx|export]")
     choice(cfg["format"], "format", EXPORT_FORMATS)
     check_output_stride(cfg["os"], optional=True)
+    choice(cfg.get("weights", "auto"), "weights", WEIGHT_CHOICES)
     sizes = cfg["check"]["sizes"]
     if not sizes or not all(len(s) == 2 and all(isinstance(v, int) and v >= 32 for v in s) for s in sizes):
         raise ConfigError(f"check.sizes must be a list of [height, width] pairs of at least 32 pixels, got {sizes!r}")

@@ -238,15 +238,16 @@ def export_checkpoint(config: Mapping) -> Dict:
     validate_export(cfg)
     cfg["ckpt"] = str(checkpoint_in(cfg["ckpt"]))
     check_outputs([cfg["output"]], {"ckpt": cfg["ckpt"]}, "exported model", overwrite_flag(cfg))
-    return export_checkpoint_state(load_trained(cfg["ckpt"]), cfg["ckpt"], cfg["output"], cfg["format"], cfg["os"],
-                                   cfg["check"]["sizes"], cfg["check"]["rtol"], cfg["check"]["atol"])
+    return export_checkpoint_state(load_trained(cfg["ckpt"], cfg.get("weights", "auto")), cfg["ckpt"], cfg["output"],
+                                   cfg["format"], cfg["os"], cfg["check"]["sizes"], cfg["check"]["rtol"],
+                                   cfg["check"]["atol"])
 
 
 def export_checkpoint_state(state: Mapping, ckpt: Union[str, Path], output: Union[str, Path], format: str,
                             output_stride: Optional[int] = None, sizes: Sequence[Sequence[int]] = CHECK_SIZES,
                             rtol: float = 1e-4, atol: float = 1e-4, extra: Optional[Mapping] = None) -> Dict:
-    """The loaded checkpoint ``state`` (read from ``ckpt``) exported to ``output``, with its class names, palette
-    and settings as metadata (plus ``extra``)."""
+    """The loaded checkpoint ``state`` (read from ``ckpt``, its weights chosen: ``choose_weights``) exported to
+    ``output``, with its class names, palette and settings as metadata (plus ``extra``)."""
     model = model_from_checkpoint(state, output_stride, ckpt)
     trained = state["config"]
     metadata = {
@@ -254,7 +255,8 @@ def export_checkpoint_state(state: Mapping, ckpt: Union[str, Path], output: Unio
         "palette": palette_of(state).tolist(), "backbone": backbone_name(trained),
         "head": trained["model"]["head"], "output_stride": model.output_stride,
         "crop_size": list(crop_hw(trained["train"]["crop_size"])), "iteration": state["iteration"],
-        "checkpoint": str(ckpt), "versions": state.get("versions"), **dict(extra or {}),
+        "checkpoint": str(ckpt), "versions": state.get("versions"), "weights": state.get("weights", "raw"),
+        **dict(extra or {}),
     }
     report = export_model(model, output, format, metadata, sizes, rtol, atol)
     for result in report["parity"]:

@@ -37,7 +37,8 @@ def cached_onnx(checkpoint: Path, output_stride: int) -> Path:
 
 
 def fingerprint(path: Path) -> Dict:
-    """What tells that a cached export is of this very checkpoint file (a resumed run rewrites last.pt)."""
+    """What tells that a cached export is of this very checkpoint file (a resumed run rewrites last.pt); the
+    weights chosen in it (EMA or raw) are recorded beside."""
     stat = path.stat()
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
@@ -60,14 +61,17 @@ def exported_state(path: Path, metadata: Mapping) -> Dict:
 class RuntimeSource:
     """Models for ``backend`` (onnxruntime | openvino) at ``precision``."""
 
-    def __init__(self, backend: str, precision: str = "fp32", overwrite: bool = False):
-        self.backend, self.precision, self.overwrite = backend, precision, overwrite
+    def __init__(self, backend: str, precision: str = "fp32", overwrite: bool = False, weights: str = "auto"):
+        self.backend, self.precision, self.overwrite, self.weights = backend, precision, overwrite, weights
 
     def state(self, path) -> Dict:
         path = Path(path)
         if is_onnx(path):
+            if self.weights != "auto":
+                raise UserError(f"weights={self.weights} cannot choose an exported model's weights ({path} holds "
+                                "those it was exported with): give the checkpoint")
             return exported_state(path, onnx_metadata(path))
-        return load_trained(path)
+        return load_trained(path, self.weights)
 
     def model(self, state: Mapping, path, output_stride: Optional[int], device: torch.device) -> nn.Module:
         path = Path(path)
@@ -96,7 +100,7 @@ class RuntimeSource:
         that name that export.py did not write needs ``overwrite``)."""
         stride = output_stride or state["config"]["os"]
         target = cached_onnx(checkpoint, stride)
-        source = fingerprint(checkpoint)
+        source = {**fingerprint(checkpoint), "weights": state.get("weights", "raw")}
         check_outputs([target], {"ckpt": checkpoint}, "exported model", overwrite, key="ckpt (its ONNX cache)")
         if target.is_file():
             metadata = onnx_metadata(target)
@@ -119,4 +123,5 @@ def model_source(config: Mapping):
     backend = config.get("backend", "torch")
     if backend == "torch":
         return None
-    return RuntimeSource(backend, config.get("precision", "fp32"), overwrite_flag(config))
+    return RuntimeSource(backend, config.get("precision", "fp32"), overwrite_flag(config),
+                         config.get("weights", "auto"))

@@ -170,7 +170,7 @@ def is_checkpoint(state) -> bool:
 
 
 def _finite(state: Dict, path) -> Dict:
-    bad = nonfinite_tensors(state["model"])
+    bad = nonfinite_tensors(state["model"]) + nonfinite_tensors(state.get("ema") or {})
     if bad:
         raise CheckpointError(f"{path} holds non-finite weights (NaN or infinity in {len(bad)} tensors, e.g. "
                               f"{bad[0]}): the model it saved had diverged; use an earlier checkpoint")
@@ -201,9 +201,13 @@ def checkpoint_in(path: Union[str, Path], resume: bool = False) -> Path:
                           "training wrote into (its hydra.run.dir)")
 
 
-def load_trained(path: Union[str, Path]) -> Dict:
+def load_trained(path: Union[str, Path], weights: str = "auto") -> Dict:
     """A checkpoint of this project, or another project's weights file (``seg.models.layouts``) as one, for
-    evaluate, predict and export; an exported TorchScript model (which is code, not weights) is refused."""
+    evaluate, predict and export; an exported TorchScript model (which is code, not weights) is refused.
+
+    ``weights`` (``choose_weights``): ``auto`` puts the checkpoint's EMA of the weights in ``"model"`` where it
+    has one, ``ema`` requires one, ``raw`` keeps the trained weights.
+    """
     if is_torchscript(path):
         raise CheckpointError(f"{path} is an exported TorchScript model, not a training checkpoint: evaluate and "
                               "export need checkpoints/last.pt or best.pt of a training run")
@@ -212,7 +216,7 @@ def load_trained(path: Union[str, Path]) -> Dict:
                               "(evaluate.py and predict.py)")
     state = load_file(path, what="checkpoint")
     if is_checkpoint(state):
-        return _finite(dict(state), path)
+        return _finite(choose_weights(dict(state), weights, path), path)
     record = recognise(state)
     if record is None:
         raise CheckpointError(f"{path} is {describe(state)}, not a checkpoint of this project (a dict with "
@@ -222,7 +226,24 @@ def load_trained(path: Union[str, Path]) -> Dict:
         f"; output stride {record.arguments['output_stride']} is its project's default, which the file does not "
         "record (os= if it was trained at another)")
     log.info("%s is a %s file%s", path, record.layout, stride)
-    return _finite(foreign_checkpoint(record), path)
+    return _finite(choose_weights(foreign_checkpoint(record), weights, path), path)
+
+
+def choose_weights(state: Dict, weights: str, path) -> Dict:
+    """``state`` with the weights ``weights`` (the ``weights`` key of evaluate, predict and export) asks for in
+    ``"model"`` and their name (``ema`` | ``raw``) in ``"weights"``; says which in one log line. The EMA
+    (``train.ema_decay``) is the default where the file has one: best.pt was chosen by its mIoU."""
+    ema = state.get("ema")
+    if weights == "ema" and ema is None:
+        raise CheckpointError(f"weights=ema: {path} holds no EMA of the weights (trained without train.ema_decay); "
+                              "use weights=auto or weights=raw")
+    if ema is not None and weights in ("auto", "ema"):
+        log.info("weights: the EMA of the weights in %s (train.ema_decay=%s, %d updates); weights=raw for the "
+                 "trained weights", path, state["config"]["train"].get("ema_decay"), state.get("ema_updates", 0))
+        return {**state, "model": ema, "weights": "ema"}
+    log.info("weights: the trained weights in %s%s", path,
+             " (weights=raw; it also holds an EMA of the weights)" if ema is not None else "")
+    return {**state, "weights": "raw"}
 
 
 # The training crop a file of another project does not record: the papers' 513 (the sliding-window default and
@@ -277,20 +298,26 @@ class ModelSource(Protocol):
 
 
 class CheckpointSource:
-    """How evaluate and predict get a model in eager torch: the checkpoint (or another project's file) and the model
-    its config builds. ``seg.deployment``'s runtime sources answer the same two calls for exported files."""
+    """How evaluate and predict get a model in eager torch: the checkpoint (or another project's file) with the
+    weights ``weights`` asks for (``choose_weights``) and the model its config builds. ``seg.deployment``'s runtime
+    sources answer the same two calls for exported files."""
+
+    def __init__(self, weights: str = "auto"):
+        self.weights = weights
 
     def state(self, path: Union[str, Path]) -> Dict:
-        return load_trained(path)
+        return load_trained(path, self.weights)
 
     def model(self, state: Mapping, path: Union[str, Path], output_stride: Optional[int],
               device: torch.device) -> torch.nn.Module:
         return place(model_from_checkpoint(state, output_stride, path), device)
 
 
-def restore(path: Union[str, Path], output_stride: Optional[int] = None) -> Tuple[DeepLabV3, Dict]:
-    """``(model, checkpoint state)`` from a checkpoint file, for evaluation, prediction and export."""
-    state = load_trained(path)
+def restore(path: Union[str, Path], output_stride: Optional[int] = None,
+            weights: str = "auto") -> Tuple[DeepLabV3, Dict]:
+    """``(model, checkpoint state)`` from a checkpoint file, for evaluation, prediction and export; ``weights``:
+    ``choose_weights``."""
+    state = load_trained(path, weights)
     return model_from_checkpoint(state, output_stride, path), state
 
 

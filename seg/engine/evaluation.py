@@ -158,7 +158,8 @@ def evaluate_checkpoint(config: Mapping, run_dir, source: Optional[ModelSource] 
     device_type = resolve_device(cfg["device"])
     distributed.init(device_type)
     try:
-        return _evaluate(cfg, Path(run_dir), distributed.local_device(device_type), source or CheckpointSource())
+        source = source or CheckpointSource(cfg.get("weights", "auto"))
+        return _evaluate(cfg, Path(run_dir), distributed.local_device(device_type), source)
     finally:
         distributed.shutdown()
 

@@ -65,8 +65,8 @@ class LoadedModel:
     amp: str                           # the AMP mode to use when the config says null (as trained)
 
 
-def load_model(path, output_stride: Optional[int], device: torch.device,
-               source: Optional[ModelSource] = None) -> LoadedModel:
+def load_model(path, output_stride: Optional[int], device: torch.device, source: Optional[ModelSource] = None,
+               weights: str = "auto") -> LoadedModel:
     """A checkpoint (any output stride) or a TorchScript file from export.py (its stride is fixed); ``source``
     (default: eager torch) reads checkpoints and builds their models (``seg.deployment``: exported files and
     runtimes).
@@ -81,14 +81,18 @@ def load_model(path, output_stride: Optional[int], device: torch.device,
         if output_stride is not None:
             raise UserError(f"os={output_stride} cannot change an exported model's output stride; export the "
                             f"checkpoint again with os={output_stride}")
+        if weights != "auto":
+            raise UserError(f"weights={weights} cannot choose an exported model's weights; export the checkpoint "
+                            f"again with weights={weights}")
         exported, metadata = load_torchscript(path, map_location=device)
         inner = getattr(exported, "model", None)
         if not isinstance(inner, torch.jit.ScriptModule) or "num_classes" not in metadata:
             raise UserError(f"{path} is a TorchScript file but not one written by scripts/export.py")
         crop = metadata.get("crop_size")
+        log.info("weights: as exported into %s (%s)", path, metadata.get("weights", "raw"))
         return LoadedModel(inner, palette_of(metadata), int(metadata["num_classes"]),
                            tuple(crop) if crop else None, "off")
-    source = source or CheckpointSource()
+    source = source or CheckpointSource(weights)
     state = source.state(path)
     trained = state["config"]
     return LoadedModel(source.model(state, path, output_stride, device), palette_of(state), num_classes_of(state),
@@ -265,7 +269,7 @@ def predict(config: Mapping, source: Optional[ModelSource] = None) -> Dict:
         record_outputs(output, planned, "predictions")  # claimed before written: an interrupted run's files too
     except OSError as error:
         raise cannot_write(output, error) from None
-    loaded = load_model(ckpt, cfg["os"], device, source)
+    loaded = load_model(ckpt, cfg["os"], device, source, cfg.get("weights", "auto"))
     packer = SUBMISSIONS.get(cfg["format"])
     targets = submission_targets(files, relatives, loaded.num_classes, cfg["format"]) if packer else {}
     if cfg["probs"] and any(is_video(path) for path in files):

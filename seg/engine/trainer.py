@@ -27,6 +27,7 @@ from seg.config import (
     excluded_classes,
     model_kwargs,
     to_plain,
+    tracker_kwargs,
     validate_class_weights,
     validate_train,
 )
@@ -48,6 +49,7 @@ from seg.engine.checkpoint import (
     save_checkpoint,
 )
 from seg.engine.device import openmp_threads_sleep, place, resolve_amp, resolve_device, size_cpu_threads, unwrap
+from seg.engine.ema import build_ema, ema_state, restore_ema
 from seg.engine.evaluation import evaluate
 from seg.engine.interrupt import Coordinator, StopRequests, exit_code
 from seg.engine.losses import make_loss
@@ -55,6 +57,7 @@ from seg.engine.optim import build_optimizer, resume_optimizer
 from seg.engine.runlock import RunLock
 from seg.engine.sampler import ResumableSampler
 from seg.engine.step import TrainStep
+from seg.engine.trackers import Trackers, open_trackers
 from seg.errors import Interrupted, UserError, record_in_log_files
 from seg.io import DiskFullError, is_disk_full
 from seg.models import build_model, load_weights
@@ -171,6 +174,9 @@ class Trainer:
         self.start_iter = resume_state["iteration"] if resume_state else 0
         self.files = RunFiles(run_dir, distributed.is_main(), self.start_iter)
         try:
+            if self.files.enabled:  # rank 0: after the log file, so that a tracker's warning lands in train.log
+                self.files.trackers = open_trackers(tracker_kwargs(cfg), cfg, run_dir,
+                                                    (resume_state or {}).get("trackers"))
             self._prepare(run_dir, device_type, seed, resume_state)
         except BaseException as error:  # the run's log handler and thread hook go with the run
             if isinstance(error, UserError):
@@ -200,6 +206,9 @@ class Trainer:
         self.nonfinite_total = 0
         if resume_state:
             self._restore(resume_state)
+        self.ema = build_ema(unwrap(self.model), self.t.get("ema_decay"))
+        if self.ema is not None and resume_state:
+            restore_ema(self.ema, resume_state)
         self.sampler = ResumableSampler(len(self.train_set), seed, self.rank, self.world,
                                         start=self.start_iter * self.samples_per_step)
         if self.accumulate > 1:
@@ -311,6 +320,8 @@ class Trainer:
             for iteration in range(self.start_iter + 1, stop_at + 1):
                 loss, nonfinite = step(*next(batches), batches)  # train.accumulate batches, one update
                 self.scheduler.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(unwrap(self.model))
                 run_nonfinite = (run_nonfinite + nonfinite) * nonfinite
                 worst_run = torch.maximum(worst_run, run_nonfinite)
                 window_nonfinite += nonfinite
@@ -337,6 +348,8 @@ class Trainer:
                     coordinator.saved()
                 if stopping:
                     self._stop(signum, iteration)
+        if stop_at == iters:
+            self.files.finish(self.files.checkpoints / "best.pt")
         return {"iteration": stop_at, "best_miou": self.best_miou, "last_metrics": last_metrics,
                 "losses": self.loss_history, "nonfinite_steps": self.nonfinite_total}
 
@@ -365,36 +378,49 @@ class Trainer:
                            iteration)
 
     def _validate(self, iteration: int) -> Dict:
-        model = unwrap(self.model)
-        distributed.broadcast_buffers(model)
-        metrics, _, samples = evaluate(model, self.val_set, self.device, batch_size=self.t["val_batch_size"],
-                                       num_workers=min(self.t["num_workers"], 2), amp_dtype=self.amp_dtype,
-                                       keep_samples=self.t["tb_images"] if distributed.is_main() else 0,
-                                       exclude=self.exclude)
+        """Evaluate the model, and its EMA beside it (``ema_`` keys in metrics.jsonl, ``val_ema/`` in TensorBoard);
+        best.pt by the EMA's mIoU where there is one: the weights evaluate, predict and export then use."""
+        metrics, samples = self._evaluate(unwrap(self.model), "val", iteration, self.t["tb_images"])
         record = {"iter": iteration, **metrics}
+        best_by = metrics["mIoU"]
+        if self.ema is not None:
+            ema_metrics, _ = self._evaluate(self.ema.module, "val_ema", iteration, 0)
+            record.update({f"ema_{key}": value for key, value in ema_metrics.items()})
+            best_by = ema_metrics["mIoU"]
         self.files.metrics(record)
-        self.files.scalars({"val/mIoU": metrics["mIoU"], "val/mDice": metrics["mDice"],
-                            "val/pixel_acc": metrics["pixel_acc"], "val/mean_acc": metrics["mean_acc"]}, iteration)
-        for tag, key in (("IoU", "per_class_iou"), ("Dice", "per_class_dice"), ("precision", "per_class_precision"),
-                         ("recall", "per_class_recall")):
-            self.files.scalars({f"val/{tag}/{name}": value for name, value in metrics[key].items()}, iteration)
-        log.info("val iter %d: mIoU %s mDice %s pixel_acc %s mean_acc %s (%d images)", iteration,
-                 *("null" if metrics[k] is None else f"{metrics[k]:.4f}" for k in ("mIoU", "mDice", "pixel_acc",
-                                                                                   "mean_acc")),
-                 metrics["num_images"])
         for i, (image, label, prediction) in enumerate(samples):
             panel = np.concatenate([image, overlay(image, label, self.palette),
                                     overlay(image, prediction, self.palette)], axis=1)
             self.files.images(f"val/overlay_{i}", panel, iteration)
-        if metrics["mIoU"] is not None and metrics["mIoU"] > self.best_miou:  # None: no labelled pixels
-            self.best_miou = metrics["mIoU"]
+        if best_by is not None and best_by > self.best_miou:  # None: no labelled pixels
+            self.best_miou = best_by
             self._save("best.pt", iteration)
         return record
+
+    def _evaluate(self, model: nn.Module, tag: str, iteration: int, keep_samples: int):
+        """One model's validation metrics, logged under ``tag`` (TensorBoard, trackers, train.log)."""
+        distributed.broadcast_buffers(model)
+        metrics, _, samples = evaluate(model, self.val_set, self.device, batch_size=self.t["val_batch_size"],
+                                       num_workers=min(self.t["num_workers"], 2), amp_dtype=self.amp_dtype,
+                                       keep_samples=keep_samples if distributed.is_main() else 0,
+                                       exclude=self.exclude)
+        self.files.scalars({f"{tag}/mIoU": metrics["mIoU"], f"{tag}/mDice": metrics["mDice"],
+                            f"{tag}/pixel_acc": metrics["pixel_acc"], f"{tag}/mean_acc": metrics["mean_acc"]},
+                           iteration)
+        for name, key in (("IoU", "per_class_iou"), ("Dice", "per_class_dice"),
+                          ("precision", "per_class_precision"), ("recall", "per_class_recall")):
+            self.files.scalars({f"{tag}/{name}/{label}": value for label, value in metrics[key].items()}, iteration)
+        log.info("%s iter %d: mIoU %s mDice %s pixel_acc %s mean_acc %s (%d images)",
+                 "val" if tag == "val" else "val (EMA)", iteration,
+                 *("null" if metrics[k] is None else f"{metrics[k]:.4f}" for k in ("mIoU", "mDice", "pixel_acc",
+                                                                                   "mean_acc")),
+                 metrics["num_images"])
+        return metrics, samples
 
     def _save(self, name: str, iteration: int) -> None:
         if not distributed.is_main():
             return
-        if not all_finite(unwrap(self.model)):
+        if not all_finite(unwrap(self.model)) or (self.ema is not None and not all_finite(self.ema.module)):
             log.error("not writing %s at iteration %d: the model has non-finite values; the previous file is kept",
                       name, iteration)
             return
@@ -404,19 +430,23 @@ class Trainer:
                             class_names=self.class_names, palette=self.palette.tolist(), iteration=iteration,
                             optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
                             sampler_position=self.sampler.position(iteration * self.samples_per_step),
-                            best_miou=self.best_miou, extra={"nonfinite_steps": self.nonfinite_total})
+                            best_miou=self.best_miou, extra={"nonfinite_steps": self.nonfinite_total,
+                                                             "trackers": self.files.trackers.run_ids(),
+                                                             **(ema_state(self.ema) if self.ema is not None else {})})
         finally:
             self.requests.saving = False
 
 
 class RunFiles:
-    """What rank 0 writes: train.log lines, metrics.jsonl, TensorBoard, checkpoints."""
+    """What rank 0 writes: train.log lines, metrics.jsonl, TensorBoard, checkpoints; the experiment trackers
+    (``seg.engine.trackers``, set by the trainer) get every scalar TensorBoard gets."""
 
     def __init__(self, run_dir: Path, enabled: bool, resumed_iteration: int):
         self.run_dir, self.enabled = run_dir, enabled
         self.metrics_path = run_dir / "metrics.jsonl"
         self.checkpoints = run_dir / "checkpoints"
         self.writer = self.log_handler = None
+        self.trackers, self.finished = Trackers(), False
         if enabled:
             try:
                 self._open(resumed_iteration)
@@ -493,10 +523,16 @@ class RunFiles:
             record_in_log_files(error, [self.log_handler], level)
 
     def scalars(self, values: Mapping[str, float], iteration: int) -> None:
+        values = {key: value for key, value in values.items() if value is not None}
         if self.writer:
             for key, value in values.items():
-                if value is not None:
-                    self.writer.add_scalar(key, value, iteration)
+                self.writer.add_scalar(key, value, iteration)
+        self.trackers.scalars(values, iteration)
+
+    def finish(self, best: Path) -> None:
+        """The run completed: the trackers get the best checkpoint (where asked) and close as finished."""
+        self.trackers.artifact(best)
+        self.finished = True
 
     def metrics(self, record: Mapping) -> None:
         if self.enabled:
@@ -525,6 +561,7 @@ class RunFiles:
                 raise
             log.warning("TensorBoard's last events were not written (disk full): %s", error)
         finally:
+            self.trackers.close(self.finished)
             if self.writer:
                 threading.excepthook = self._thread_excepthook
             if self.log_handler is not None:
