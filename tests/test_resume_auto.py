@@ -82,6 +82,6 @@ def test_auto_refuses_a_folder_held_longer_than_resume_wait_s(tmp_path):
 
 def test_resume_wait_s_is_checked(cfg_train):
     cfg = cfg_train(resume="auto", resume_wait_s=-5)
-    with pytest.raises(ConfigError, match=r"^resume_wait_s must be a finite number >= 0, got -5$"):
+    with pytest.raises(ConfigError, match=r"^resume_wait_s must be a finite number >= 0, got -5.0$"):
         validate_train(cfg)
     assert cfg_train()["resume_wait_s"] == 120
