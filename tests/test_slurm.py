@@ -48,11 +48,10 @@ def env(cluster, monkeypatch):
     return {**os.environ, "PYTHONPATH": str(REPO)}
 
 
-def _launch(env, overrides, sweep: Path, tasks: int = 1) -> subprocess.Popen:
-    """``train.py hydra/launcher=submitit_slurm <overrides> --multirun`` in the background."""
-    command = [sys.executable, str(REPO / "scripts" / "train.py"), "hydra/launcher=submitit_slurm", *overrides,
-               f"hydra.sweep.dir={sweep}", f"hydra.launcher.tasks_per_node={tasks}", "hydra.launcher.timeout_min=10",
-               "--multirun"]
+def _launch(env, overrides, sweep: Path, launcher: str = "submitit_slurm") -> subprocess.Popen:
+    """``train.py hydra/launcher=<launcher> <overrides> --multirun`` in the background."""
+    command = [sys.executable, str(REPO / "scripts" / "train.py"), f"hydra/launcher={launcher}", *overrides,
+               f"hydra.sweep.dir={sweep}", "hydra.launcher.timeout_min=10", "--multirun"]
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -80,13 +79,15 @@ def _job_id(cluster) -> str:
 
 
 def test_two_tasks_train_as_torchrun_does(cluster, env, tmp_path):
-    """A job of two SLURM tasks (one node, gloo on the CPU) forms one process group from SLURM's variables: the
-    losses are those of the same run under torchrun, and rank 0 alone writes the run."""
+    """A job of two SLURM tasks (one node, gloo on the CPU; configs/hydra/launcher/slurm_gpus.yaml as for a CPU job)
+    forms one process group from SLURM's variables: the losses and weights are those of the same run under
+    torchrun, and rank 0 alone writes the run."""
     overrides = tiny_overrides(tmp_path / "data", **{"train.iters": 3, "train.eval_every": 3})
     reference = tmp_path / "torchrun"
     run_script("train.py", [*overrides, f"hydra.run.dir={reference}"], launcher=TORCHRUN)
     sweep = tmp_path / "sweep"
-    code, _, stderr = _finish(_launch(env, overrides, sweep, tasks=2))
+    cpu_job = ["hydra.launcher.gpus_per_node=null", "hydra.launcher.tasks_per_node=2", "hydra.launcher.cpus_per_task=1"]
+    code, _, stderr = _finish(_launch(env, [*overrides, *cpu_job], sweep, launcher="slurm_gpus"))
     assert code == 0, stderr[-3000:]
     log = (sweep / "0" / "train.log").read_text()
     assert log.count("data: synthetic") == 1  # one rank logs INFO
