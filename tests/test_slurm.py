@@ -167,3 +167,30 @@ def test_a_failing_job_fails_the_launching_command(cluster, env, tmp_path):
     code, stdout, stderr = _finish(_launch(env, overrides, tmp_path / "sweep"), timeout=240)
     assert code != 0
     assert "train.lr must be" in stdout + stderr
+
+
+@pytest.mark.parametrize("with_scontrol", [True, False])
+@pytest.mark.parametrize("nodelist", ["node[003-005,9],gpu1", "gpu-a100-[12-13]", "vm", "n1,n2"])
+def test_torchrun_variables_from_slurm_ones(monkeypatch, nodelist, with_scontrol):
+    """What the tasks of a two-node ``srun`` step (8 tasks, this one the third on the second node) set for torchrun's
+    process group; the master is the first host as submitit's node-list parser expands it, through ``scontrol show
+    hostnames`` or, without scontrol, the module's own expansion."""
+    submitit = needed("submitit")
+    from seg.engine import slurm
+
+    variables = {"SLURM_PROCID": "6", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "2", "SLURM_JOB_ID": "4242",
+                 "SLURM_STEP_NODELIST": nodelist, "SLURM_JOB_NODELIST": nodelist,
+                 "SLURM_STEP_TASKS_PER_NODE": "4(x2)"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    expected_master = submitit.slurm.slurm.SlurmJobEnvironment().hostnames[0]
+    if not with_scontrol:
+        monkeypatch.setenv("PATH", "")
+    assert slurm.torchrun_environment() == {"RANK": "6", "WORLD_SIZE": "8", "LOCAL_RANK": "2", "LOCAL_WORLD_SIZE": "4",
+                                            "MASTER_ADDR": expected_master, "MASTER_PORT": str(20000 + 4242)}
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")  # one task: no process group
+    assert slurm.torchrun_environment() is None
+    monkeypatch.delenv("SLURM_STEP_NUM_TASKS")  # the batch script, or salloc's shell: not a step
+    assert slurm.torchrun_environment() is None
