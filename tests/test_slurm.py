@@ -73,7 +73,7 @@ def _wait_for(launcher: subprocess.Popen, log: Path, text: str, count: int = 1, 
 
 
 def _job_id(cluster) -> str:
-    ids = cluster.run("squeue", "-h", "-o", "%i").stdout.split()
+    ids = cluster.run("squeue", "-h", "-t", "RUNNING", "-o", "%i").stdout.split()
     assert len(ids) == 1, ids
     return ids[0]
 
