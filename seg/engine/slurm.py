@@ -36,11 +36,6 @@ def use_usr1() -> None:
     os.environ.setdefault("SUBMITIT_PREEMPT_SIGNAL", PREEMPT_SIGNAL)
 
 
-def in_submitit_job() -> bool:
-    """Whether this process is a task of a job that submitit launched (SLURM or its local executor)."""
-    return bool(os.environ.get("SUBMITIT_EXECUTOR"))
-
-
 def requeueable() -> bool:
     """Whether this process is a task of a job that submitit submitted to SLURM: a copy that SLURM may requeue, so
     ``resume`` null means ``auto`` there."""
