@@ -168,6 +168,7 @@ class TrainConfig(ModelConfig):
     seed: int
     device: str
     resume: Optional[str]
+    resume_wait_s: float
     dist_timeout_min: float
     dataset: DatasetKeys
     train: TrainKeys
@@ -363,6 +364,7 @@ def validate_train(cfg: MutableMapping) -> None:
     choice(cfg["device"], "device", DEVICES)
     number(cfg["seed"], "seed", strict=False, integer=True, below=2 ** 31)
     number(cfg["dist_timeout_min"], "dist_timeout_min")
+    number(cfg.get("resume_wait_s", 120), "resume_wait_s", strict=False)
     train = cfg["train"]
     choice(train["amp"], "train.amp", AMP_MODES)
     choice(train["loss"], "train.loss", LOSSES)

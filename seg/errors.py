@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import sys
 
@@ -27,7 +28,12 @@ class Interrupted(Exception):
 
 def exit_on_user_error(main):
     """Wrap a script's entry point: a ``UserError`` becomes ``error: <message>`` on stderr and exit code 1; an
-    ``Interrupted`` run its one line and its exit code."""
+    ``Interrupted`` run its one line and its exit code.
+
+    In a job of Hydra's submitit launcher (``SUBMITIT_EXECUTOR`` set) the ``UserError`` is raised on after its line:
+    submitit returns an exception to the launching command, which then fails with it, whereas an exit would end the
+    job without a result and leave the launching command waiting (docs/slurm.md).
+    """
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -41,6 +47,8 @@ def exit_on_user_error(main):
         except UserError as error:
             print(f"error: {user_message(error)}", file=sys.stderr)
             record_in_log_files(error)
+            if os.environ.get("SUBMITIT_EXECUTOR"):
+                raise
             sys.exit(1)
 
     return wrapper

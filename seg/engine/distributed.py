@@ -1,4 +1,6 @@
-"""torchrun / DDP helpers. One process without torchrun's variables is world size 1, rank 0."""
+"""torchrun / DDP helpers. One process without torchrun's variables is world size 1, rank 0; a task of a SLURM
+``srun`` step of several tasks (Hydra's submitit launcher) takes torchrun's variables from SLURM's
+(``seg.engine.slurm``)."""
 
 from __future__ import annotations
 
@@ -10,19 +12,22 @@ from typing import List
 import torch
 import torch.distributed as dist
 
+from seg.engine import slurm
+
 
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def init(device_type: str, timeout_min: float = 10) -> None:
-    """Start the process group from torchrun's environment (NCCL on GPU, gloo on CPU).
+    """Start the process group from torchrun's environment, or SLURM's (NCCL on GPU, gloo on CPU).
 
     ``timeout_min``: how long a collective (all-reduce, barrier) waits for the other ranks before this rank fails
     with a timeout error, e.g. when one rank is stopped or hung; torchrun then stops the remaining ranks. Every
     rank-0-only step between two collectives (ImageNet weights download, dataset generation, a checkpoint
     save) must fit in it.
     """
+    slurm.adopt_slurm_environment()
     if not launched_by_torchrun() or dist.is_initialized():
         return
     if device_type == "cuda":

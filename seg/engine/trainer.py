@@ -35,7 +35,7 @@ from seg.data import build_dataset
 from seg.data.class_weights import resolve_class_weights
 from seg.data.folder import write_split_lists
 from seg.data.loader import build_train_loader
-from seg.engine import batchnorm, distributed
+from seg.engine import autoresume, batchnorm, distributed
 from seg.engine.checkpoint import (
     all_finite,
     check_resume_config,
@@ -87,11 +87,14 @@ def train(config: Mapping, run_dir) -> Dict:
     """
     cfg = to_plain(config)
     validate_train(cfg)
-    if cfg.get("resume"):
+    auto = cfg.get("resume") == autoresume.AUTO
+    if cfg.get("resume") and not auto:
         cfg["resume"] = str(checkpoint_in(cfg["resume"], resume=True))
     size_cpu_threads(cfg["train"]["num_workers"])
     device_type = resolve_device(cfg["device"])
     distributed.init(device_type, cfg["dist_timeout_min"])
+    if auto:  # after init: rank 0 decides for all ranks
+        cfg["resume"] = autoresume.resolve(Path(run_dir), cfg.get("resume_wait_s", autoresume.DEFAULT_WAIT_S))
     requests = StopRequests()
     requests.install()  # from here a signal is a request: the set-up finishes, the run stops after its first step
     try:
