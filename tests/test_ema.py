@@ -88,7 +88,7 @@ def test_predict_and_export_choose_the_ema(ema_run, tmp_path):
     ckpt = run / "checkpoints" / "last.pt"
     state = load_checkpoint(ckpt)
     for weights, key in (("auto", "ema"), ("ema", "ema"), ("raw", "model")):
-        model = load_model(ckpt, None, torch.device("cpu"), weights).model
+        model = load_model(ckpt, None, torch.device("cpu"), weights=weights).model
         assert all(torch.equal(value, state[key][name]) for name, value in model.state_dict().items()), weights
     export_checkpoint(compose_config("export", [f"ckpt={ckpt}", f"output={tmp_path / 'model.ts'}",
                                                 "check.sizes=[[64,64]]"]))
@@ -105,7 +105,7 @@ def test_predict_and_export_choose_the_ema(ema_run, tmp_path):
     torch.testing.assert_close(out, ema_out, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(out, raw_out, rtol=1e-4, atol=1e-4)
     with pytest.raises(Exception, match="weights=raw cannot choose an exported model's weights"):
-        load_model(tmp_path / "model.ts", None, torch.device("cpu"), "raw")
+        load_model(tmp_path / "model.ts", None, torch.device("cpu"), weights="raw")
 
 
 def test_weights_ema_needs_an_ema(tmp_path, data_root):

@@ -67,11 +67,11 @@ def test_commands_take_a_run_folder(tmp_path, cfg_train, cfg_eval, monkeypatch, 
     class Stop(Exception):
         pass
 
-    def restore(path, *args):  # output stride, weights
+    def load_trained(path, *args):  # weights
         seen.append(path)
         raise Stop
 
-    monkeypatch.setattr(export_module, "restore", restore)
+    monkeypatch.setattr(export_module, "load_trained", load_trained)
     with pytest.raises(Stop):
         export_module.export_checkpoint(compose_config("export", [f"ckpt={run}", f"output={tmp_path / 'm.ts'}"]))
     assert seen[-1] == str(run / "checkpoints" / "best.pt")

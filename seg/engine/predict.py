@@ -264,12 +264,12 @@ def predict(config: Mapping, source: Optional[ModelSource] = None) -> Dict:
     relatives = [path.relative_to(root).with_suffix("") for path in files]
     planned = planned_outputs(output, files, relatives, cfg)
     check_outputs(planned, {"ckpt": ckpt, "input": cfg["input"]}, "predictions", overwrite_flag(cfg))
+    loaded = load_model(ckpt, cfg["os"], device, source, cfg.get("weights", "auto"))  # a model that fails: no folder
     try:
         check_writable(output)  # before any file is segmented
         record_outputs(output, planned, "predictions")  # claimed before written: an interrupted run's files too
     except OSError as error:
         raise cannot_write(output, error) from None
-    loaded = load_model(ckpt, cfg["os"], device, source, cfg.get("weights", "auto"))
     packer = SUBMISSIONS.get(cfg["format"])
     targets = submission_targets(files, relatives, loaded.num_classes, cfg["format"]) if packer else {}
     if cfg["probs"] and any(is_video(path) for path in files):
