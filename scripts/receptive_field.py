@@ -17,21 +17,12 @@ import sys
 from omegaconf import OmegaConf
 
 from seg.analysis import analyse_layers, format_report, parse_layers
+from seg.config import flatten
 from seg.errors import UserError
 from seg.outputs import check_outputs
 
 KEYS = {"layers", "backbone", "backbone.name", "os", "model.multi_grid", "model.aspp_rates", "input_size",
         "feature_size", "png", "json", "overwrite"}
-
-
-def flatten(config: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def analyse(options: dict) -> dict:

@@ -534,6 +534,17 @@ def inference_kwargs(cfg: Mapping, default_window: Optional[Sequence[int]]) -> D
                 accumulate=ACCUMULATE[inference.get("accumulate", "float32")])
 
 
+def flatten(config: Mapping, prefix: str = "") -> Dict[str, Any]:
+    """``{"train.lr": 0.01, ...}`` from a nested config (dotted keys, as on the command line)."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def overwrite_flag(cfg: Mapping) -> bool:
     """``overwrite`` (``seg.outputs.check_outputs``): true or false; false where a config lacks it."""
     value = cfg.get("overwrite", False)

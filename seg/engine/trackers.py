@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
+from seg.config import flatten
+
 log = logging.getLogger(__name__)
 
 EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}  # tracker -> pyproject.toml extra that installs it
@@ -78,17 +80,6 @@ def open_trackers(trackers: Mapping[str, Mapping], config: Mapping, run_dir: Pat
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0][:300] if text else ""
-
-
-def flatten(config: Mapping, prefix: str = "") -> Dict[str, object]:
-    """``{"train.lr": 0.01, ...}`` from a nested config."""
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def default_run_name(run_dir: Path) -> str:
