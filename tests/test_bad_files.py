@@ -5,9 +5,11 @@ checkpoint whose weights hold NaN is refused."""
 import io
 import random
 
+import numpy as np
 import pytest
 import torch
 from helpers import compose_config, run_script, tiny_checkpoint, tiny_overrides
+from PIL import Image
 from torchvision.models import resnet18, resnet50
 
 from seg.engine.checkpoint import CheckpointError
@@ -203,8 +205,11 @@ def test_checkpoint_with_nan_weights_is_refused(tmp_path):
     message = rf"^{ckpt} holds non-finite weights \(NaN or infinity in 1 tensors, e.g. classifier.weight\)"
     with pytest.raises(CheckpointError, match=message):
         evaluate_checkpoint(compose_config("evaluate", [f"ckpt={ckpt}"]), tmp_path / "eval")
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(images / "a.png")
     with pytest.raises(CheckpointError, match=message):
-        predict(compose_config("predict", [f"ckpt={ckpt}", f"input={tmp_path}", f"output={tmp_path / 'out'}"]))
+        predict(compose_config("predict", [f"ckpt={ckpt}", f"input={images}", f"output={tmp_path / 'out'}"]))
     with pytest.raises(CheckpointError, match=message):
         export_checkpoint(compose_config("export", [f"ckpt={ckpt}", f"output={tmp_path / 'm.ts'}"]))
     with pytest.raises(CheckpointError, match=message):
