@@ -480,6 +480,8 @@ def validate_inference(cfg: MutableMapping) -> None:
     choice(cfg["device"], "device", DEVICES)
     if cfg["amp"] is not None:
         choice(cfg["amp"], "amp", AMP_MODES)
+    cfg.setdefault("backend", "torch")  # callers of the library may leave the deployment keys out
+    cfg.setdefault("precision", "fp32")
     choice(cfg["backend"], "backend", BACKENDS)
     choice(cfg["precision"], "precision", PRECISIONS)
     if cfg["backend"] == "torch" and cfg["precision"] == "int8":

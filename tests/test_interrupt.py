@@ -185,7 +185,6 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
             time.sleep(0.2)
 
 
-@pytest.mark.slow
 def test_ddp_one_ranks_signal_stops_every_rank_at_one_iteration(tmp_path):
     run = tmp_path / "ddp"
     overrides = tiny_overrides(tmp_path / "data", **{"train.iters": 200, "train.eval_every": 0,

@@ -1,8 +1,10 @@
 """Untrusted and broken inputs: a pickle carrying code never runs; bad files get a one-line error."""
 
+import numpy as np
 import pytest
 import torch
 from helpers import compose_config, run_script, tiny_checkpoint
+from PIL import Image
 
 from seg.config import ConfigError
 from seg.engine.checkpoint import CheckpointError
@@ -44,8 +46,11 @@ def _run_all_entry_points(ckpt, tmp_path):
         evaluate_checkpoint(compose_config("evaluate", [f"ckpt={ckpt}"]), tmp_path / "eval")
     with pytest.raises(UnsafeFileError, match="refusing to load checkpoint"):
         export_checkpoint(compose_config("export", [f"ckpt={ckpt}", f"output={tmp_path / 'm.ts'}"]))
+    images = tmp_path / "images"
+    images.mkdir(exist_ok=True)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(images / "a.png")
     with pytest.raises(UnsafeFileError, match="refusing to load checkpoint"):
-        predict(compose_config("predict", [f"ckpt={ckpt}", f"input={tmp_path}", f"output={tmp_path / 'out'}"]))
+        predict(compose_config("predict", [f"ckpt={ckpt}", f"input={images}", f"output={tmp_path / 'out'}"]))
 
 
 def test_code_in_a_checkpoint_is_refused_and_never_runs(malicious, tmp_path):

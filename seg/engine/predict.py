@@ -260,6 +260,8 @@ def predict(config: Mapping, source: Optional[ModelSource] = None) -> Dict:
     device = torch.device(resolve_device(cfg["device"]))
     output = Path(cfg["output"])
     ckpt = checkpoint_in(cfg["ckpt"])
+    if not Path(ckpt).exists():  # first: no use listing inputs for a model that is not there
+        raise MissingFileError(f"model not found: {ckpt}")
     root, files = list_inputs(Path(cfg["input"]), output)
     relatives = [path.relative_to(root).with_suffix("") for path in files]
     planned = planned_outputs(output, files, relatives, cfg)
