@@ -204,5 +204,8 @@ def test_ddp_one_ranks_signal_stops_every_rank_at_one_iteration(tmp_path):
     iteration = int(lines[0][0])
     assert load_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == iteration
     assert losses_from_log(run / "train.log")[-1][0] == iteration
-    assert len(re.findall(r"exitcode\s*: 143 ", stderr)) == 2  # both ranks stopped on the signal, none failed
+    # Both ranks stopped on the signal, none failed: each exit torchrun reports is the signal's 143 (or, for a rank
+    # still finishing when the agent tears the group down, its SIGTERM: -15); which it lists varies with timing.
+    codes = [int(code) for code in re.findall(r"exitcode\s*:\s*(-?\d+)", stderr)]
+    assert 143 in codes and set(codes) <= {143, -15}, stderr[-3000:]
     assert "Timed out" not in stderr and "timed out" not in log
