@@ -25,7 +25,7 @@ from seg.config import ConfigError, dataset_kwargs, number, overwrite_flag, requ
 from seg.data import build_dataset
 from seg.data.base import read_image
 from seg.deployment.runtimes import onnx_metadata, runtime_model
-from seg.deployment.sources import RuntimeSource, is_onnx
+from seg.deployment.sources import RuntimeSource, cached_onnx, is_onnx
 from seg.engine.checkpoint import checkpoint_in
 from seg.engine.device import size_cpu_threads
 from seg.engine.evaluation import check_classes, evaluate, evaluation_dataset
@@ -149,14 +149,16 @@ def quantize_checkpoint(config: Mapping) -> Dict:
     ckpt = Path(cfg["ckpt"]) if is_onnx(cfg["ckpt"]) else checkpoint_in(cfg["ckpt"])
     source = RuntimeSource("onnxruntime")
     state = source.state(ckpt)
-    fp32 = ckpt if is_onnx(ckpt) else source.export(state, ckpt, None)[0]
-    trained = state["config"].get("dataset") or {}
-    override = {k: v for k, v in cfg["dataset"].items() if v is not None}
-    dataset_cfg = {**trained, **override}
+    fp32 = ckpt if is_onnx(ckpt) else cached_onnx(ckpt, state["config"]["os"])
     output = Path(cfg["output"])
     calibration = cfg["calibration"] if Path(str(cfg["calibration"])).is_dir() else None
     check_outputs([output], {"ckpt": ckpt, "ckpt (its ONNX export)": fp32, "calibration": calibration},
-                  "exported model", overwrite_flag(cfg))
+                  "exported model", overwrite_flag(cfg))  # before the export: a refusal costs nothing
+    if not is_onnx(ckpt):
+        fp32 = source.export(state, ckpt, None)[0]
+    trained = state["config"].get("dataset") or {}
+    override = {k: v for k, v in cfg["dataset"].items() if v is not None}
+    dataset_cfg = {**trained, **override}
     count = quantize_onnx(fp32, output, calibration_images(str(cfg["calibration"]), cfg["n"], dataset_cfg))
     size = {name: path.stat().st_size / 2 ** 20 for name, path in (("fp32", fp32), ("int8", output))}
     log.info("wrote %s: int8 (QDQ), calibrated on %d images of %s; %.1f MB (fp32: %.1f MB)", output, count,
