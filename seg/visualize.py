@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from seg.data.base import IGNORE_INDEX, WIDE_IGNORE_INDEX
+
+
+def save_label_png(labels: np.ndarray, palette: np.ndarray, path: Path) -> None:
+    """Class indices ``[H, W]`` as a PNG: indexed with ``palette`` (mode "P") for uint8 labels, 16-bit grayscale
+    (mode "I;16") for uint16 ones (more than 255 classes, which a palette cannot hold)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(labels)
+    if labels.dtype == np.uint8:
+        image.putpalette(np.asarray(palette, dtype=np.uint8)[:256].reshape(-1).tolist())
+    image.save(path)
 
 
 def colorize(mask: np.ndarray, palette: np.ndarray) -> np.ndarray:

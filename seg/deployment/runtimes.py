@@ -98,9 +98,9 @@ class RuntimeModel(nn.Module):
     """A runtime as the engine's model: normalised images -> ``{"out": logits}`` (the runtime's file normalises
     itself, so the input is mapped back to [0, 1] first, with the file's own mean and std)."""
 
-    def __init__(self, runtime: Runtime, metadata: Mapping, description: str):
+    def __init__(self, runtime: Runtime, metadata: Mapping):
         super().__init__()
-        self.runtime, self.description = runtime, description
+        self.runtime = runtime
         self.output_stride = metadata.get("output_stride")
         mean, std = metadata["mean"], metadata["std"]
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -116,4 +116,4 @@ def runtime_model(path: Path, backend: str, device: torch.device, precision: str
                   metadata: Mapping) -> Tuple[RuntimeModel, str]:
     runtime = open_runtime(path, backend, device, precision)
     description = f"{backend} ({precision}) on {path}"
-    return RuntimeModel(runtime, metadata, description).to(device), description
+    return RuntimeModel(runtime, metadata).to(device), description

@@ -47,7 +47,7 @@ from seg.engine.video import VIDEO_SUFFIXES, is_video, overlay_video
 from seg.errors import MissingFileError, UserError
 from seg.io import check_writable, is_disk_full, is_torchscript, load_torchscript
 from seg.outputs import check_outputs, record_outputs
-from seg.visualize import overlay
+from seg.visualize import overlay, save_label_png
 
 log = logging.getLogger("seg.predict")
 
@@ -146,12 +146,8 @@ def probabilities(model: nn.Module, images: np.ndarray, device: torch.device, op
 
 def save_prediction(labels: np.ndarray, image: np.ndarray, palette: np.ndarray, label_path: Path,
                     overlay_path: Path) -> None:
-    label_path.parent.mkdir(parents=True, exist_ok=True)
+    save_label_png(labels, palette, label_path)
     overlay_path.parent.mkdir(parents=True, exist_ok=True)
-    label_image = Image.fromarray(labels)  # uint16 (more than 255 classes): mode "I;16", a 16-bit grayscale PNG
-    if labels.dtype == np.uint8:
-        label_image.putpalette(np.asarray(palette, dtype=np.uint8)[:256].reshape(-1).tolist())  # becomes mode "P"
-    label_image.save(label_path)
     Image.fromarray(overlay(image, labels, palette)).save(overlay_path, quality=90)
 
 

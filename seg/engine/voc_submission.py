@@ -16,11 +16,11 @@ from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
 from seg.data.voc import VOC_CLASSES, voc_palette
 from seg.engine.submission import SubmissionError
 from seg.io import replacing
+from seg.visualize import save_label_png
 
 NUM_CLASSES = len(VOC_CLASSES)
 COMPETITION = "comp6"  # trained with data beyond VOC's (ImageNet weights, SBD); comp5: VOC's data only
@@ -56,10 +56,7 @@ def check_classes(num_classes: int) -> None:
 
 def save(labels: np.ndarray, path: Path) -> None:
     """A prediction ``[H, W]`` of class indices as an indexed PNG with VOC's colour map."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.fromarray(labels.astype(np.uint8))
-    image.putpalette(voc_palette().reshape(-1).tolist())  # mode "P"
-    image.save(path)
+    save_label_png(labels.astype(np.uint8), voc_palette(), path)
 
 
 def pack(folder: Path, relatives: Sequence[Path], target: Path) -> Path:
