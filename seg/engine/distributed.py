@@ -7,7 +7,8 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from typing import List
+from collections import deque
+from typing import Deque, List
 
 import torch
 import torch.distributed as dist
@@ -69,6 +70,20 @@ def local_device(device_type: str) -> torch.device:
     return torch.device("cpu")
 
 
+# The last objects handed to collectives (tensors made in Python, work handles), kept past the process group's end.
+# When ``wait()`` returns, a gloo worker thread may still hold the finished work; if it then dropped the last
+# reference to a tensor made in Python it would need the GIL to free it, while holding the lock that the group's
+# destructor takes with the GIL held when the run ends: a deadlock (torch 2.4 hung about 1 run in 10 on a loaded
+# machine, after saving its checkpoints). With a reference here the worker never frees a Python object. Only the
+# last few can still be in a worker's hands; older ones are released while the loop runs, when the GIL is free.
+_in_flight: Deque[object] = deque(maxlen=16)
+
+
+def keep(*objects: object) -> None:
+    """Hold ``objects`` (a collective's tensors, its work handle) until later collectives replace them."""
+    _in_flight.extend(objects)
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -77,6 +92,7 @@ def barrier() -> None:
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        keep(tensor)
     return tensor
 
 
@@ -90,3 +106,4 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
     if dist.is_initialized():
         for buffer in module.buffers():
             dist.broadcast(buffer, src=0)
+            keep(buffer)

@@ -19,6 +19,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.distributed as dist
 
+from seg.engine import distributed
 from seg.errors import Interrupted
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
@@ -99,6 +100,7 @@ class Coordinator:
             return signum or None, bool(due)
         flags = torch.tensor(self._local(), dtype=torch.int64)
         work = dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
+        distributed.keep(work, flags)
         previous, self.pending = self.pending, (work, flags)
         if previous is None:
             return None, False
