@@ -3,7 +3,7 @@
 import os
 import sys
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # OpenMP threads that sleep instead of spinning while they wait (libgomp reads this once, when torch loads): with
 # all cores in use they keep an idle machine's speed and lose only their share when another process takes a core

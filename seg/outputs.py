@@ -159,7 +159,7 @@ KINDS: Dict[str, tuple] = {
     "evaluation": ("an output of scripts/evaluate.py", is_evaluation),
     "benchmark": ("a result of scripts/benchmark.py", is_benchmark),
     "models table": ("a table of scripts/models_table.py", is_models_table),
-    "figure": ("a figure of scripts/receptive_field.py", is_figure),
+    "figure": ("a figure of scripts/receptive_field.py or scripts/make_readme_figure.py", is_figure),
     "predictions": ("a file scripts/predict.py wrote", lambda path: is_listed(path, "predictions")),
 }
 

@@ -100,7 +100,7 @@ def stage_plan(output_stride: int, multi_grid: Optional[Sequence[int]], units_pe
                contract_dilation: bool = False):
     """Stride of the first unit and the dilation of every unit for stages 2, 3 and 4.
 
-    Returns a list of ``(stride, [dilation per unit])``, one entry per stage. Pure function: the README's
+    Returns a list of ``(stride, [dilation per unit])``, one entry per stage. Pure function: docs/models.md's
     table of dilations and the tests use it directly.
 
     ``contract_dilation`` runs the first unit of a dilated stage at the previous stage's rate (half the new one):
