@@ -5,7 +5,8 @@ COCO 1.0 layout, LabelMe files, CVAT's Segmentation mask 1.1, Roboflow's Semanti
 layout ``dataset=<format>`` reads (docs/datasets.md, "Annotation tools' exports").
 
 ``DIR/images/`` and ``DIR/masks/`` (two sub-folders each) with the synthetic shapes, colour-coded RGB masks and their
-colour table ``DIR/classes.csv`` (``masks=index``: palette PNGs of class indices instead). docs/own-data.md goes from this folder to a checked, trained, evaluated and exported model.
+colour table ``DIR/classes.csv`` (``masks=index``: palette PNGs of class indices instead).
+docs/own-data.md goes from this folder to a checked, trained, evaluated and exported model.
 """
 
 import hydra

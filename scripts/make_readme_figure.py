@@ -1,6 +1,7 @@
 """The picture on README.md's front page: validation images, their labels and a checkpoint's predictions, in rows.
 
-    python scripts/make_readme_figure.py ckpt=outputs/<run> [out=docs/images/prediction.png] [n=4] [scale=2] [overwrite=true]
+    python scripts/make_readme_figure.py ckpt=outputs/<run> [out=docs/images/prediction.png] [n=4] [scale=2] \\
+        [overwrite=true]
 
 The images are the first ``n`` of the validation split the checkpoint was trained with (its stored dataset config).
 """
