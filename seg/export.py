@@ -78,8 +78,8 @@ def _example(size: Sequence[int], batch: int) -> torch.Tensor:
 def _dynamic_shapes():
     """Batch, height and width are free (the example traced with has batch 2: a size of 1 would be fixed)."""
     dim = torch.export.Dim
-    return {"images": {0: dim("batch", min=1, max=1024), 2: dim("height", min=32, max=8192),
-                       3: dim("width", min=32, max=8192)}}
+    return {"images": {0: dim("batch", min=1, max=1024), 2: dim("height", min=33, max=8192),
+                       3: dim("width", min=33, max=8192)}}
 
 
 # -- writers: (module, path, metadata json) -> None ---------------------------------------------------------------

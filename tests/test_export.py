@@ -178,6 +178,17 @@ def test_torch_export_program_has_dynamic_height_and_width(model, tmp_path):
 
 
 @NEEDS_DYNAMIC_EXPORT
+def test_torch_export_at_output_stride_32(tmp_path):
+    """At OS32 a 32-pixel input gives a 1x1 last map, a size torch.export cannot keep symbolic: the smallest input
+    of an exported program is 33 pixels, and every output stride exports."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3, output_stride=32).eval()
+    report = export_model(model, tmp_path / "model.pt2", "export", METADATA, check_sizes=SIZES)
+    assert max(r["max_abs_diff"] for r in report["parity"]) <= 1e-4
+    assert_parity(torch.export.load(str(tmp_path / "model.pt2")).module(), model)
+
+
+@NEEDS_DYNAMIC_EXPORT
 def test_onnx_runs_in_onnxruntime_with_dynamic_batch_height_and_width(model, tmp_path):
     onnx = needed("onnx")
     needed("onnxscript")
