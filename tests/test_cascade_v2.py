@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import REPO, compose_config, needed, run_script, tiny_overrides
+from helpers import REPO, compose_config, needed, run_script, tiny_checkpoint, tiny_overrides
 from PIL import Image
 from test_export import METADATA, SIZES, assert_parity
 from torchvision.models import resnet
@@ -166,7 +166,7 @@ def test_export_parity(head, format, tmp_path):
         for package in ("onnx", "onnxscript", "onnxruntime"):
             needed(package)
     torch.manual_seed(0)
-    model = build_model("resnet18", 3, head=head, aux_loss=True).eval()
+    model = build_model("resnet18", 3, head=head, aux_loss=True, cascade_blocks=1).eval()
     path = tmp_path / f"model.{format}"
     report = export_model(model, path, format, METADATA, check_sizes=SIZES)
     assert all(r["max_abs_diff"] <= 1e-4 for r in report["parity"])
@@ -178,10 +178,10 @@ def test_receptive_fields(capsys):
     """The cascade continues the backbone's path: each 3x3 conv at rate d after stride 16 adds 2 * d * 16 pixels
     (RF arithmetic; a basic unit has two); a v2 branch adds 2 * rate * 8 at OS8."""
     plain = analyse_config("resnet18", 16)["receptive_field"]
-    cascade = analyse_config("resnet18", 16, head="cascade")
-    added = sum(2 * (2 * d * 16) for block in paper_rates(2, (1, 2), 3)[1:] for d in block)
+    cascade = analyse_config("resnet18", 16, head="cascade", cascade_blocks=2)
+    added = sum(2 * (2 * d * 16) for block in paper_rates(2, (1, 2), 2)[1:] for d in block)
     assert cascade["receptive_field"] == plain + added
-    assert [s["stage"] for s in cascade["stages"]][-3:] == ["block5", "block6", "block7"]
+    assert [s["stage"] for s in cascade["stages"]][-3:] == ["layer4", "block5", "block6"]
     assert cascade["aspp"] == [] and cascade["model"]["head"] == "cascade"
     v2 = analyse_config("resnet18", 8, head="deeplabv2")
     backbone = analyse_config("resnet18", 8)["receptive_field"]
@@ -190,7 +190,7 @@ def test_receptive_fields(capsys):
     main(["backbone=resnet18", "model.head=cascade", "model.cascade_blocks=1"])
     text = capsys.readouterr().out
     assert "cascade block5 after block4" in text and "receptive field of the block5 output" in text
-    main(["backbone=resnet18", "os=8", "model.head=deeplabv2"])
+    main(["backbone=resnet18", "os=8", "model.head=deeplabv2", "model.aspp_rates=[6,12]"])
     assert "ASPP-L branches" in capsys.readouterr().out
 
 
@@ -211,25 +211,34 @@ def test_benchmark_structure_and_models_table_rows():
     assert cascade_row["gflops"] > base["gflops"] > v2_row["gflops"] > 0
 
 
-@pytest.mark.parametrize("head", ["cascade", "deeplabv2"])
-def test_train_resume_evaluate_predict(head, tmp_path):
+def evaluate_and_predict(ckpt, tmp_path):
+    """evaluate.py's body at OS8 with flip and two scales, predict.py's on one image."""
+    metrics = evaluate_checkpoint(compose_config("evaluate", [f"ckpt={ckpt}", "num_workers=0", "os=8", "tta.flip=true",
+                                                              "tta.scales=[0.75,1.0]"]), tmp_path / "eval")
+    assert 0 <= metrics["mIoU"] <= 1 and metrics["num_images"] == 3
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(images / "a.png")
+    result = predict(compose_config("predict", [f"ckpt={ckpt}", f"input={images}", f"output={tmp_path / 'pred'}",
+                                                "device=cpu", "tta.flip=true"]))
+    assert result["written"] == 1 and Image.open(tmp_path / "pred" / "labels" / "a.png").size == (56, 40)
+
+
+def test_cascade_trains_resumes_evaluates_and_predicts(tmp_path):
     """scripts/train.py stops at 2 of 3 iterations and resumes; the checkpoint evaluates at OS8 with TTA, predicts."""
-    overrides = tiny_overrides(tmp_path / "data", **{"model.head": head, "model.aux_loss": "true", "train.iters": 3,
-                                                     "train.eval_every": 0, "train.ckpt_every": 2,
+    overrides = tiny_overrides(tmp_path / "data", **{"model.head": "cascade", "model.aux_loss": "true",
+                                                     "train.iters": 3, "train.eval_every": 0, "train.ckpt_every": 2,
                                                      "model.cascade_blocks": 1})
     run = tmp_path / "run"
     run_script("train.py", [*overrides, "train.stop_at=2", f"hydra.run.dir={run}"])
     run_script("train.py", [*overrides, f"resume={run / 'checkpoints' / 'last.pt'}", f"hydra.run.dir={run}"])
     state = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert state["iteration"] == 3 and state["config"]["model"]["head"] == head
-    assert any(k.startswith("cascade.block5." if head == "cascade" else "aspp.convs.3.") for k in state["model"])
-    metrics = evaluate_checkpoint(compose_config("evaluate", [
-        f"ckpt={run / 'checkpoints' / 'last.pt'}", "num_workers=0", "os=8", "tta.flip=true",
-        "tta.scales=[0.75,1.0]"]), tmp_path / "eval")
-    assert 0 <= metrics["mIoU"] <= 1 and metrics["num_images"] == 3
-    images = tmp_path / "images"
-    images.mkdir()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(images / "a.png")
-    result = predict(compose_config("predict", [f"ckpt={run / 'checkpoints' / 'last.pt'}", f"input={images}",
-                                                f"output={tmp_path / 'pred'}", "device=cpu", "tta.flip=true"]))
-    assert result["written"] == 1 and Image.open(tmp_path / "pred" / "labels" / "a.png").size == (56, 40)
+    assert state["iteration"] == 3 and state["config"]["model"]["head"] == "cascade"
+    assert any(k.startswith("cascade.block5.") for k in state["model"])
+    evaluate_and_predict(run / "checkpoints" / "last.pt", tmp_path)
+
+
+def test_deeplabv2_checkpoint_evaluates_and_predicts(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt.pt", tmp_path / "data", **{"model.head": "deeplabv2",
+                                                                       "model.aux_loss": "true"})
+    evaluate_and_predict(ckpt, tmp_path)
