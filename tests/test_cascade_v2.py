@@ -19,9 +19,10 @@ from seg.engine.checkpoint import load_checkpoint
 from seg.engine.evaluation import evaluate_checkpoint
 from seg.engine.predict import predict
 from seg.export import DYNAMIC_EXPORT_TORCH, export_model
-from seg.models import build_model, stage_plan
+from seg.models import build_model, load_weights, stage_plan
 from seg.models.cascade import cascade_plan
 from seg.models.spec import arguments_from_config
+from seg.models.weights import WeightsError
 
 GRID = (1, 2, 4)
 
@@ -242,3 +243,12 @@ def test_deeplabv2_checkpoint_evaluates_and_predicts(tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "ckpt.pt", tmp_path / "data", **{"model.head": "deeplabv2",
                                                                        "model.aux_loss": "true"})
     evaluate_and_predict(ckpt, tmp_path)
+
+
+@pytest.mark.parametrize("file_head, model_head", [("cascade", "deeplabv3"), ("deeplabv2", "deeplabv3"),
+                                                   ("deeplabv3", "cascade")])
+def test_weights_of_another_head_name_it(file_head, model_head):
+    """model.weights / evaluate of a file trained with another of the heads: the message names the file's head."""
+    file = build_model("resnet18", 3, head=file_head, cascade_blocks=1).state_dict()
+    with pytest.raises(WeightsError, match=rf"likely another head \(model\.head={file_head}\)"):
+        load_weights(build_model("resnet18", 3, head=model_head, cascade_blocks=1), {"model": file})
