@@ -12,13 +12,13 @@ from PIL import Image
 from test_export import METADATA, SIZES, assert_parity
 from torchvision.models import resnet
 
-from seg.analysis.model import analyse_config
+from seg.analysis.model import analyse_config, head_of
 from seg.benchmark.measure import structure
 from seg.config import ConfigError, model_kwargs, validate_train
-from seg.engine.checkpoint import load_checkpoint
+from seg.engine.checkpoint import load_checkpoint, restore
 from seg.engine.evaluation import evaluate_checkpoint
 from seg.engine.predict import predict
-from seg.export import DYNAMIC_EXPORT_TORCH, export_model
+from seg.export import DYNAMIC_EXPORT_TORCH, ExportedModel, export_checkpoint, export_model, load_torchscript
 from seg.models import build_model, load_weights, stage_plan
 from seg.models.cascade import cascade_plan
 from seg.models.spec import arguments_from_config
@@ -212,8 +212,8 @@ def test_benchmark_structure_and_models_table_rows():
     assert cascade_row["gflops"] > base["gflops"] > v2_row["gflops"] > 0
 
 
-def evaluate_and_predict(ckpt, tmp_path):
-    """evaluate.py's body at OS8 with flip and two scales, predict.py's on one image."""
+def evaluate_predict_export(ckpt, tmp_path):
+    """evaluate.py's body at OS8 with flip and two scales, predict.py's on one image, export.py's at OS8."""
     metrics = evaluate_checkpoint(compose_config("evaluate", [f"ckpt={ckpt}", "num_workers=0", "os=8", "tta.flip=true",
                                                               "tta.scales=[0.75,1.0]"]), tmp_path / "eval")
     assert 0 <= metrics["mIoU"] <= 1 and metrics["num_images"] == 3
@@ -223,6 +223,14 @@ def evaluate_and_predict(ckpt, tmp_path):
     result = predict(compose_config("predict", [f"ckpt={ckpt}", f"input={images}", f"output={tmp_path / 'pred'}",
                                                 "device=cpu", "tta.flip=true"]))
     assert result["written"] == 1 and Image.open(tmp_path / "pred" / "labels" / "a.png").size == (56, 40)
+    output = tmp_path / "os8.ts"
+    export_checkpoint(compose_config("export", [f"ckpt={ckpt}", f"output={output}", "os=8", "check.sizes=[[64,64]]"]))
+    loaded, metadata = load_torchscript(output)
+    model, _ = restore(ckpt, output_stride=8)
+    images = torch.rand(1, 3, 48, 80)
+    with torch.inference_mode():
+        assert metadata["output_stride"] == 8 and metadata["head"] == head_of(model)
+        torch.testing.assert_close(loaded(images), ExportedModel(model)(images), atol=1e-4, rtol=1e-4)
 
 
 def test_cascade_trains_resumes_evaluates_and_predicts(tmp_path):
@@ -236,13 +244,13 @@ def test_cascade_trains_resumes_evaluates_and_predicts(tmp_path):
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["iteration"] == 3 and state["config"]["model"]["head"] == "cascade"
     assert any(k.startswith("cascade.block5.") for k in state["model"])
-    evaluate_and_predict(run / "checkpoints" / "last.pt", tmp_path)
+    evaluate_predict_export(run / "checkpoints" / "last.pt", tmp_path)
 
 
 def test_deeplabv2_checkpoint_evaluates_and_predicts(tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "ckpt.pt", tmp_path / "data", **{"model.head": "deeplabv2",
                                                                        "model.aux_loss": "true"})
-    evaluate_and_predict(ckpt, tmp_path)
+    evaluate_predict_export(ckpt, tmp_path)
 
 
 @pytest.mark.parametrize("file_head, model_head", [("cascade", "deeplabv3"), ("deeplabv2", "deeplabv3"),
