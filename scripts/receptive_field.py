@@ -3,6 +3,7 @@
     python scripts/receptive_field.py layers=[[3,1],[3,2],[3,5]] [feature_size=65]
     python scripts/receptive_field.py backbone=resnet50 os=16 model.multi_grid=[1,2,4] \\
         [model.aspp_rates=[6,12,18]] [input_size=513] [feature_size=33] [png=out.png [overwrite=true]] [--json]
+    python scripts/receptive_field.py backbone=resnet50 model.head=cascade [model.cascade_blocks=3]   # or deeplabv2
 
 A layer is [kernel, dilation(, stride(, padding))]; padding defaults to "same". Keys use the project's
 names; no Hydra run directory is created. The analysis itself is in seg.analysis.
@@ -22,7 +23,7 @@ from seg.errors import UserError
 from seg.outputs import check_outputs
 
 KEYS = {"layers", "backbone", "backbone.name", "os", "model.multi_grid", "model.aspp_rates", "input_size",
-        "feature_size", "png", "json", "overwrite"}
+        "feature_size", "png", "json", "overwrite", "model.head", "model.cascade_blocks"}
 
 
 def analyse(options: dict) -> dict:
@@ -41,7 +42,8 @@ def analyse(options: dict) -> dict:
     return analyse_config(backbone, output_stride=options.get("os", 16),
                           multi_grid=options.get("model.multi_grid", (1, 2, 4)),
                           aspp_rates=options.get("model.aspp_rates"), input_size=options.get("input_size", 513),
-                          feature_size=options.get("feature_size"))
+                          feature_size=options.get("feature_size"), head=options.get("model.head", "deeplabv3"),
+                          cascade_blocks=options.get("model.cascade_blocks", 3))
 
 
 def main(argv=None) -> None:

@@ -80,6 +80,7 @@ class ModelKeys:
     aspp_conv: bool = False
     align_corners: bool = False
     aspp_separable: Optional[bool] = None
+    cascade_blocks: int = 3  # head cascade: block5 .. block(4 + n)
     bn_momentum: Optional[float] = None  # seg.engine.batchnorm: a training setting, not build_model's
 
 

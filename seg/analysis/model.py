@@ -3,7 +3,9 @@
 The main path is walked from the modules themselves, so the analysis follows whatever strides and dilations
 the model actually has (after ``set_output_stride`` too): the stem conv and max-pool, then every residual
 unit's own convolutions (``conv1``, ``conv2``, ``conv3``) in order, skipping the ``downsample`` shortcut
-(shortcuts never change where the holes are, see ``seg.analysis.coverage``).
+(shortcuts never change where the holes are, see ``seg.analysis.coverage``). The cascaded model's block5+
+(``cascade.block5`` ...) continue the path; its 1x1 classifier changes nothing. DeepLab v2's ASPP-L branches are
+read as the ASPP's are.
 """
 
 from __future__ import annotations
@@ -38,22 +40,26 @@ def layer_from_module(module: nn.Module, name: str) -> Layer:
 
 def main_path_layers(model: nn.Module) -> List[Layer]:
     """Stem conv1 (or the deep stem's three convs) and max-pool, then every unit's conv1/conv2/(conv3), named by
-    module path, in forward order (torchvision's blocks register their convolutions in the order they run)."""
+    module path, in forward order (torchvision's blocks register their convolutions in the order they run); the
+    cascaded model's blocks after the backbone's."""
     backbone = model.backbone
     stem = (backbone.stem.named_children() if hasattr(backbone, "stem") else [("conv1", backbone.conv1)])
     prefix = "backbone.stem." if hasattr(backbone, "stem") else "backbone."
     layers = [layer_from_module(conv, prefix + name) for name, conv in stem if isinstance(conv, nn.Conv2d)]
     layers.append(layer_from_module(backbone.maxpool, "backbone.maxpool"))
-    for stage in STAGES:
-        for unit_index, unit in enumerate(getattr(backbone, stage)):
-            layers += [layer_from_module(child, f"backbone.{stage}.{unit_index}.{child_name}")
+    stages = [(f"backbone.{stage}", getattr(backbone, stage)) for stage in STAGES]
+    cascade = getattr(model, "cascade", nn.Sequential())
+    stages += [(f"cascade.{name}", block) for name, block in cascade.named_children()]
+    for path, stage in stages:
+        for unit_index, unit in enumerate(stage):
+            layers += [layer_from_module(child, f"{path}.{unit_index}.{child_name}")
                        for child_name, child in unit.named_children() if isinstance(child, nn.Conv2d)]
     return layers
 
 
 def stage_of(layer: Layer) -> str:
     part = layer.name.split(".")[1]
-    return part if part in STAGES else "stem"
+    return part if part in STAGES or layer.name.startswith("cascade.") else "stem"
 
 
 def _stages(layers: Sequence[Layer], rows: Sequence[Dict]) -> List[Dict]:
@@ -86,21 +92,34 @@ def _dilated_stage(name: str, layers: List[Layer]) -> Optional[Dict]:
 
 
 def _aspp_branches(model: nn.Module, backbone_layers: List[Layer], feature_size: int) -> List[Dict]:
-    """Every ASPP conv branch after the backbone path (RF, holes, taps inside the map); pooling is global."""
+    """Every ASPP conv branch after the backbone path (RF, holes, taps inside the map); pooling is global. None for
+    the cascaded model (no ASPP); DeepLab v2's branches are single convolutions."""
     branches = []
-    for index, branch in enumerate(model.aspp.convs):
-        first = next(m for m in branch.modules() if isinstance(m, (nn.Conv2d, nn.AdaptiveAvgPool2d)))
+    for index, branch in enumerate(model.aspp.convs if hasattr(model, "aspp") else []):
+        name, first = next((n, m) for n, m in branch.named_modules()
+                           if isinstance(m, (nn.Conv2d, nn.AdaptiveAvgPool2d)))
         if isinstance(first, nn.AdaptiveAvgPool2d):
             branches.append({"branch": index, "kind": "image_pooling", "kernel": None, "rate": None,
                              "receptive_field": None, "holes": None, "valid_taps": None})
             continue
-        layer = layer_from_module(first, f"aspp.convs.{index}.0")
+        layer = layer_from_module(first, f"aspp.convs.{index}{'.' + name if name else ''}")
         path = [*backbone_layers, layer]
         branches.append({"branch": index, "kind": "conv", "kernel": layer.kernel, "rate": layer.dilation,
                          "receptive_field": receptive_field(path),
                          "holes": coverage_summary(coverage_profile(path))["holes"],
                          "valid_taps": valid_taps(feature_size, layer)})
     return branches
+
+
+def head_of(model: nn.Module) -> str:
+    """``model.head`` of a built model (the report's wording depends on it)."""
+    from seg.models.cascade import CascadeDeepLab
+    from seg.models.deeplab import DeepLabV3PlusDecoder
+    from seg.models.deeplabv2 import DeepLabV2
+
+    if isinstance(model, (CascadeDeepLab, DeepLabV2)):
+        return "cascade" if isinstance(model, CascadeDeepLab) else "deeplabv2"
+    return "deeplabv3plus" if isinstance(getattr(model, "decoder", None), DeepLabV3PlusDecoder) else "deeplabv3"
 
 
 def analyse_model(model: nn.Module, name: str = "model", input_size: int = 513,
@@ -122,7 +141,8 @@ def analyse_model(model: nn.Module, name: str = "model", input_size: int = 513,
     aspp = _aspp_branches(model, layers, feature_size)
     return {
         "mode": "model",
-        "model": {"backbone": name, "output_stride": model.output_stride,
+        "model": {"backbone": name, "output_stride": model.output_stride, "head": head_of(model),
+                  "cascade_blocks": len(getattr(model, "cascade", ())),
                   "multi_grid": list(model.backbone.multi_grid),
                   "aspp_rates": [b["rate"] for b in aspp if b["kind"] == "conv" and b["kernel"] > 1]},
         "input_size": input_size,
@@ -136,7 +156,7 @@ def analyse_model(model: nn.Module, name: str = "model", input_size: int = 513,
 
 def analyse_config(backbone: str, output_stride: int = 16, multi_grid: Sequence[int] = (1, 2, 4),
                    aspp_rates: Optional[Sequence[int]] = None, input_size: int = 513,
-                   feature_size: Optional[int] = None) -> Dict:
+                   feature_size: Optional[int] = None, head: str = "deeplabv3", cascade_blocks: int = 3) -> Dict:
     """Build the model a config describes (random weights, two classes) and analyse it.
 
     Only the built-in ResNets: the walk of the main path reads their units' convolutions (timm encoders,
@@ -149,5 +169,5 @@ def analyse_config(backbone: str, output_stride: int = 16, multi_grid: Sequence[
                          f"not {backbone!r} (MobileNetV3 and timm encoders included)")
 
     model = build_model(backbone, num_classes=2, output_stride=output_stride, multi_grid=multi_grid,
-                        aspp_rates=aspp_rates)
+                        aspp_rates=aspp_rates, head=head, cascade_blocks=cascade_blocks)
     return analyse_model(model, backbone, input_size, feature_size)

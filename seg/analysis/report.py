@@ -141,8 +141,16 @@ def _format_layers_report(report: Dict) -> List[str]:
 
 def _format_model_report(report: Dict) -> List[str]:
     model = report["model"]
+    head = model.get("head", "deeplabv3")
+    blocks = model.get("cascade_blocks", 0)
+    last = f"block{4 + blocks}" if head == "cascade" else "backbone"
+    rates = _join(model["aspp_rates"])
+    what = {"cascade": f"cascade {'block5' if blocks == 1 else 'block5-' + last} after block4, then a 1x1 classifier"
+            if blocks else
+            "cascade of no block (block4, then a 1x1 classifier)",
+            "deeplabv2": f"DeepLab v2 ASPP-L rates {rates} (summed)"}.get(head, f"ASPP rates {rates}")
     lines = [f"{model['backbone']}, output stride {model['output_stride']}, multi-grid {_join(model['multi_grid'])}, "
-             f"ASPP rates {_join(model['aspp_rates'])}; input {report['input_size']}x{report['input_size']} -> "
+             f"{what}; input {report['input_size']}x{report['input_size']} -> "
              f"features {report['feature_size']}x{report['feature_size']}",
              f"main path read from the model: {len(report['layers'])} layers",
              f"{'stage':<8}{'layers':>7}  {'k x k convs: kernel/dilation':<36}{'stride':>7}{'RF':>6}{'size':>6}"]
@@ -150,12 +158,13 @@ def _format_model_report(report: Dict) -> List[str]:
         spatial = " ".join(f"{k}/{d}" for k, d in stage["spatial"])
         lines.append(f"{stage['stage']:<8}{stage['layers']:>7}  {spatial:<36}{stage['stride']:>7}"
                      f"{stage['receptive_field']:>6}{stage['output_size']:>6}")
-    lines.append(f"receptive field of the backbone output: {report['receptive_field']}x{report['receptive_field']} "
+    lines.append(f"receptive field of the {last} output: {report['receptive_field']}x{report['receptive_field']} "
                  f"input pixels (total stride {report['total_stride']})")
-    lines += format_coverage(report["coverage"], "one backbone output pixel over the input")
+    lines += format_coverage(report["coverage"], f"one {last} output pixel over the input")
     size = report["feature_size"]
-    lines.append(f"ASPP branches at a {size}x{size} feature map (RF: backbone + branch conv; taps inside the map: "
-                 f"mean fraction / positions with all / with one)")
+    if report["aspp"]:
+        lines.append(f"{'ASPP-L' if head == 'deeplabv2' else 'ASPP'} branches at a {size}x{size} feature map (RF: "
+                     f"backbone + branch conv; taps inside the map: mean fraction / positions with all / with one)")
     for branch in report["aspp"]:
         if branch["kernel"] is None:
             lines.append(f"  {branch['branch']}  image pooling: global, every input pixel at any image size")

@@ -180,7 +180,8 @@ def time_loader(loader, warmup: int, batches: int, s: Setup, step: Callable = la
 
 
 def _aspp(model: nn.Module) -> Optional[nn.Module]:
-    """Ours / torchvision's DeepLabHead's ASPP; ``None`` for a head without one (LR-ASPP)."""
+    """Ours / torchvision's DeepLabHead's ASPP (DeepLab v2's ASPP-L too); ``None`` for a head without one (LR-ASPP,
+    the cascaded model)."""
     if hasattr(model, "aspp"):
         return model.aspp
     return model.classifier[0] if isinstance(model.classifier, nn.Sequential) else None
@@ -199,12 +200,16 @@ def _stages(backbone: nn.Module) -> Dict[str, List[nn.Module]]:
 def structure(model: nn.Module) -> Dict:
     """The ASPP rates (null without an ASPP) and the dilation of every spatial (k x k, k > 1) convolution of the
     strided or dilated stages, in order (a BasicBlock unit has two); for a timm encoder, of each part of its
-    feature network that has one."""
+    feature network that has one; the cascaded model's block5+ after them."""
     aspp = _aspp(model)
+    stages = {**_stages(model.backbone),
+              **{name: [block] for name, block in getattr(model, "cascade", nn.Sequential()).named_children()}}
     dilations = {stage: [m.dilation[0] for block in blocks for m in block.modules()
                          if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1]
-                 for stage, blocks in _stages(model.backbone).items()}
-    return {"aspp_rates": None if aspp is None else [aspp.convs[i][0].dilation[0] for i in (1, 2, 3)],
+                 for stage, blocks in stages.items()}
+    rates = (None if aspp is None else aspp.get_rates() if hasattr(aspp, "get_rates")  # ours (DeepLab v2's: four)
+             else [aspp.convs[i][0].dilation[0] for i in (1, 2, 3)])  # torchvision's
+    return {"aspp_rates": rates,
             "dilations": {name: rates for name, rates in dilations.items() if rates}}
 
 

@@ -28,6 +28,8 @@ BUILT_IN: Tuple[Tuple[str, Dict], ...] = (
     ("resnet50, deep stem", dict(backbone="resnet50", stem="deep")),
     ("mobilenet_v3_large", dict(backbone="mobilenet_v3_large", multi_grid=None)),
     ("mobilenet_v3_large, LR-ASPP", dict(backbone="mobilenet_v3_large", multi_grid=None, head="lraspp")),
+    ("resnet50, cascade block5-7", dict(backbone="resnet50", head="cascade")),
+    ("resnet50, DeepLab v2 ASPP-L", dict(backbone="resnet50", head="deeplabv2")),
 )
 TIMM: Tuple[Tuple[str, Dict], ...] = tuple(
     (name, dict(backbone=f"timm:{name}", multi_grid=(1, 2, 4) if name == "resnet50d" else None))

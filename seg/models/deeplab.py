@@ -25,10 +25,12 @@ from seg.models.backbone import (
     check_stem,
     fetch_imagenet_weights,
 )
+from seg.models.cascade import CascadeDeepLab, check_cascade_backbone, check_cascade_blocks
+from seg.models.deeplabv2 import DeepLabV2, check_rates
 from seg.models.lraspp import LRASPP
 from seg.models.mobilenet import MOBILENETS, build_mobilenet
 
-HEADS = ("deeplabv3", "deeplabv3plus", "lraspp")
+HEADS = ("deeplabv3", "deeplabv3plus", "lraspp", "cascade", "deeplabv2")
 ENCODERS = (*BACKBONES, *MOBILENETS)  # backbone names: the atrous ResNets, then torchvision's MobileNetV3
 # LR-ASPP reads the encoder's stride-8 map: MobileNetV3's ``mid`` (C2). A ResNet's ``mid`` is stage 3 (stride 16 at
 # OS16), so the head is offered where torchvision offers it only.
@@ -143,7 +145,8 @@ def check_arguments(backbone: str, num_classes: Optional[int] = None, output_str
                     multi_grid: Optional[Sequence[int]] = (1, 2, 4), aspp_rates: Optional[Sequence[int]] = None,
                     head: str = "deeplabv3", aux_loss: bool = False, decoder_convs: Optional[int] = None,
                     stem: str = "standard", pretrained: str = "none", aspp_channels: int = 256,
-                    aspp_projection_kernel: int = 1, classifier_dropout: float = 0.0, aspp_conv: bool = False) -> None:
+                    aspp_projection_kernel: int = 1, classifier_dropout: float = 0.0, aspp_conv: bool = False,
+                    cascade_blocks: int = 3) -> None:
     """Raise a ``ValueError`` that starts with the name of the first bad argument of ``build_model``.
 
     ``build_model`` calls this first; ``seg.config`` calls it on a configuration before any work and words the
@@ -167,10 +170,12 @@ def check_arguments(backbone: str, num_classes: Optional[int] = None, output_str
         check_multi_grid(multi_grid)
     if timm:
         timm_backbone.check_timm_arguments(backbone[len(timm_backbone.PREFIX):], output_stride, multi_grid)
-    if aspp_rates is not None:
-        check_aspp_rates(aspp_rates)
     if head not in HEADS:
         raise ValueError(f"head must be one of {list(HEADS)}, got {head!r}")
+    if aspp_rates is not None:
+        (check_rates if head == "deeplabv2" else check_aspp_rates)(aspp_rates)
+    if head in ("cascade", "deeplabv2"):  # seg/models/cascade.py, seg/models/deeplabv2.py
+        _check_classic_head(backbone, head, aspp_rates, cascade_blocks, aspp_channels, aspp_projection_kernel)
     allowed, _ = DECODER_CONVS.get(head, ((), None))
     if decoder_convs is not None and (isinstance(decoder_convs, bool) or decoder_convs not in allowed):
         raise ValueError(f"decoder_convs must be {f'one of {list(allowed)} or ' if allowed else ''}null with head "
@@ -196,6 +201,20 @@ def check_arguments(backbone: str, num_classes: Optional[int] = None, output_str
     if (isinstance(classifier_dropout, bool) or not isinstance(classifier_dropout, (int, float))
             or not 0 <= classifier_dropout < 1):
         raise ValueError(f"classifier_dropout must be a number in [0, 1), got {classifier_dropout!r}")
+
+
+def _check_classic_head(backbone: str, head: str, aspp_rates, cascade_blocks: int, aspp_channels: int,
+                        aspp_projection_kernel: int) -> None:
+    """The cascaded model and DeepLab v2's ASPP: no DeepLabv3 ASPP to size; the cascade on the built-in ResNets."""
+    if head == "cascade":
+        check_cascade_backbone(backbone)
+        check_cascade_blocks(cascade_blocks)
+        if aspp_rates is not None:
+            raise ValueError(f"aspp_rates must be null with head cascade (it has no ASPP), got {aspp_rates!r}")
+    for argument, value, default in (("aspp_channels", aspp_channels, 256),
+                                     ("aspp_projection_kernel", aspp_projection_kernel, 1)):
+        if value != default:
+            raise ValueError(f"{argument} must be {default} with head {head} (DeepLabv3's ASPP only), got {value!r}")
 
 
 def build_encoder(backbone: str, output_stride: int = 16, multi_grid: Optional[Sequence[int]] = (1, 2, 4),
@@ -239,7 +258,8 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
                 contract_dilation: bool = False, decoder_convs: Optional[int] = None, stem: str = "standard",
                 aspp_channels: int = 256, aspp_projection_kernel: int = 1, separable_convs: bool = False,
                 classifier_dropout: float = 0.0, depthwise_bn_relu: bool = True, aspp_conv: bool = False,
-                align_corners: bool = False, aspp_separable: Optional[bool] = None) -> Union[DeepLabV3, LRASPP]:
+                align_corners: bool = False, aspp_separable: Optional[bool] = None,
+                cascade_blocks: int = 3) -> Union[DeepLabV3, LRASPP, CascadeDeepLab, DeepLabV2]:
     """Build DeepLabv3 / v3+ on an atrous ResNet, torchvision's MobileNetV3 or a timm encoder
     (``backbone="timm:<timm model name>"``), or LR-ASPP on MobileNetV3.
 
@@ -258,12 +278,21 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
     the ASPP output), ``align_corners`` (its bilinear upsampling, of the logits and in the v3+ decoder) and
     ``aspp_separable`` (separable ASPP convs whatever the decoder's, its ``decoder_aspp_separable``; None: as
     ``separable_convs``).
+
+    ``head="cascade"``: DeepLabv3's cascaded model, ``cascade_blocks`` copies of the last ResNet stage after it
+    (seg/models/cascade.py); ``head="deeplabv2"``: DeepLab v2's ASPP-L, ``aspp_rates`` four (or any number of)
+    summed atrous classifiers (seg/models/deeplabv2.py). Both take ``aux_loss`` and ``classifier_dropout``.
     """
     check_arguments(backbone, num_classes, output_stride, multi_grid, aspp_rates, head, aux_loss, decoder_convs,
-                    stem, pretrained, aspp_channels, aspp_projection_kernel, classifier_dropout, aspp_conv)
+                    stem, pretrained, aspp_channels, aspp_projection_kernel, classifier_dropout, aspp_conv,
+                    cascade_blocks)
     trunk = build_encoder(backbone, output_stride, multi_grid, pretrained, contract_dilation, stem)
     if head == "lraspp":
         return LRASPP(trunk, num_classes)
+    if head in ("cascade", "deeplabv2"):
+        aux = FCNHead(trunk.aux_channels, num_classes) if aux_loss else None
+        return (CascadeDeepLab(trunk, num_classes, cascade_blocks, aux, classifier_dropout) if head == "cascade"
+                else DeepLabV2(trunk, num_classes, aspp_rates, aux, classifier_dropout))
     rates = list(aspp_rates) if aspp_rates else default_aspp_rates(output_stride)
     aspp = ASPP(trunk.out_channels, rates, aspp_channels, dropout, aspp_projection_kernel,
                 separable_convs if aspp_separable is None else aspp_separable, depthwise_bn_relu)

@@ -29,6 +29,7 @@ CONFIG_KEYS: Dict[str, tuple] = {
     "aspp_conv": ("model", "aspp_conv", False),
     "align_corners": ("model", "align_corners", False),
     "aspp_separable": ("model", "aspp_separable", None),
+    "cascade_blocks": ("model", "cascade_blocks", 3),
 }
 
 

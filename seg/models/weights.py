@@ -50,7 +50,8 @@ class LoadReport:
 # ResNet by (blocks per stage, bottleneck blocks): what a file's backbone keys say it was trained with.
 RESNETS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34", ((3, 4, 6, 3), True): "resnet50",
            ((3, 4, 23, 3), True): "resnet101", ((3, 8, 36, 3), True): "resnet152"}
-HEADS = {"decoder.reduce.": "deeplabv3plus", "decoder.block.": "deeplabv3", "classifier.cbr.": "lraspp"}
+HEADS = {"decoder.reduce.": "deeplabv3plus", "decoder.block.": "deeplabv3", "classifier.cbr.": "lraspp",
+         "cascade.": "cascade", "aspp.convs.0.weight": "deeplabv2"}  # v2's branches are bare convs (v3's: .0.0.)
 SHOWN = 3  # differing tensors a message names
 
 
@@ -89,7 +90,7 @@ def likely_cause(file: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tenso
         else:
             causes.append("another backbone (backbone=<the one the file was trained with>)")
     head = next((name for prefix, name in HEADS.items() if any(k.startswith(prefix) for k in file)), None)
-    if any(k.startswith(("aspp.", "decoder.", "classifier.cbr.")) for k in differing) and head and \
+    if any(k.startswith(("aspp.", "decoder.", "classifier.cbr.", "cascade.")) for k in differing) and head and \
             head != next((n for p, n in HEADS.items() if any(k.startswith(p) for k in own)), None):
         causes.append(f"another head (model.head={head})")
     classes = [k for k in differing if k.startswith("classifier.") and k in file and k in own]
