@@ -29,7 +29,7 @@ from seg.models import model_from_file
 
 def cases():
     for head in ("deeplabv3", "deeplabv3plus"):
-        for backbone in ("resnet50", "resnet101"):
+        for backbone in ("resnet50", "resnet101", "mobilenet"):
             for stride in (16, 8):
                 yield (f"VainF {head}_{backbone}, output stride {stride}",
                        lambda h=head, b=backbone, s=stride: vainf_model(h, b, 21, s), stride)

@@ -30,7 +30,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from torchvision.models import mobilenetv3, resnet
+from torchvision.models import mobilenetv2, mobilenetv3, resnet
 
 from seg.errors import UserError
 from seg.io import describe
@@ -55,6 +55,7 @@ BACKBONES: Dict[str, Tuple] = {
 IMAGENET_WEIGHTS: Dict[str, Tuple] = {
     **{name: (entry[1], "fc.") for name, entry in BACKBONES.items()},
     "mobilenet_v3_large": (mobilenetv3.MobileNet_V3_Large_Weights.IMAGENET1K_V1, "classifier."),
+    "vainf_mobilenetv2": (mobilenetv2.MobileNet_V2_Weights.IMAGENET1K_V1, "classifier."),  # seg/models/mobilenet_v2.py
 }
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg.models import timm_backbone
+from seg.models import mobilenet_v2, timm_backbone
 from seg.models.aspp import (
     ASPP,
     check_aspp_rates,
@@ -29,7 +29,10 @@ from seg.models.lraspp import LRASPP
 from seg.models.mobilenet import MOBILENETS, build_mobilenet
 
 HEADS = ("deeplabv3", "deeplabv3plus", "lraspp")
-ENCODERS = (*BACKBONES, *MOBILENETS)  # backbone names: the atrous ResNets, then torchvision's MobileNetV3
+# VainF/DeepLabV3Plus-Pytorch's MobileNetV2 (its padding, torchvision's tensors): name -> builder
+PEER_ENCODERS = {mobilenet_v2.NAME: mobilenet_v2.build_vainf_mobilenetv2}
+ENCODERS = (*BACKBONES, *MOBILENETS, *PEER_ENCODERS)  # backbone names: the atrous ResNets, torchvision's
+# MobileNetV3, VainF's MobileNetV2
 # LR-ASPP reads the encoder's stride-8 map: MobileNetV3's ``mid`` (C2). A ResNet's ``mid`` is stage 3 (stride 16 at
 # OS16), so the head is offered where torchvision offers it only.
 LRASPP_BACKBONES = tuple(MOBILENETS)
@@ -160,7 +163,7 @@ def check_arguments(backbone: str, num_classes: Optional[int] = None, output_str
                                     or num_classes < 1):
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     check_output_stride(output_stride)
-    if backbone in MOBILENETS and multi_grid is not None:
+    if (backbone in MOBILENETS or backbone in PEER_ENCODERS) and multi_grid is not None:
         raise ValueError(f"multi_grid must be null for backbone {backbone} (it has no ResNet-like last stage to "
                          f"apply a grid to), got {list(multi_grid)!r}")
     if multi_grid is not None:
@@ -210,6 +213,8 @@ def build_encoder(backbone: str, output_stride: int = 16, multi_grid: Optional[S
                                           pretrained)
     if backbone in MOBILENETS:
         return build_mobilenet(backbone, output_stride, pretrained)
+    if backbone in PEER_ENCODERS:
+        return PEER_ENCODERS[backbone](output_stride, pretrained)
     return build_backbone(backbone, output_stride, multi_grid, pretrained, contract_dilation, stem)
 
 

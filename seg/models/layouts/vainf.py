@@ -1,4 +1,4 @@
-"""VainF/DeepLabV3Plus-Pytorch: the dict its ``main.py`` saves and its plain state dict (ResNet-50/101).
+"""VainF/DeepLabV3Plus-Pytorch: the dict its ``main.py`` saves and its plain state dict (ResNet-50/101, MobileNetV2).
 
 From its source (``network/modeling.py``, ``network/_deeplab.py``, ``main.py``): a torchvision ResNet built with
 ``replace_stride_with_dilation`` ([False, False, True] at output stride 16, its default; [False, True, True] at 8),
@@ -7,6 +7,11 @@ at 16 (12, 24, 36 at 8), 256 channels, dropout 0.1; DeepLabV3 is torchvision's h
 48 channels and has ONE 3x3 conv on ``cat([low_level, aspp])`` (ours concatenates ASPP first: the conv's input
 channels are permuted). ``main.py`` saves ``{"cur_itrs", "model_state", "optimizer_state", "scheduler_state",
 "best_score"}``; the file records neither the output stride nor the class names.
+
+Its MobileNetV2 (``_segm_mobilenet``) is the encoder of ``seg/models/mobilenet_v2.py``: VainF's
+``low_level_features`` (``features[0:4]``) and ``high_level_features`` (``features[4:-1]``; slicing an
+``nn.Sequential`` keeps the indices, so its keys are ``high_level_features.4`` .. ``.17``) are its children ``0``-``3``
+and ``4``-``17``; the heads are the ResNets' with 320 and 24 input channels.
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ V3PLUS_PREFIXES = (
     ("classifier.classifier.1.", "decoder.fuse.0.1."),
     ("classifier.classifier.3.", "classifier."),
 )
+MOBILENET_PREFIXES = (*((f"backbone.low_level_features.{i}.", f"backbone.{i}.") for i in range(4)),
+                      *((f"backbone.high_level_features.{i}.", f"backbone.{i}.") for i in range(4, 18)))
+MOBILENET = "vainf_mobilenetv2"  # seg.models.mobilenet_v2.NAME (not imported: that module imports the layouts)
+MOBILENET_KEY = "backbone.high_level_features.17.conv.3.weight"  # its last block's pw-linear BN (320 channels)
 LOW_LEVEL_REDUCED = 48
 DEFAULT_OUTPUT_STRIDE = 16  # main.py --output_stride
 
@@ -44,6 +53,8 @@ def model_state(obj: Any) -> Optional[Mapping[str, torch.Tensor]]:
 
 def convert(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """VainF keys (``module.`` already stripped by ``recognise``) -> ours, the v3+ decoder's input order swapped."""
+    if MOBILENET_KEY in state:
+        state = rename(state, MOBILENET_PREFIXES)
     if "classifier.project.0.weight" not in state:
         return rename(state, V3_PREFIXES)
     converted = rename(state, V3PLUS_PREFIXES)
@@ -57,17 +68,18 @@ def recognise(obj: Any) -> Optional[Foreign]:
     if state is None:
         return None
     state = strip_prefix(state, "module.")
-    if "backbone.low_level_features.0.0.weight" in state:
-        return None  # its MobileNetV2: not supported yet (seg.models.files names it)
     plus = "classifier.project.0.weight" in state and "classifier.classifier.3.weight" in state
     v3 = "classifier.classifier.0.convs.0.0.weight" in state and "classifier.classifier.4.weight" in state
-    backbone = DEPTHS.get(layer3_blocks(state))
+    mobilenet = MOBILENET_KEY in state
+    backbone = MOBILENET if mobilenet else DEPTHS.get(layer3_blocks(state))
     if not (plus or v3) or backbone is None:
         return None
     classifier = state["classifier.classifier.3.weight" if plus else "classifier.classifier.4.weight"]
     arguments = dict(backbone=backbone, num_classes=classifier.shape[0], output_stride=DEFAULT_OUTPUT_STRIDE,
-                     multi_grid=None, contract_dilation=True, aspp_rates=(6, 12, 18),
+                     multi_grid=None, contract_dilation=not mobilenet, aspp_rates=(6, 12, 18),
                      head="deeplabv3plus" if plus else "deeplabv3", decoder_convs=1 if plus else None)
     saved_by = "main.py checkpoint" if "model_state" in obj else "state dict"
-    name = f"VainF DeepLabV3{'+' if plus else ''} {backbone.replace('resnet', 'ResNet-')} ({saved_by})"
-    return Foreign(name, arguments, convert(state), preset=f"vainf_{arguments['head']}_{backbone}")
+    encoder = "MobileNetV2" if mobilenet else backbone.replace("resnet", "ResNet-")
+    name = f"VainF DeepLabV3{'+' if plus else ''} {encoder} ({saved_by})"
+    preset = f"vainf_{arguments['head']}_{'mobilenet' if mobilenet else backbone}"
+    return Foreign(name, arguments, convert(state), preset=preset)
