@@ -80,6 +80,9 @@ class ModelKeys:
     aspp_conv: bool = False
     align_corners: bool = False
     aspp_separable: Optional[bool] = None
+    low_level_reduced: int = 48
+    multi_grid_scaled: bool = True
+    basic_conv2_dilated: bool = True
     bn_momentum: Optional[float] = None  # seg.engine.batchnorm: a training setting, not build_model's
 
 

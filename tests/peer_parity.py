@@ -15,6 +15,7 @@ import segmentation_models_pytorch as smp
 import torch
 from mmseg_reference import EncoderDecoder
 from mmseg_reference import randomised as mmseg_randomised
+from test_layout_mmseg import D16_MG124_CONFIG
 from test_peers import randomised
 from torchvision.models.segmentation import (
     deeplabv3_mobilenet_v3_large,
@@ -39,9 +40,11 @@ def cases():
     for builder in (deeplabv3_mobilenet_v3_large, lraspp_mobilenet_v3_large):
         yield f"torchvision {builder.__name__}", lambda b=builder: b(weights=None, weights_backbone=None), None
     for plus in (False, True):
-        for depth in (50, 101):
+        for depth in (18, 50, 101):
             yield (f"mmsegmentation deeplabv3{'plus' if plus else ''}_r{depth}-d8 (re-written, with aux)",
                    lambda p=plus, d=depth: mmseg_randomised(EncoderDecoder(d, 21, plus=p, aux=True), 0), None)
+        yield (f"mmsegmentation deeplabv3{'plus' if plus else ''}_r101-d16-mg124 (re-written, with aux)",
+               lambda p=plus: mmseg_randomised(EncoderDecoder(101, 21, plus=p, aux=True, d16_mg124=True), 0), None)
     for builder in (smp.DeepLabV3, smp.DeepLabV3Plus):
         for encoder in ("resnet50", "resnet101", "tu-mobilenetv3_large_100"):
             yield (f"smp {builder.__name__}(encoder_name={encoder!r}, classes=21)",
@@ -58,6 +61,11 @@ def main() -> None:
             path = Path(folder) / name.split("(")[0].replace(" ", "_")
             if "tu-" in name:
                 theirs.save_pretrained(path)  # a plain state dict does not name the timm model
+            elif "d16" in name:  # its strides are in the config mmseg keeps in the checkpoint
+                path = path.with_suffix(".pth")
+                head = "DepthwiseSeparableASPPHead" if "plus" in name else "ASPPHead"
+                torch.save({"meta": {"config": D16_MG124_CONFIG.replace("{head}", head)},
+                            "state_dict": theirs.state_dict()}, path)
             else:
                 path = path.with_suffix(".pth")
                 torch.save(theirs.state_dict(), path)

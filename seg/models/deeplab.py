@@ -146,7 +146,8 @@ def check_arguments(backbone: str, num_classes: Optional[int] = None, output_str
                     multi_grid: Optional[Sequence[int]] = (1, 2, 4), aspp_rates: Optional[Sequence[int]] = None,
                     head: str = "deeplabv3", aux_loss: bool = False, decoder_convs: Optional[int] = None,
                     stem: str = "standard", pretrained: str = "none", aspp_channels: int = 256,
-                    aspp_projection_kernel: int = 1, classifier_dropout: float = 0.0, aspp_conv: bool = False) -> None:
+                    aspp_projection_kernel: int = 1, classifier_dropout: float = 0.0, aspp_conv: bool = False,
+                    low_level_reduced: int = 48, multi_grid_scaled: bool = True) -> None:
     """Raise a ``ValueError`` that starts with the name of the first bad argument of ``build_model``.
 
     ``build_model`` calls this first; ``seg.config`` calls it on a configuration before any work and words the
@@ -199,10 +200,16 @@ def check_arguments(backbone: str, num_classes: Optional[int] = None, output_str
     if (isinstance(classifier_dropout, bool) or not isinstance(classifier_dropout, (int, float))
             or not 0 <= classifier_dropout < 1):
         raise ValueError(f"classifier_dropout must be a number in [0, 1), got {classifier_dropout!r}")
+    if isinstance(low_level_reduced, bool) or not isinstance(low_level_reduced, int) or low_level_reduced < 1:
+        raise ValueError(f"low_level_reduced must be a positive integer, got {low_level_reduced!r}")
+    if not multi_grid_scaled and backbone not in BACKBONES:
+        raise ValueError(f"multi_grid_scaled must be true for backbone {backbone} (false is mmsegmentation's "
+                         f"multi-grid of the ResNets {list(BACKBONES)})")
 
 
 def build_encoder(backbone: str, output_stride: int = 16, multi_grid: Optional[Sequence[int]] = (1, 2, 4),
-                  pretrained: str = "none", contract_dilation: bool = False, stem: str = "standard") -> nn.Module:
+                  pretrained: str = "none", contract_dilation: bool = False, stem: str = "standard",
+                  multi_grid_scaled: bool = True, basic_conv2_dilated: bool = True) -> nn.Module:
     """The encoder ``backbone`` names: a built-in ResNet (``"resnet50"``), torchvision's MobileNetV3
     (``"mobilenet_v3_large"``) or a timm model (``"timm:<name>"``).
 
@@ -215,7 +222,8 @@ def build_encoder(backbone: str, output_stride: int = 16, multi_grid: Optional[S
         return build_mobilenet(backbone, output_stride, pretrained)
     if backbone in PEER_ENCODERS:
         return PEER_ENCODERS[backbone](output_stride, pretrained)
-    return build_backbone(backbone, output_stride, multi_grid, pretrained, contract_dilation, stem)
+    return build_backbone(backbone, output_stride, multi_grid, pretrained, contract_dilation, stem, multi_grid_scaled,
+                          basic_conv2_dilated)
 
 
 def fetch_backbone_weights(backbone: str) -> None:
@@ -244,7 +252,8 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
                 contract_dilation: bool = False, decoder_convs: Optional[int] = None, stem: str = "standard",
                 aspp_channels: int = 256, aspp_projection_kernel: int = 1, separable_convs: bool = False,
                 classifier_dropout: float = 0.0, depthwise_bn_relu: bool = True, aspp_conv: bool = False,
-                align_corners: bool = False, aspp_separable: Optional[bool] = None) -> Union[DeepLabV3, LRASPP]:
+                align_corners: bool = False, aspp_separable: Optional[bool] = None, low_level_reduced: int = 48,
+                multi_grid_scaled: bool = True, basic_conv2_dilated: bool = True) -> Union[DeepLabV3, LRASPP]:
     """Build DeepLabv3 / v3+ on an atrous ResNet, torchvision's MobileNetV3 or a timm encoder
     (``backbone="timm:<timm model name>"``), or LR-ASPP on MobileNetV3.
 
@@ -262,11 +271,16 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
     no BN and ReLU between the depthwise and the pointwise conv), ``aspp_conv`` (its DeepLabV3Plus's 3x3 conv on
     the ASPP output), ``align_corners`` (its bilinear upsampling, of the logits and in the v3+ decoder) and
     ``aspp_separable`` (separable ASPP convs whatever the decoder's, its ``decoder_aspp_separable``; None: as
-    ``separable_convs``).
+    ``separable_convs``). mmsegmentation's R18 and D16-MG124 models need three more: ``low_level_reduced`` (the
+    channels the v3+ decoder reduces the stride-4 features to: 48, its R18's ``c1_channels`` 12),
+    ``multi_grid_scaled=False`` (the grid's values are the last stage's rates: ``stage_plan``) and
+    ``basic_conv2_dilated=False`` (its ``BasicBlock`` dilates the first 3x3 conv of a unit only).
     """
     check_arguments(backbone, num_classes, output_stride, multi_grid, aspp_rates, head, aux_loss, decoder_convs,
-                    stem, pretrained, aspp_channels, aspp_projection_kernel, classifier_dropout, aspp_conv)
-    trunk = build_encoder(backbone, output_stride, multi_grid, pretrained, contract_dilation, stem)
+                    stem, pretrained, aspp_channels, aspp_projection_kernel, classifier_dropout, aspp_conv,
+                    low_level_reduced, multi_grid_scaled)
+    trunk = build_encoder(backbone, output_stride, multi_grid, pretrained, contract_dilation, stem, multi_grid_scaled,
+                          basic_conv2_dilated)
     if head == "lraspp":
         return LRASPP(trunk, num_classes)
     rates = list(aspp_rates) if aspp_rates else default_aspp_rates(output_stride)
@@ -274,7 +288,7 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
                 separable_convs if aspp_separable is None else aspp_separable, depthwise_bn_relu)
     convs = DECODER_CONVS[head][1] if decoder_convs is None else decoder_convs
     if head == "deeplabv3plus":
-        decoder: nn.Module = DeepLabV3PlusDecoder(trunk.low_level_channels, aspp_channels, convs=convs,
+        decoder: nn.Module = DeepLabV3PlusDecoder(trunk.low_level_channels, aspp_channels, low_level_reduced, convs,
                                                   separable=separable_convs, depthwise_bn_relu=depthwise_bn_relu,
                                                   aspp_conv=aspp_conv, align_corners=align_corners)
     else:

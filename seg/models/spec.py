@@ -29,6 +29,9 @@ CONFIG_KEYS: Dict[str, tuple] = {
     "aspp_conv": ("model", "aspp_conv", False),
     "align_corners": ("model", "align_corners", False),
     "aspp_separable": ("model", "aspp_separable", None),
+    "low_level_reduced": ("model", "low_level_reduced", 48),
+    "multi_grid_scaled": ("model", "multi_grid_scaled", True),
+    "basic_conv2_dilated": ("model", "basic_conv2_dilated", True),
 }
 
 
