@@ -23,7 +23,7 @@ from torchvision.models.segmentation import (
     deeplabv3_resnet101,
     lraspp_mobilenet_v3_large,
 )
-from vainf_reference import vainf_model
+from vainf_reference import convert_to_separable_conv, vainf_model
 
 from seg.models import model_from_file
 
@@ -34,6 +34,9 @@ def cases():
             for stride in (16, 8):
                 yield (f"VainF {head}_{backbone}, output stride {stride}",
                        lambda h=head, b=backbone, s=stride: vainf_model(h, b, 21, s), stride)
+    for backbone in ("resnet101", "mobilenet"):
+        yield (f"VainF deeplabv3plus_{backbone} --separable_conv, output stride 16",
+               lambda b=backbone: separable(vainf_model("deeplabv3plus", b, 21, 16)), None)
     for builder in (deeplabv3_resnet50, deeplabv3_resnet101):
         yield (f"torchvision {builder.__name__}(aux_loss=True)",
                lambda b=builder: b(weights=None, weights_backbone=None, num_classes=21, aux_loss=True), None)
@@ -49,6 +52,11 @@ def cases():
         for encoder in ("resnet50", "resnet101", "tu-mobilenetv3_large_100"):
             yield (f"smp {builder.__name__}(encoder_name={encoder!r}, classes=21)",
                    lambda b=builder, e=encoder: b(encoder_name=e, encoder_weights=None, classes=21), None)
+
+
+def separable(model):
+    convert_to_separable_conv(model.classifier)  # main.py --separable_conv
+    return model
 
 
 def main() -> None:

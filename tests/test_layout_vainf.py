@@ -7,11 +7,13 @@ import torch
 from helpers import compose_config, tiny_overrides
 from test_peers import assert_evaluates_and_exports, assert_same_logits, randomised, vainf_main_checkpoint
 from torchvision.models import mobilenet_v2
-from vainf_reference import vainf_model
+from vainf_reference import convert_to_separable_conv, vainf_model
 
+from seg.config import model_kwargs
 from seg.engine.trainer import train
 from seg.models import build_model, model_from_file
 from seg.models.layouts import recognise
+from seg.models.weights import WeightsError
 
 
 @pytest.mark.parametrize("head", ["deeplabv3", "deeplabv3plus"])
@@ -83,3 +85,38 @@ def test_vainf_mobilenet_preset_fine_tunes_from_its_file(tmp_path, data_root):
                  if k.startswith("backbone.")}
     assert all(torch.allclose(value, converted[key], atol=1e-6) for key, value in ours.backbone.state_dict().items()
                if not key.endswith(("running_mean", "running_var", "num_batches_tracked")))
+
+
+@pytest.mark.parametrize("backbone, encoder", [("mobilenet", "MobileNetV2"), ("resnet50", "ResNet-50")])
+def test_vainf_separable_conv(tmp_path, backbone, encoder):
+    """main.py --separable_conv: the v3+ head's 3x3 convs as depthwise + pointwise without BN between."""
+    theirs = vainf_model("deeplabv3plus", backbone, 4, 16)
+    convert_to_separable_conv(theirs.classifier)
+    theirs = randomised(theirs, seed=3)
+    path = tmp_path / f"best_deeplabv3plus_{backbone}_voc_os16.pth"
+    vainf_main_checkpoint(theirs, path)
+    ours, report = model_from_file(path)
+    assert report.layout == f"VainF DeepLabV3+ {encoder} --separable_conv (main.py checkpoint)"
+    assert len(report.loaded) == len(ours.state_dict()) == len(theirs.state_dict())
+    x = torch.randn(1, 3, 65, 57)
+    with torch.no_grad():
+        assert_same_logits(ours(x)["out"], theirs(x))
+    # the command docs/peers.md gives builds it: the plain preset and two keys
+    record = recognise(theirs.state_dict())
+    cfg = compose_config("train", [f"model=vainf_deeplabv3plus_{backbone}", "model.separable_convs=true",
+                                   "model.depthwise_bn_relu=false"])
+    assert model_kwargs(cfg, 4, "none") == {**model_kwargs(cfg, 0, "none"), **record.arguments, "pretrained": "none"}
+
+
+@pytest.mark.parametrize("key, name", [("backbone.block12.rep.1.conv1.weight", "Xception"),
+                                       ("backbone.transition1.0.0.weight", "HRNetV2")])
+def test_vainf_backbones_not_built_are_named(tmp_path, key, name):
+    """VainF's Xception and HRNet files (its heads on a backbone this project does not build): a one-line error
+    naming them, not "unknown file". The file: a v3+ MobileNet file whose backbone keys are swapped for theirs."""
+    state = {k: v for k, v in vainf_model("deeplabv3plus", "mobilenet", 3, 16).state_dict().items()
+             if not k.startswith("backbone.")}
+    path = tmp_path / f"best_deeplabv3plus_{name.lower()}_voc_os16.pth"
+    torch.save({**state, key: torch.zeros(8, 8, 3, 3)}, path)
+    with pytest.raises(WeightsError, match=rf"a VainF DeepLabV3\+ {name} file: this project builds VainF's models "
+                                           r"on ResNet-50/101 and MobileNetV2 only \(docs/peers.md\)"):
+        model_from_file(path)

@@ -2,11 +2,12 @@
 layout tests.
 
 VainF's code is not on PyPI. These modules copy ``network/_deeplab.py`` (``DeepLabHead``, ``DeepLabHeadV3Plus``,
-``ASPP``, ``ASPPConv``, ``ASPPPooling``), ``network/utils.py`` (``_SimpleSegmentationModel``),
-``network/backbone/mobilenetv2.py`` (``MobileNetV2``, ``InvertedResidual``, ``ConvBNReLU``, ``fixed_padding``) and
-``network/modeling.py`` (``_segm_resnet``, ``_segm_mobilenet``) at commit 4e1087d (2022-10-11, its latest), with their
-module names, so that ``state_dict()`` has VainF's keys; its ResNet is torchvision's (``network/backbone/resnet.py`` is
-a copy). The MobileNetV2 is written out, not taken from torchvision: its padding differs (see mobilenet_v2 below).
+``ASPP``, ``ASPPConv``, ``ASPPPooling``, ``AtrousSeparableConvolution``, ``convert_to_separable_conv``),
+``network/utils.py`` (``_SimpleSegmentationModel``), ``network/backbone/mobilenetv2.py`` (``MobileNetV2``,
+``InvertedResidual``, ``ConvBNReLU``, ``fixed_padding``) and ``network/modeling.py`` (``_segm_resnet``,
+``_segm_mobilenet``) at commit 4e1087d (2022-10-11, its latest), with their module names, so that ``state_dict()`` has
+VainF's keys; its ResNet is torchvision's (``network/backbone/resnet.py`` is a copy). The MobileNetV2 is written
+out, not taken from torchvision: its padding differs (see mobilenet_v2 below).
 """
 
 import torch
@@ -86,6 +87,30 @@ class DeepLabV3(nn.Module):  # _SimpleSegmentationModel
         input_shape = x.shape[-2:]
         x = self.classifier(self.backbone(x))
         return F.interpolate(x, size=input_shape, mode="bilinear", align_corners=False)
+
+
+class AtrousSeparableConvolution(nn.Module):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, in_channels, kernel_size=kernel_size, stride=stride, padding=padding,
+                      dilation=dilation, bias=bias, groups=in_channels),
+            nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=1, padding=0, bias=bias))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def convert_to_separable_conv(module):
+    """``main.py --separable_conv`` applies it to ``model.classifier`` of the v3+ models (``module.bias`` is None
+    for these bias-free convs: no bias)."""
+    new_module = module
+    if isinstance(module, nn.Conv2d) and module.kernel_size[0] > 1:
+        new_module = AtrousSeparableConvolution(module.in_channels, module.out_channels, module.kernel_size,
+                                                module.stride, module.padding, module.dilation, module.bias)
+    for name, child in module.named_children():
+        new_module.add_module(name, convert_to_separable_conv(child))
+    return new_module
 
 
 def _make_divisible(v, divisor, min_value=None):
