@@ -212,11 +212,13 @@ def test_mmseg_r101_d16_mg124(tmp_path, plus):
     assert mmseg.recognise(one_x).arguments == foreign.arguments
     if plus:
         return
-    # the grid scaled by the stage's rate (this project's, the paper's rule) is another network
-    scaled = build_model(**{**foreign.arguments, "multi_grid_scaled": True}).eval()
-    scaled.load_state_dict(foreign.state)
+    # the grid scaled by the stage's rate (this project's rule) is another network: the same model
+    # re-dilated by it gives other logits
+    model.backbone.multi_grid_scaled = True
+    model.backbone.set_output_stride(16)
+    assert [block.conv2.dilation[0] for block in model.backbone.layer4] == [1, 4, 8]  # first unit contracted
     with pytest.raises(AssertionError):
-        assert_logits(scaled, reference)
+        assert_logits(model, reference)
     # without its config the file reads as D8 (its tensors are a D8 model's), and says the stride is not recorded
     bare = mmseg.recognise(reference.state_dict())
     assert bare.layout == "mmsegmentation DeepLabV3 R101-D8 (with auxiliary_head)" and not bare.stride_recorded
