@@ -81,6 +81,9 @@ class ModelKeys:
     align_corners: bool = False
     aspp_separable: Optional[bool] = None
     cascade_blocks: int = 3  # head cascade: block5 .. block(4 + n)
+    low_level_reduced: int = 48
+    multi_grid_scaled: bool = True
+    basic_conv2_dilated: bool = True
     bn_momentum: Optional[float] = None  # seg.engine.batchnorm: a training setting, not build_model's
 
 

@@ -1,14 +1,21 @@
-"""A minimal re-implementation of mmsegmentation's DeepLabV3 / DeepLabV3+ R50/R101-D8, written from its source.
+"""A minimal re-implementation of mmsegmentation's DeepLabV3 / DeepLabV3+ R18/R50/R101-D8 and R101-D16-MG124, written
+from its source.
 
 mmsegmentation cannot be installed in the test environment (mmcv needs compiled ops), so the parity tests of
 ``seg.models.layouts.mmseg`` run against this instead. It follows, module by module and name by name, so that its
 ``state_dict()`` has mmsegmentation's real keys:
 
 - mmseg/models/backbones/resnet.py: ``ResNetV1c`` (``deep_stem=True``: ``stem.0-8``; ``ResNet``'s ``conv1``,
-  ``bn1`` otherwise; ``Bottleneck`` of style ``pytorch``, its stride in ``conv2``; norms named ``bn1``-``bn3``),
-  with mmseg/models/utils/res_layer.py's
-  ``ResLayer`` (``contract_dilation``: the first block of a dilated stage at ``dilation // 2``; ``downsample.0/1``);
-  D8: ``strides=(1, 2, 1, 1)``, ``dilations=(1, 1, 2, 4)``;
+  ``bn1`` otherwise; ``Bottleneck`` of style ``pytorch``, its stride in ``conv2``; norms named ``bn1``-``bn3``;
+  ``BasicBlock`` for depth 18, its ``conv1`` strided and dilated, its ``conv2`` neither), with
+  mmseg/models/utils/res_layer.py's ``ResLayer`` (``contract_dilation``: the first block of a dilated stage at
+  ``dilation // 2``; ``multi_grid``, last stage only: block ``i`` at ``multi_grid[i]`` itself, the stage's
+  dilation not applied; ``downsample.0/1``);
+  D8: ``strides=(1, 2, 1, 1)``, ``dilations=(1, 1, 2, 4)``; D16-MG124: ``strides=(1, 2, 2, 1)``,
+  ``dilations=(1, 1, 1, 2)``, ``multi_grid=(1, 2, 4)``, ASPP ``dilations=(1, 6, 12, 18)``
+  (configs/deeplabv3(plus)/deeplabv3(plus)_r101-d16-mg124_512x1024_40k_cityscapes.py); R18-D8: ``depth=18``, heads
+  of ``channels=128`` (``c1_in_channels=64``, ``c1_channels=12`` in V3+), auxiliary head 256 -> 64
+  (deeplabv3(plus)_r18-d8_512x1024_80k_cityscapes.py);
 - mmcv/cnn/bricks/conv_module.py ``ConvModule`` (``conv`` without bias before a norm, ``bn``, ``activate``) and
   depthwise_separable_conv_module.py ``DepthwiseSeparableConvModule`` (``depthwise_conv``, ``pointwise_conv``,
   both with BN and ReLU);
@@ -18,7 +25,7 @@ mmsegmentation cannot be installed in the test environment (mmcv needs compiled 
   fcn_head.py (``convs``; ``concat_input=False``);
 - mmseg/models/segmentors/encoder_decoder.py: logits resized to the input size (bilinear, ``align_corners=False``).
 
-Only what the D8 configs (configs/_base_/models/deeplabv3_r50-d8.py, deeplabv3plus_r50-d8.py) use is written.
+Only what these configs (and configs/_base_/models/deeplabv3_r50-d8.py, deeplabv3plus_r50-d8.py) use is written.
 """
 
 from __future__ import annotations
@@ -76,26 +83,49 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, dilation=1, downsample=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
 class ResLayer(nn.Sequential):
-    def __init__(self, inplanes, planes, num_blocks, stride=1, dilation=1, contract_dilation=False):
+    def __init__(self, block, inplanes, planes, num_blocks, stride=1, dilation=1, multi_grid=None,
+                 contract_dilation=False):
         downsample = None
-        if stride != 1 or inplanes != planes * Bottleneck.expansion:
-            downsample = nn.Sequential(nn.Conv2d(inplanes, planes * Bottleneck.expansion, 1, stride=stride,
-                                                 bias=False),
-                                       nn.BatchNorm2d(planes * Bottleneck.expansion))
-        first_dilation = dilation // 2 if dilation > 1 and contract_dilation else dilation
-        layers = [Bottleneck(inplanes, planes, stride, first_dilation, downsample)]
-        layers += [Bottleneck(planes * Bottleneck.expansion, planes, 1, dilation) for _ in range(1, num_blocks)]
+        if stride != 1 or inplanes != planes * block.expansion:
+            downsample = nn.Sequential(nn.Conv2d(inplanes, planes * block.expansion, 1, stride=stride, bias=False),
+                                       nn.BatchNorm2d(planes * block.expansion))
+        if multi_grid is None:
+            first_dilation = dilation // 2 if dilation > 1 and contract_dilation else dilation
+        else:
+            first_dilation = multi_grid[0]
+        layers = [block(inplanes, planes, stride, first_dilation, downsample)]
+        layers += [block(planes * block.expansion, planes, 1, dilation if multi_grid is None else multi_grid[i])
+                   for i in range(1, num_blocks)]
         super().__init__(*layers)
 
 
 class ResNet(nn.Module):
     """``deep_stem=False``: mmseg's ``ResNet`` (the ``r50b`` / ``r101b`` configs: ``conv1``, ``bn1``, ``relu``)."""
 
-    arch_settings = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+    arch_settings = {18: (BasicBlock, (2, 2, 2, 2)), 50: (Bottleneck, (3, 4, 6, 3)), 101: (Bottleneck, (3, 4, 23, 3))}
 
     def __init__(self, depth=50, strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4), contract_dilation=True,
-                 stem_channels=64, deep_stem=False):
+                 stem_channels=64, deep_stem=False, multi_grid=None):
         super().__init__()
         half = stem_channels // 2
         self.deep_stem = deep_stem
@@ -112,12 +142,14 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         inplanes = stem_channels
         self.res_layers = []
-        for i, num_blocks in enumerate(self.arch_settings[depth]):
+        block, stage_blocks = self.arch_settings[depth]
+        for i, num_blocks in enumerate(stage_blocks):
             planes = 64 * 2 ** i
-            self.add_module(f"layer{i + 1}", ResLayer(inplanes, planes, num_blocks, strides[i], dilations[i],
-                                                      contract_dilation))
+            stage_multi_grid = multi_grid if i == len(stage_blocks) - 1 else None
+            self.add_module(f"layer{i + 1}", ResLayer(block, inplanes, planes, num_blocks, strides[i], dilations[i],
+                                                      stage_multi_grid, contract_dilation))
             self.res_layers.append(f"layer{i + 1}")
-            inplanes = planes * Bottleneck.expansion
+            inplanes = planes * block.expansion
 
     def forward(self, x):
         x = self.maxpool(self.stem(x) if self.deep_stem else self.relu(self.bn1(self.conv1(x))))
@@ -213,18 +245,27 @@ class FCNHead(BaseDecodeHead):
 
 
 class EncoderDecoder(nn.Module):
-    """``deeplabv3_r{50,101}-d8`` (``plus=False``) or ``deeplabv3plus_r{50,101}-d8``, with or without the
-    auxiliary head; ``forward`` returns the logits at the input size (and the auxiliary head's, if any)."""
+    """``deeplabv3_r{18,50,101}-d8`` (``plus=False``) or ``deeplabv3plus_r{18,50,101}-d8``, or their
+    ``r101-d16-mg124`` (``d16_mg124=True``), with or without the auxiliary head; ``forward`` returns the logits at
+    the input size (and the auxiliary head's, if any)."""
 
-    def __init__(self, depth=50, num_classes=21, plus=False, aux=True, deep_stem=True):
+    def __init__(self, depth=50, num_classes=21, plus=False, aux=True, deep_stem=True, d16_mg124=False):
         super().__init__()
-        self.backbone = ResNet(depth, deep_stem=deep_stem)
-        head = dict(in_channels=2048, in_index=3, channels=512, dilations=(1, 12, 24, 36), dropout_ratio=0.1,
+        if d16_mg124:
+            self.backbone = ResNet(depth, strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2), deep_stem=deep_stem,
+                                   multi_grid=(1, 2, 4))
+        else:
+            self.backbone = ResNet(depth, deep_stem=deep_stem)
+        small = depth == 18  # the r18-d8 configs' narrower heads
+        head = dict(in_channels=512 if small else 2048, in_index=3, channels=128 if small else 512,
+                    dilations=(1, 6, 12, 18) if d16_mg124 else (1, 12, 24, 36), dropout_ratio=0.1,
                     num_classes=num_classes)
-        self.decode_head = (DepthwiseSeparableASPPHead(c1_in_channels=256, c1_channels=48, **head) if plus
+        self.decode_head = (DepthwiseSeparableASPPHead(c1_in_channels=64 if small else 256,
+                                                       c1_channels=12 if small else 48, **head) if plus
                             else ASPPHead(**head))
-        self.auxiliary_head = (FCNHead(in_channels=1024, in_index=2, channels=256, num_convs=1, concat_input=False,
-                                       dropout_ratio=0.1, num_classes=num_classes) if aux else None)
+        self.auxiliary_head = (FCNHead(in_channels=256 if small else 1024, in_index=2, channels=64 if small else 256,
+                                       num_convs=1, concat_input=False, dropout_ratio=0.1, num_classes=num_classes)
+                               if aux else None)
 
     def forward(self, img):
         features = self.backbone(img)

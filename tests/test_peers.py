@@ -132,6 +132,7 @@ def test_half_loads_are_errors(tmp_path):
 @pytest.mark.parametrize("maker", [
     *[lambda head=head, depth=depth: vainf_model(head, f"resnet{depth}", 21, 16)
       for head in ("deeplabv3", "deeplabv3plus") for depth in (50, 101)],
+    *[lambda head=head: vainf_model(head, "mobilenet", 21, 16) for head in ("deeplabv3", "deeplabv3plus")],
     lambda: deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True),
     lambda: deeplabv3_resnet101(weights=None, weights_backbone=None, num_classes=21, aux_loss=True),
     lambda: deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21, aux_loss=True),

@@ -30,7 +30,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from torchvision.models import mobilenetv3, resnet
+from torchvision.models import mobilenetv2, mobilenetv3, resnet
 
 from seg.errors import UserError
 from seg.io import describe
@@ -55,6 +55,7 @@ BACKBONES: Dict[str, Tuple] = {
 IMAGENET_WEIGHTS: Dict[str, Tuple] = {
     **{name: (entry[1], "fc.") for name, entry in BACKBONES.items()},
     "mobilenet_v3_large": (mobilenetv3.MobileNet_V3_Large_Weights.IMAGENET1K_V1, "classifier."),
+    "vainf_mobilenetv2": (mobilenetv2.MobileNet_V2_Weights.IMAGENET1K_V1, "classifier."),  # seg/models/mobilenet_v2.py
 }
 
 
@@ -97,7 +98,7 @@ def check_multi_grid(multi_grid: Optional[Sequence[int]]) -> None:
 
 
 def stage_plan(output_stride: int, multi_grid: Optional[Sequence[int]], units_per_stage: Sequence[int],
-               contract_dilation: bool = False):
+               contract_dilation: bool = False, multi_grid_scaled: bool = True):
     """Stride of the first unit and the dilation of every unit for stages 2, 3 and 4.
 
     Returns a list of ``(stride, [dilation per unit])``, one entry per stage. Pure function: docs/models.md's
@@ -106,9 +107,14 @@ def stage_plan(output_stride: int, multi_grid: Optional[Sequence[int]], units_pe
     ``contract_dilation`` runs the first unit of a dilated stage at the previous stage's rate (half the new one):
     torchvision's ``replace_stride_with_dilation``, mmsegmentation's ``contract_dilation=True`` (its D8 models) and
     VainF's DeepLabV3Plus-Pytorch build their ResNets so, and their checkpoints need it.
+
+    ``multi_grid_scaled=False`` is mmsegmentation's multi-grid (its ``ResLayer``): the last stage's units take the
+    grid's values themselves as their rates, not multiplied by the stage's rate and never contracted (its D16-MG124
+    models: rates 1, 2, 4 where the paper's rule gives 2, 4, 8).
     """
     check_output_stride(output_stride)
     check_multi_grid(multi_grid)
+    grid_given = multi_grid is not None
     multi_grid = multi_grid or (1,)
     plan = []
     feature_stride, rate = 4, 1  # after the stem and stage 1
@@ -119,6 +125,9 @@ def stage_plan(output_stride: int, multi_grid: Optional[Sequence[int]], units_pe
             stride, feature_stride = 2, feature_stride * 2
         is_last = stage_index == len(units_per_stage) - 1
         grid = [int(multi_grid[i % len(multi_grid)]) if is_last else 1 for i in range(units)]
+        if is_last and grid_given and not multi_grid_scaled:
+            plan.append((stride, grid))
+            continue
         dilations = [rate * g for g in grid]
         if contract_dilation and stride == 1 and rate > 1:
             dilations[0] = rate // 2 * grid[0]
@@ -131,15 +140,20 @@ def _first_strided_conv(block: nn.Module) -> nn.Conv2d:
     return block.conv2 if isinstance(block, resnet.Bottleneck) else block.conv1
 
 
-def _dilated_convs(block: nn.Module) -> List[nn.Conv2d]:
-    return [block.conv2] if isinstance(block, resnet.Bottleneck) else [block.conv1, block.conv2]
+def _dilated_convs(block: nn.Module, basic_conv2_dilated: bool = True) -> List[nn.Conv2d]:
+    """The 3x3 convolutions that take a unit's rate: a Bottleneck's conv2; both of a BasicBlock's, or (mmsegmentation's
+    ``BasicBlock``, ``basic_conv2_dilated=False``) its conv1 only."""
+    if isinstance(block, resnet.Bottleneck):
+        return [block.conv2]
+    return [block.conv1, block.conv2] if basic_conv2_dilated else [block.conv1]
 
 
 class ResNetBackbone(nn.Module):
     """ResNet trunk without pooling and fc. ``forward`` returns (stage-1, stage-3, stage-4) features."""
 
     def __init__(self, net: resnet.ResNet, channels: Tuple[int, int, int], output_stride: int,
-                 multi_grid: Optional[Sequence[int]], contract_dilation: bool = False):
+                 multi_grid: Optional[Sequence[int]], contract_dilation: bool = False, multi_grid_scaled: bool = True,
+                 basic_conv2_dilated: bool = True):
         super().__init__()
         if hasattr(net, "stem"):  # the deep stem (build_backbone put it in place of conv1/bn1)
             self.stem = net.stem
@@ -149,21 +163,24 @@ class ResNetBackbone(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.low_level_channels, self.aux_channels, self.out_channels = channels
         self.multi_grid = [int(g) for g in multi_grid or (1,)]
+        self.grid_given = multi_grid is not None  # mmsegmentation's unscaled grid applies only where one is given
         self.contract_dilation = bool(contract_dilation)
+        self.multi_grid_scaled, self.basic_conv2_dilated = bool(multi_grid_scaled), bool(basic_conv2_dilated)
         self.output_stride = 32
         self.set_output_stride(output_stride)
 
     def set_output_stride(self, output_stride: int) -> None:
         """Re-stride and re-dilate stages 2-4 in place; parameters are untouched."""
         stages = [self.layer2, self.layer3, self.layer4]
-        plan = stage_plan(output_stride, self.multi_grid, [len(s) for s in stages], self.contract_dilation)
+        plan = stage_plan(output_stride, self.multi_grid if self.grid_given else None, [len(s) for s in stages],
+                          self.contract_dilation, self.multi_grid_scaled)
         for stage, (stride, dilations) in zip(stages, plan):
             for unit_index, (block, dilation) in enumerate(zip(stage, dilations)):
                 unit_stride = stride if unit_index == 0 else 1
                 _first_strided_conv(block).stride = (unit_stride, unit_stride)
                 if block.downsample is not None:
                     block.downsample[0].stride = (unit_stride, unit_stride)
-                for conv in _dilated_convs(block):
+                for conv in _dilated_convs(block, self.basic_conv2_dilated):
                     conv.dilation = (dilation, dilation)
                     conv.padding = (dilation, dilation)
         self.output_stride = int(output_stride)
@@ -176,7 +193,8 @@ class ResNetBackbone(nn.Module):
 
 
 def build_backbone(name: str, output_stride: int = 16, multi_grid: Optional[Sequence[int]] = (1, 2, 4),
-                   pretrained: str = "none", contract_dilation: bool = False, stem: str = "standard") -> ResNetBackbone:
+                   pretrained: str = "none", contract_dilation: bool = False, stem: str = "standard",
+                   multi_grid_scaled: bool = True, basic_conv2_dilated: bool = True) -> ResNetBackbone:
     check_backbone(name)
     check_stem(stem, pretrained)
     constructor, _, channels = BACKBONES[name]
@@ -186,7 +204,8 @@ def build_backbone(name: str, output_stride: int = 16, multi_grid: Optional[Sequ
         net.stem = deep_stem()
     if pretrained not in (None, "none"):
         load_backbone_weights(net, name, pretrained)
-    return ResNetBackbone(net, channels, output_stride, multi_grid, contract_dilation)
+    return ResNetBackbone(net, channels, output_stride, multi_grid, contract_dilation, multi_grid_scaled,
+                          basic_conv2_dilated)
 
 
 class WeightsUnavailableError(UserError, RuntimeError):

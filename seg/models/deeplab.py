@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg.models import timm_backbone
+from seg.models import mobilenet_v2, timm_backbone
 from seg.models.aspp import (
     ASPP,
     check_aspp_rates,
@@ -31,7 +31,10 @@ from seg.models.lraspp import LRASPP
 from seg.models.mobilenet import MOBILENETS, build_mobilenet
 
 HEADS = ("deeplabv3", "deeplabv3plus", "lraspp", "cascade", "deeplabv2")
-ENCODERS = (*BACKBONES, *MOBILENETS)  # backbone names: the atrous ResNets, then torchvision's MobileNetV3
+# VainF/DeepLabV3Plus-Pytorch's MobileNetV2 (its padding, torchvision's tensors): name -> builder
+PEER_ENCODERS = {mobilenet_v2.NAME: mobilenet_v2.build_vainf_mobilenetv2}
+ENCODERS = (*BACKBONES, *MOBILENETS, *PEER_ENCODERS)  # backbone names: the atrous ResNets, torchvision's
+# MobileNetV3, VainF's MobileNetV2
 # LR-ASPP reads the encoder's stride-8 map: MobileNetV3's ``mid`` (C2). A ResNet's ``mid`` is stage 3 (stride 16 at
 # OS16), so the head is offered where torchvision offers it only.
 LRASPP_BACKBONES = tuple(MOBILENETS)
@@ -146,7 +149,7 @@ def check_arguments(backbone: str, num_classes: Optional[int] = None, output_str
                     head: str = "deeplabv3", aux_loss: bool = False, decoder_convs: Optional[int] = None,
                     stem: str = "standard", pretrained: str = "none", aspp_channels: int = 256,
                     aspp_projection_kernel: int = 1, classifier_dropout: float = 0.0, aspp_conv: bool = False,
-                    cascade_blocks: int = 3) -> None:
+                    low_level_reduced: int = 48, multi_grid_scaled: bool = True, cascade_blocks: int = 3) -> None:
     """Raise a ``ValueError`` that starts with the name of the first bad argument of ``build_model``.
 
     ``build_model`` calls this first; ``seg.config`` calls it on a configuration before any work and words the
@@ -163,7 +166,7 @@ def check_arguments(backbone: str, num_classes: Optional[int] = None, output_str
                                     or num_classes < 1):
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     check_output_stride(output_stride)
-    if backbone in MOBILENETS and multi_grid is not None:
+    if (backbone in MOBILENETS or backbone in PEER_ENCODERS) and multi_grid is not None:
         raise ValueError(f"multi_grid must be null for backbone {backbone} (it has no ResNet-like last stage to "
                          f"apply a grid to), got {list(multi_grid)!r}")
     if multi_grid is not None:
@@ -201,6 +204,11 @@ def check_arguments(backbone: str, num_classes: Optional[int] = None, output_str
     if (isinstance(classifier_dropout, bool) or not isinstance(classifier_dropout, (int, float))
             or not 0 <= classifier_dropout < 1):
         raise ValueError(f"classifier_dropout must be a number in [0, 1), got {classifier_dropout!r}")
+    if isinstance(low_level_reduced, bool) or not isinstance(low_level_reduced, int) or low_level_reduced < 1:
+        raise ValueError(f"low_level_reduced must be a positive integer, got {low_level_reduced!r}")
+    if not multi_grid_scaled and backbone not in BACKBONES:
+        raise ValueError(f"multi_grid_scaled must be true for backbone {backbone} (false is mmsegmentation's "
+                         f"multi-grid of the ResNets {list(BACKBONES)})")
 
 
 def _check_classic_head(backbone: str, head: str, aspp_rates, cascade_blocks: int, aspp_channels: int,
@@ -218,7 +226,8 @@ def _check_classic_head(backbone: str, head: str, aspp_rates, cascade_blocks: in
 
 
 def build_encoder(backbone: str, output_stride: int = 16, multi_grid: Optional[Sequence[int]] = (1, 2, 4),
-                  pretrained: str = "none", contract_dilation: bool = False, stem: str = "standard") -> nn.Module:
+                  pretrained: str = "none", contract_dilation: bool = False, stem: str = "standard",
+                  multi_grid_scaled: bool = True, basic_conv2_dilated: bool = True) -> nn.Module:
     """The encoder ``backbone`` names: a built-in ResNet (``"resnet50"``), torchvision's MobileNetV3
     (``"mobilenet_v3_large"``) or a timm model (``"timm:<name>"``).
 
@@ -229,7 +238,10 @@ def build_encoder(backbone: str, output_stride: int = 16, multi_grid: Optional[S
                                           pretrained)
     if backbone in MOBILENETS:
         return build_mobilenet(backbone, output_stride, pretrained)
-    return build_backbone(backbone, output_stride, multi_grid, pretrained, contract_dilation, stem)
+    if backbone in PEER_ENCODERS:
+        return PEER_ENCODERS[backbone](output_stride, pretrained)
+    return build_backbone(backbone, output_stride, multi_grid, pretrained, contract_dilation, stem, multi_grid_scaled,
+                          basic_conv2_dilated)
 
 
 def fetch_backbone_weights(backbone: str) -> None:
@@ -258,7 +270,8 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
                 contract_dilation: bool = False, decoder_convs: Optional[int] = None, stem: str = "standard",
                 aspp_channels: int = 256, aspp_projection_kernel: int = 1, separable_convs: bool = False,
                 classifier_dropout: float = 0.0, depthwise_bn_relu: bool = True, aspp_conv: bool = False,
-                align_corners: bool = False, aspp_separable: Optional[bool] = None,
+                align_corners: bool = False, aspp_separable: Optional[bool] = None, low_level_reduced: int = 48,
+                multi_grid_scaled: bool = True, basic_conv2_dilated: bool = True,
                 cascade_blocks: int = 3) -> Union[DeepLabV3, LRASPP, CascadeDeepLab, DeepLabV2]:
     """Build DeepLabv3 / v3+ on an atrous ResNet, torchvision's MobileNetV3 or a timm encoder
     (``backbone="timm:<timm model name>"``), or LR-ASPP on MobileNetV3.
@@ -277,7 +290,10 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
     no BN and ReLU between the depthwise and the pointwise conv), ``aspp_conv`` (its DeepLabV3Plus's 3x3 conv on
     the ASPP output), ``align_corners`` (its bilinear upsampling, of the logits and in the v3+ decoder) and
     ``aspp_separable`` (separable ASPP convs whatever the decoder's, its ``decoder_aspp_separable``; None: as
-    ``separable_convs``).
+    ``separable_convs``). mmsegmentation's R18 and D16-MG124 models need three more: ``low_level_reduced`` (the
+    channels the v3+ decoder reduces the stride-4 features to: 48, its R18's ``c1_channels`` 12),
+    ``multi_grid_scaled=False`` (the grid's values are the last stage's rates: ``stage_plan``) and
+    ``basic_conv2_dilated=False`` (its ``BasicBlock`` dilates the first 3x3 conv of a unit only).
 
     ``head="cascade"``: DeepLabv3's cascaded model, ``cascade_blocks`` copies of the last ResNet stage after it
     (seg/models/cascade.py); ``head="deeplabv2"``: DeepLab v2's ASPP-L, ``aspp_rates`` four (or any number of)
@@ -285,8 +301,9 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
     """
     check_arguments(backbone, num_classes, output_stride, multi_grid, aspp_rates, head, aux_loss, decoder_convs,
                     stem, pretrained, aspp_channels, aspp_projection_kernel, classifier_dropout, aspp_conv,
-                    cascade_blocks)
-    trunk = build_encoder(backbone, output_stride, multi_grid, pretrained, contract_dilation, stem)
+                    low_level_reduced, multi_grid_scaled, cascade_blocks)
+    trunk = build_encoder(backbone, output_stride, multi_grid, pretrained, contract_dilation, stem, multi_grid_scaled,
+                          basic_conv2_dilated)
     if head == "lraspp":
         return LRASPP(trunk, num_classes)
     if head in ("cascade", "deeplabv2"):
@@ -298,7 +315,7 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
                 separable_convs if aspp_separable is None else aspp_separable, depthwise_bn_relu)
     convs = DECODER_CONVS[head][1] if decoder_convs is None else decoder_convs
     if head == "deeplabv3plus":
-        decoder: nn.Module = DeepLabV3PlusDecoder(trunk.low_level_channels, aspp_channels, convs=convs,
+        decoder: nn.Module = DeepLabV3PlusDecoder(trunk.low_level_channels, aspp_channels, low_level_reduced, convs,
                                                   separable=separable_convs, depthwise_bn_relu=depthwise_bn_relu,
                                                   aspp_conv=aspp_conv, align_corners=align_corners)
     else:

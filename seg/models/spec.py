@@ -30,6 +30,9 @@ CONFIG_KEYS: Dict[str, tuple] = {
     "align_corners": ("model", "align_corners", False),
     "aspp_separable": ("model", "aspp_separable", None),
     "cascade_blocks": ("model", "cascade_blocks", 3),
+    "low_level_reduced": ("model", "low_level_reduced", 48),
+    "multi_grid_scaled": ("model", "multi_grid_scaled", True),
+    "basic_conv2_dilated": ("model", "basic_conv2_dilated", True),
 }
 
 
