@@ -25,6 +25,7 @@ from seg.models.backbone import (
     check_stem,
     fetch_imagenet_weights,
 )
+from seg.models.channels import adapt_first_conv
 from seg.models.lraspp import LRASPP
 from seg.models.mobilenet import MOBILENETS, build_mobilenet
 
@@ -199,18 +200,21 @@ def check_arguments(backbone: str, num_classes: Optional[int] = None, output_str
 
 
 def build_encoder(backbone: str, output_stride: int = 16, multi_grid: Optional[Sequence[int]] = (1, 2, 4),
-                  pretrained: str = "none", contract_dilation: bool = False, stem: str = "standard") -> nn.Module:
+                  pretrained: str = "none", contract_dilation: bool = False, stem: str = "standard",
+                  in_channels: int = 3) -> nn.Module:
     """The encoder ``backbone`` names: a built-in ResNet (``"resnet50"``), torchvision's MobileNetV3
     (``"mobilenet_v3_large"``) or a timm model (``"timm:<name>"``).
 
     ``multi_grid=None``: no multi-grid (a built-in ResNet then uses the stage rate in every unit).
+    ``in_channels`` other than 3: the first convolution adapted from the RGB one (``seg.models.channels``).
     """
     if timm_backbone.is_timm(backbone):
         return timm_backbone.TimmBackbone(backbone[len(timm_backbone.PREFIX):], output_stride, multi_grid,
-                                          pretrained)
+                                          pretrained, in_channels)
     if backbone in MOBILENETS:
-        return build_mobilenet(backbone, output_stride, pretrained)
-    return build_backbone(backbone, output_stride, multi_grid, pretrained, contract_dilation, stem)
+        return adapt_first_conv(build_mobilenet(backbone, output_stride, pretrained), in_channels)
+    return adapt_first_conv(build_backbone(backbone, output_stride, multi_grid, pretrained, contract_dilation, stem),
+                            in_channels)
 
 
 def fetch_backbone_weights(backbone: str) -> None:
@@ -239,7 +243,8 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
                 contract_dilation: bool = False, decoder_convs: Optional[int] = None, stem: str = "standard",
                 aspp_channels: int = 256, aspp_projection_kernel: int = 1, separable_convs: bool = False,
                 classifier_dropout: float = 0.0, depthwise_bn_relu: bool = True, aspp_conv: bool = False,
-                align_corners: bool = False, aspp_separable: Optional[bool] = None) -> Union[DeepLabV3, LRASPP]:
+                align_corners: bool = False, aspp_separable: Optional[bool] = None,
+                in_channels: int = 3) -> Union[DeepLabV3, LRASPP]:
     """Build DeepLabv3 / v3+ on an atrous ResNet, torchvision's MobileNetV3 or a timm encoder
     (``backbone="timm:<timm model name>"``), or LR-ASPP on MobileNetV3.
 
@@ -257,11 +262,14 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
     no BN and ReLU between the depthwise and the pointwise conv), ``aspp_conv`` (its DeepLabV3Plus's 3x3 conv on
     the ASPP output), ``align_corners`` (its bilinear upsampling, of the logits and in the v3+ decoder) and
     ``aspp_separable`` (separable ASPP convs whatever the decoder's, its ``decoder_aspp_separable``; None: as
-    ``separable_convs``).
+    ``separable_convs``). ``in_channels`` (``dataset.channels``): the input's channels; other than 3, the
+    encoder's first convolution is adapted from the RGB one as timm does (``seg.models.channels``).
     """
     check_arguments(backbone, num_classes, output_stride, multi_grid, aspp_rates, head, aux_loss, decoder_convs,
                     stem, pretrained, aspp_channels, aspp_projection_kernel, classifier_dropout, aspp_conv)
-    trunk = build_encoder(backbone, output_stride, multi_grid, pretrained, contract_dilation, stem)
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
+    trunk = build_encoder(backbone, output_stride, multi_grid, pretrained, contract_dilation, stem, in_channels)
     if head == "lraspp":
         return LRASPP(trunk, num_classes)
     rates = list(aspp_rates) if aspp_rates else default_aspp_rates(output_stride)
