@@ -143,3 +143,15 @@ def pil_bands(img) -> np.ndarray:
     if img.mode == "I" and values.size and values.min() >= 0 and values.max() <= 65535:
         values = values.astype(np.uint16)  # PIL opens some 16-bit PNGs as 32-bit "I"
     return values[:, :, None] if values.ndim == 2 else values
+
+
+def display_rgb(image: np.ndarray) -> np.ndarray:
+    """``[H, W, C]`` (uint8, or float on the 0..255 scale) as uint8 RGB for overlays and TensorBoard: RGB as it
+    is, one or two bands as gray (the first), more than three bands their first three."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    bands = image.shape[2]
+    image = image[:, :, :3] if bands >= 3 else np.repeat(image[:, :, :1], 3, axis=2)
+    if image.dtype != np.uint8:
+        image = np.clip(np.asarray(image, dtype=np.float32) + 0.5, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(image)
