@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -155,3 +155,45 @@ def display_rgb(image: np.ndarray) -> np.ndarray:
     if image.dtype != np.uint8:
         image = np.clip(np.asarray(image, dtype=np.float32) + 0.5, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(image)
+
+
+class ChannelStatistics:
+    """Per-channel mean and standard deviation of [0, 1] values over every pixel of the images added (what
+    ``dataset.mean`` / ``dataset.std`` take), accumulated in float64 sums so that the order of images is free."""
+
+    def __init__(self):
+        self.pixels = 0
+        self.sums: Optional[np.ndarray] = None
+        self.squares: Optional[np.ndarray] = None
+
+    def add(self, image: np.ndarray) -> None:
+        """``image``: ``[H, W, C]`` on the 0..255 scale (uint8, or float32 from deeper files)."""
+        values = image.reshape(-1, image.shape[-1] if image.ndim == 3 else 1).astype(np.float64) / 255.0
+        if self.sums is None:
+            self.sums, self.squares = np.zeros(values.shape[1]), np.zeros(values.shape[1])
+        self.pixels += values.shape[0]
+        self.sums += values.sum(axis=0)
+        self.squares += np.square(values).sum(axis=0)
+
+    @property
+    def mean(self) -> List[float]:
+        return [] if self.sums is None else (self.sums / self.pixels).tolist()
+
+    @property
+    def std(self) -> List[float]:
+        if self.sums is None:
+            return []
+        mean = self.sums / self.pixels
+        return np.sqrt(np.maximum(self.squares / self.pixels - mean ** 2, 0.0)).tolist()
+
+    def format(self, command: str) -> List[str]:
+        """The report's lines: the statistics and ``command`` with the keys that use them."""
+        if self.sums is None:
+            return []
+        mean, std = ([round(v, 4) for v in values] for values in (self.mean, self.std))
+        channels = len(mean)
+        keys = (f"dataset.channels={channels} 'dataset.mean=[{','.join(map(str, mean))}]' "
+                f"'dataset.std=[{','.join(map(str, std))}]'")
+        return [f"channel statistics of [0, 1] values ({channels} channel{'s' * (channels != 1)}, {self.pixels} "
+                f"pixels): mean {mean}, std {std}",
+                f"  to normalise with them: {command} {keys}"]
