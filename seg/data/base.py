@@ -147,7 +147,7 @@ def read_bands(path: Path, channels: int, max_pixels: Optional[int] = None, what
             raise DatasetError(f"{what} {path} has {bands.shape[2]} channel{'s' * (bands.shape[2] != 1)} but "
                                f"dataset.channels is {channels}: convert it, or set dataset.channels="
                                f"{bands.shape[2]} (see {DOCS})")
-        return np.ascontiguousarray(to_scale_255(bands))
+        return np.array(to_scale_255(bands), order="C")  # a writable copy (PIL's arrays are read-only)
     except ChannelError as error:
         raise DatasetError(f"cannot read {what} file {path}: {error}") from None
 
