@@ -62,7 +62,7 @@ def dataset_options(name: str) -> list:
     """The format-specific options (beyond root, split, num_classes, class_names) that dataset ``name`` takes."""
     if name not in DATASETS:
         raise DatasetError(f"dataset.name must be one of {sorted(DATASETS)}, got {name!r}")
-    common = {"self", "root", "split", "num_classes", "class_names"}
+    common = {"self", "root", "split", "num_classes", "class_names", "channels"}  # channels: build_dataset's own
     return [p for p in inspect.signature(DATASETS[name]).parameters if p not in common]
 
 
@@ -83,7 +83,7 @@ def build_dataset(name: str, root: Union[str, Path, None], split: str, num_class
         raise DatasetError(f"unknown option(s) {', '.join('dataset.' + k for k in unknown)} for dataset {name!r}; "
                            f"it takes dataset.root, dataset.split, dataset.num_classes, dataset.class_names"
                            f"{''.join(', dataset.' + k for k in allowed)}")
-    if channels != 3 and "channels" in allowed:  # a generated dataset (synthetic) writes files with that many
+    if channels != 3 and "channels" in inspect.signature(DATASETS[name]).parameters:  # synthetic: generated so
         options["channels"] = channels
     dataset = DATASETS[name](root=root, split=split, num_classes=num_classes, class_names=class_names, **options)
     if channels != 3:
