@@ -233,3 +233,11 @@ def test_onnx_and_torch_export_take_the_channels(format, tmp_path):
         metadata = json.loads(extra["metadata.json"])
     assert metadata["channels"] == 4 and metadata["mean"] == list(stats.mean) and metadata["std"] == list(stats.std)
     torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_damaged_tiff_and_missing_file_are_one_line(tmp_path):
+    (tmp_path / "bad.tif").write_bytes(b"II*\x00" + b"\x00" * 20)
+    for name, words in (("bad.tif", "cannot read image file"), ("missing.tif", "image file not found")):
+        with pytest.raises(DatasetError, match=words) as error:
+            read_image(tmp_path / name, channels=4)
+        assert "\n" not in str(error.value) and name in str(error.value)

@@ -127,29 +127,32 @@ def read_bands(path: Path, channels: int, max_pixels: Optional[int] = None, what
     """``[H, W, channels]`` of any band count and depth (``seg.data.channels``): uint8 for 8-bit files, else
     float32 on the 0..255 scale (integers by their dtype's range, floats from [0, 1]). TIFFs are read with
     tifffile, the rest with PIL (upright, as ``open_image``)."""
+    if Path(path).suffix.lower() in TIFF_SUFFIXES:
+        bands = _tiff_bands(path, what, max_pixels)
+    else:
+        with open_image(path, what, max_pixels) as img:
+            bands = pil_bands(img)
+    if bands.shape[2] != channels:
+        raise DatasetError(f"{what} {path} has {bands.shape[2]} channel{'s' * (bands.shape[2] != 1)} but "
+                           f"dataset.channels is {channels}: convert it, or set dataset.channels={bands.shape[2]} "
+                           f"(see {DOCS})")
     try:
-        if Path(path).suffix.lower() in TIFF_SUFFIXES:
-            if not Path(path).is_file():
-                raise DatasetError(f"{what} file not found: {path}")
-            try:
-                bands = read_tiff(path)
-            except (ChannelError, DatasetError):
-                raise
-            except Exception as error:  # noqa: BLE001 - tifffile raises many kinds for a damaged file
-                raise DatasetError(f"cannot read {what} file {path}: {error}") from None
-            if max_pixels is not None and bands.shape[0] * bands.shape[1] > max_pixels:
-                raise ImageTooLarge(f"{what} file {path} is {bands.shape[1]}x{bands.shape[0]} pixels, more than "
-                                    f"the {max_pixels:,} allowed")
-        else:
-            with open_image(path, what, max_pixels) as img:
-                bands = pil_bands(img)
-        if bands.shape[2] != channels:
-            raise DatasetError(f"{what} {path} has {bands.shape[2]} channel{'s' * (bands.shape[2] != 1)} but "
-                               f"dataset.channels is {channels}: convert it, or set dataset.channels="
-                               f"{bands.shape[2]} (see {DOCS})")
         return np.array(to_scale_255(bands), order="C")  # a writable copy (PIL's arrays are read-only)
     except ChannelError as error:
         raise DatasetError(f"cannot read {what} file {path}: {error}") from None
+
+
+def _tiff_bands(path: Path, what: str, max_pixels: Optional[int]) -> np.ndarray:
+    if not Path(path).is_file():
+        raise DatasetError(f"{what} file not found: {path}")
+    try:
+        bands = read_tiff(path)
+    except Exception as error:  # noqa: BLE001 - tifffile raises many kinds for a damaged file; ChannelError too
+        raise DatasetError(f"cannot read {what} file {path}: {error}") from None
+    if max_pixels is not None and bands.shape[0] * bands.shape[1] > max_pixels:
+        raise ImageTooLarge(f"{what} file {path} is {bands.shape[1]}x{bands.shape[0]} = "
+                            f"{bands.shape[0] * bands.shape[1]:,} pixels, more than the {max_pixels:,} allowed")
+    return bands
 
 
 def read_mask(path: Path) -> np.ndarray:
