@@ -205,6 +205,11 @@ def test_train_evaluate_predict_export(channels, data_root, tmp_path, cfg_eval):
         torch.testing.assert_close(exported(images), model((images - mean_t) / std_t)["out"], atol=1e-4, rtol=1e-4)
     with pytest.raises(Exception, match=rf"takes float images \[N, {channels}, H, W\] in \[0, 1\]"):
         exported((images * 255).to(torch.uint8))
+    predict(compose_config("predict", [f"ckpt={tmp_path / 'model.ts'}", f"input={folder}",
+                                       f"output={tmp_path / 'pred_ts'}", "device=cpu"]))  # channels from metadata
+    sample = val.samples[0]
+    written = np.asarray(Image.open(tmp_path / "pred_ts" / "labels" / f"{sample.id}.png"))
+    assert (written == expected_labels[sample.id]).mean() > 0.999
 
 
 @pytest.mark.parametrize("format", ["onnx", "export"])
