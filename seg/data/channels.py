@@ -95,9 +95,10 @@ def stats_from_metadata(metadata: Mapping) -> InputStats:
     return input_stats(int(metadata.get("channels", len(mean) if mean else 3)), mean, metadata.get("std"))
 
 
-def mean_pixel(stats: InputStats) -> Tuple[float, ...]:
-    """The mean as 0..255 values: what padded image pixels are filled with (they normalise to about zero)."""
-    return tuple(float(round(m * 255)) for m in stats.mean)
+def mean_pixel(stats: InputStats) -> Tuple[int, ...]:
+    """The mean as 0..255 values: what padded image pixels are filled with (they normalise to about zero); for
+    ImageNet's RGB mean it is ``seg.data.transforms.MEAN_PIXEL``."""
+    return tuple(int(round(m * 255)) for m in stats.mean)
 
 
 class ChannelError(ValueError):
