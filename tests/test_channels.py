@@ -13,7 +13,8 @@ from PIL import Image
 
 from seg.data import DatasetError, build_dataset, check_dataset
 from seg.data.base import read_image
-from seg.data.channels import IMAGENET_MEAN, IMAGENET_STD, input_stats
+from seg.data.channels import IMAGENET_MEAN, IMAGENET_STD, InputStats, input_stats, mean_pixel, stats_from_config
+from seg.data.transforms import MEAN_PIXEL, normalize
 from seg.engine.checkpoint import restore
 from seg.engine.evaluation import evaluate_checkpoint
 from seg.engine.predict import predict
@@ -246,3 +247,19 @@ def test_damaged_tiff_and_missing_file_are_one_line(tmp_path):
         with pytest.raises(DatasetError, match=words) as error:
             read_image(tmp_path / name, channels=4)
         assert "\n" not in str(error.value) and name in str(error.value)
+
+
+def test_three_channels_are_the_rgb_path_unchanged():
+    """The defaults for 3 channels are what the RGB code used before dataset.channels: the same padding, the same
+    normalisation, the same model from the same seed."""
+    assert mean_pixel(InputStats()) == MEAN_PIXEL == (124, 116, 104)
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    reference = (images.float() / 255 - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(
+        3, 1, 1)
+    assert torch.equal(normalize(images), normalize(images, stats_from_config({})))
+    torch.testing.assert_close(normalize(images), reference)
+    states = []
+    for kwargs in ({}, {"in_channels": 3}):
+        torch.manual_seed(0)
+        states.append(build_model("resnet18", 3, **kwargs).state_dict())
+    assert states[0].keys() == states[1].keys() and all(torch.equal(states[0][k], states[1][k]) for k in states[0])
