@@ -11,6 +11,7 @@ import torchvision
 from helpers import compose_config, needed, tiny_overrides
 from PIL import Image
 
+from seg.config import ConfigError, validate_train
 from seg.data import DatasetError, build_dataset, check_dataset
 from seg.data.base import read_image
 from seg.data.channels import IMAGENET_MEAN, IMAGENET_STD, InputStats, input_stats, mean_pixel, stats_from_config
@@ -263,3 +264,15 @@ def test_three_channels_are_the_rgb_path_unchanged():
         torch.manual_seed(0)
         states.append(build_model("resnet18", 3, **kwargs).state_dict())
     assert states[0].keys() == states[1].keys() and all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"dataset.channels": 0}, "dataset.channels must be an integer from 1 to 512"),
+    ({"dataset.channels": 4, "dataset.mean": "[0.5,0.5,0.5]"}, "dataset.mean must be a list of 4 numbers"),
+    ({"dataset.channels": 1, "dataset.std": "[0]"}, "dataset.std must be a list of 1 positive numbers"),
+    ({"dataset.channels": 1, "train.color_jitter": True}, "train.color_jitter jitters RGB colours"),
+])
+def test_bad_channel_settings_name_the_key(cfg_train, overrides, words):
+    with pytest.raises(ConfigError, match=words) as error:
+        validate_train(cfg_train(**overrides))
+    assert "\n" not in str(error.value)

@@ -77,7 +77,8 @@ def stats_from_config(dataset_cfg: Optional[Mapping]) -> InputStats:
     """The stats of a config's ``dataset`` section (configs written before ``dataset.channels`` lack the keys:
     3 channels, ImageNet's statistics)."""
     dataset_cfg = dataset_cfg or {}
-    return input_stats(dataset_cfg.get("channels", 3) or 3, dataset_cfg.get("mean"), dataset_cfg.get("std"))
+    channels = dataset_cfg.get("channels")
+    return input_stats(3 if channels is None else channels, dataset_cfg.get("mean"), dataset_cfg.get("std"))
 
 
 def stats_from_state(state: Mapping) -> InputStats:
