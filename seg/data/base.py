@@ -1,13 +1,14 @@
 """What every dataset shares: the sample contract, file reading and per-sample validation.
 
 A dataset is a list of samples (image file, mask file, id) plus its classes. ``dataset[i]`` returns
-``(image uint8 [H, W, 3] RGB, mask [H, W])`` with class indices in ``[0, num_classes)`` and the dataset's
-``ignore_index`` for unlabelled pixels: a uint8 mask with ``IGNORE_INDEX`` (255) up to 255 classes, a uint16 mask
-with ``WIDE_IGNORE_INDEX`` (65535) beyond (``label_space``). Mask files are 8-bit (255 = ignore) or 16-bit
-(65535 = ignore) index images; either depth serves either label space, never by a silent cast. Every sample is
-validated when it is read: a file that is missing, truncated or unreadable, a mask that is not a single-channel
-8- or 16-bit image, a label outside the classes, or an image and mask of different sizes raises ``DatasetError``
-naming the file.
+``(image uint8 [H, W, 3] RGB, mask [H, W])`` (with ``dataset.channels`` other than 3 the image is
+``[H, W, channels]``, uint8 or float32 on the same 0..255 scale: ``seg.data.channels``) with class indices in
+``[0, num_classes)`` and the dataset's ``ignore_index`` for unlabelled pixels: a uint8 mask with ``IGNORE_INDEX``
+(255) up to 255 classes, a uint16 mask with ``WIDE_IGNORE_INDEX`` (65535) beyond (``label_space``). Mask files
+are 8-bit (255 = ignore) or 16-bit (65535 = ignore) index images; either depth serves either label space, never
+by a silent cast. Every sample is validated when it is read: a file that is missing, truncated or unreadable, a
+mask that is not a single-channel 8- or 16-bit image, a label outside the classes, or an image and mask of
+different sizes raises ``DatasetError`` naming the file.
 """
 
 from __future__ import annotations

@@ -69,7 +69,8 @@ def eval_transform() -> A.Compose:
 
 
 class TransformedDataset(Dataset):
-    """``dataset`` with ``transform`` applied; samples come out as ``(image uint8 [3, H, W], mask [H, W])``, the mask
+    """``dataset`` with ``transform`` applied; samples come out as ``(image uint8 [3, H, W], mask [H, W])`` (images
+    of other channel counts ``[C, H, W]``, float32 from files deeper than 8 bits), the mask
     uint8 (up to 255 classes) or int32 (uint16 masks: more than 255 classes, 65535 = ignore).
 
     ``ds[(index, seed)]`` seeds the transform with ``seed`` first, so the augmentation of a sample depends only on
