@@ -179,7 +179,7 @@ def test_train_evaluate_predict_export(channels, data_root, tmp_path, cfg_eval):
         for sample in val.samples:
             image = read_reference(sample.image, channels)
             labels = model(((image - mean_t) / std_t)[None])["out"].argmax(1)[0]
-            mask = torch.from_numpy(np.asarray(Image.open(sample.mask))).long()
+            mask = torch.from_numpy(np.array(Image.open(sample.mask))).long()
             matrix += confusion_matrix(labels, mask, 6, 255)
             expected_labels[sample.id] = labels.numpy()
     reference = metrics_from_confusion(matrix, val.class_names)
