@@ -2,7 +2,8 @@
 
 Reads every sample, prints every problem found (files that cannot be paired, missing, truncated or unreadable
 files, bad mask values, colours or modes, size mismatches), the class pixel frequencies with suggested class
-weights, and the image sizes. Exit code 1 if anything is wrong.
+weights, the image sizes and the per-channel mean and std (with the command that trains with them). Exit code 1
+if anything is wrong.
 """
 
 import sys
@@ -21,7 +22,8 @@ def main(cfg: DictConfig) -> None:
     dataset = build_dataset(**dataset_kwargs(to_plain(cfg)["dataset"]), strict=False)
     print(f"{dataset.root}: split {dataset.split!r}, {dataset.num_classes} classes")
     report = check_dataset(dataset)
-    print(report.format())
+    train = f"python scripts/train.py dataset={cfg.dataset.name} dataset.root={cfg.dataset.root} ..."
+    print(report.format(command=train))
     sys.exit(0 if report.ok else 1)
 
 

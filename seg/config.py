@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, ValidationError
 
+from seg.data.channels import InputStats, stats_from_config
 from seg.data.class_weights import check_class_weights
 from seg.errors import UserError
 from seg.metrics import check_exclude
@@ -45,7 +46,7 @@ LOGGERS = ("tensorboard", "mlflow", "wandb")  # ``logger``: TensorBoard is alway
 WANDB_MODES = ("online", "offline", "disabled")
 PREDICT_FORMATS = ("default", "cityscapes", "voc")  # predict.py's ``format``: its own files, or a server's
 # dataset keys that describe the run rather than how to read the files
-DATASET_RUN_KEYS = ("val_split", "ignore_index")
+DATASET_RUN_KEYS = ("val_split", "ignore_index", "channels", "mean", "std")
 
 
 class ConfigError(UserError, ValueError):
@@ -105,6 +106,9 @@ class DatasetKeys:
     num_classes: Optional[int]
     class_names: Optional[List[str]]
     ignore_index: int
+    channels: int = 3  # image bands (seg.data.channels); configs before the key are RGB
+    mean: Optional[List[float]] = None  # per-channel normalisation of [0, 1] values; null: the default for channels
+    std: Optional[List[float]] = None
 
 
 @dataclass
@@ -404,6 +408,19 @@ def validate_train(cfg: MutableMapping) -> None:
     number(train.get("focal_gamma", 2.0), "train.focal_gamma", strict=False)
     validate_class_weights(train.get("class_weights"))
     excluded_classes(cfg.get("metrics", {}).get("exclude_classes"))
+    stats = dataset_stats(cfg["dataset"])
+    if stats.channels != 3 and train["color_jitter"]:
+        raise ConfigError(f"train.color_jitter jitters RGB colours (hue, saturation) and dataset.channels is "
+                          f"{stats.channels}: set train.color_jitter=false")
+
+
+def dataset_stats(dataset_cfg: Mapping) -> InputStats:
+    """``dataset.channels``, ``dataset.mean`` and ``dataset.std`` checked, the defaults filled in
+    (``seg.data.channels``)."""
+    try:
+        return stats_from_config(dataset_cfg)
+    except ValueError as error:
+        raise ConfigError(f"dataset.{error}") from None
 
 
 def check_required(cfg: Mapping) -> None:
@@ -469,6 +486,8 @@ def dataset_kwargs(dataset_cfg: Mapping, split: Optional[str] = None) -> Dict:
     kwargs = {k: v for k, v in dataset_cfg.items() if k not in DATASET_RUN_KEYS}
     if dataset_cfg.get("ignore_index", 255) != 255:  # the ignore value of 16-bit masks (dataset=folder)
         kwargs["ignore_index"] = dataset_cfg["ignore_index"]
+    if dataset_cfg.get("channels", 3) != 3:
+        kwargs["channels"] = dataset_cfg["channels"]
     if split is not None:
         kwargs["split"] = split
     return kwargs

@@ -1,7 +1,8 @@
 """Exporting a trained model for deployment: TorchScript (default), ONNX or a torch.export program.
 
-Every format holds the same module, ``ExportedModel``: input float32 RGB ``[N, 3, H, W]`` in [0, 1] (the
-normalisation is inside), output logits ``[N, C, H, W]`` at the input's size, for any N, H and W (ONNX and
+Every format holds the same module, ``ExportedModel``: input float32 ``[N, channels, H, W]`` in [0, 1], RGB
+when ``channels`` is 3 (``dataset.channels``; the normalisation, with the training's per-channel statistics, is
+inside), output logits ``[N, C, H, W]`` at the input's size, for any N, H and W (ONNX and
 torch.export: batch, height and width are dynamic dimensions). The class names, palette, input convention, model
 settings and the project version travel with the file as ``metadata.json`` (TorchScript / torch.export extra
 files, ONNX metadata properties).
@@ -25,7 +26,7 @@ from torch import nn
 
 from seg import __version__
 from seg.config import EXPORT_FORMATS, backbone_name, crop_hw, overwrite_flag, to_plain, validate_export
-from seg.data import IMAGENET_MEAN, IMAGENET_STD
+from seg.data.channels import InputStats, stats_from_state
 from seg.engine.checkpoint import checkpoint_in, load_trained, model_from_checkpoint, num_classes_of, palette_of
 from seg.errors import UserError
 from seg.io import METADATA_FILE, load_torchscript, replacing, torchscript_is_the_contract
@@ -38,7 +39,11 @@ FORMATS = dict(zip(EXPORT_FORMATS, (".ts", ".onnx", ".pt2")))  # format -> the u
 # 2.4 to 2.12 (checked: 2.4.1, 2.6.0, 2.10.0, 2.11.0, 2.12.0) specialise them to the example's parity ("Constraints
 # violated (height, width)") and so cannot honour "any H, W".
 DYNAMIC_EXPORT_TORCH = "2.13"
-INPUT = "float32 RGB [N, 3, H, W] in [0, 1]"
+INPUT = "float32 RGB [N, 3, H, W] in [0, 1]"  # the metadata's "input"; other channel counts: input_convention
+
+
+def input_convention(channels: int) -> str:
+    return INPUT if channels == 3 else f"float32 [N, {channels}, H, W] in [0, 1]"
 # ONNX operator set: 18 is the one torch.onnx's exporter implements its operators in (other versions go through
 # ONNX's version converter); onnxruntime >= 1.14 and TensorRT >= 9.2 run it. Why: docs/evaluation.md.
 ONNX_OPSET = 18
@@ -52,27 +57,37 @@ class ExportError(UserError, RuntimeError):
 
 
 class ExportedModel(nn.Module):
-    """``forward(images)``: RGB in [0, 1] -> logits at the input size (``model(x)["out"]``, no auxiliary head)."""
+    """``forward(images)``: ``[N, channels, H, W]`` in [0, 1] (RGB for 3) -> logits at the input size
+    (``model(x)["out"]``, no auxiliary head); ``stats``: the channels and normalisation (None: RGB, ImageNet's)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, stats: Optional[InputStats] = None):
         super().__init__()
         model = copy.deepcopy(model).eval()
         if getattr(model, "aux_head", None) is not None:
             model.aux_head = None  # training-only output
         self.model = model
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1))
+        stats = stats or InputStats()
+        self.register_buffer("mean", torch.tensor(stats.mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(stats.std, dtype=torch.float32).view(1, -1, 1, 1))
+        images = "RGB images [N, 3, H, W]" if stats.channels == 3 else f"images [N, {stats.channels}, H, W]"
+        self.integer_error: str = (f"the exported model takes float {images} in [0, 1], got integer values (e.g. "
+                                   "uint8 in [0, 255]): pass images.float() / 255")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # uint8 pixels in [0, 255] would run without an error and give wrong labels on most pixels.
         if not images.is_floating_point():
-            raise ValueError("the exported model takes float RGB images [N, 3, H, W] in [0, 1], got integer "
-                             "values (e.g. uint8 in [0, 255]): pass images.float() / 255")
+            raise ValueError(self.integer_error)
         return self.model((images - self.mean) / self.std)["out"]
 
 
-def _example(size: Sequence[int], batch: int) -> torch.Tensor:
-    return torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(0))
+def _example(size: Sequence[int], batch: int, channels: int = 3) -> torch.Tensor:
+    return torch.rand(batch, channels, *size, generator=torch.Generator().manual_seed(0))
+
+
+def _channels(module: nn.Module) -> int:
+    """The input channels of an ``ExportedModel`` (3 for any other reference)."""
+    mean = getattr(module, "mean", None)
+    return int(mean.shape[1]) if isinstance(mean, torch.Tensor) and mean.dim() == 4 else 3
 
 
 def _dynamic_shapes():
@@ -109,7 +124,8 @@ def _require_dynamic_export(format: str) -> None:
 
 def _save_program(module: ExportedModel, path: Path, metadata: str) -> None:
     _require_dynamic_export("export")
-    program = torch.export.export(module, (_example((97, 129), batch=2),), dynamic_shapes=_dynamic_shapes())
+    program = torch.export.export(module, (_example((97, 129), 2, _channels(module)),),
+                                  dynamic_shapes=_dynamic_shapes())
     _through_memory(lambda f: torch.export.save(program, f, extra_files={METADATA_FILE: metadata}), path)
 
 
@@ -123,7 +139,7 @@ def _save_onnx(module: ExportedModel, path: Path, metadata: str) -> None:
     try:
         for logger in noisy:
             logger.setLevel(logging.WARNING)
-        torch.onnx.export(module, (_example((97, 129), batch=2),), str(path), input_names=["images"],
+        torch.onnx.export(module, (_example((97, 129), 2, _channels(module)),), str(path), input_names=["images"],
                           output_names=["logits"], dynamic_shapes=_dynamic_shapes(), dynamo=True,
                           opset_version=ONNX_OPSET, external_data=False, verbose=False)
     finally:
@@ -178,7 +194,7 @@ def check_parity(reference: nn.Module, exported: Callable, sizes: Sequence[Seque
     """
     results = []
     for index, size in enumerate(sizes):
-        images = _example(size, batch=1 + index % 2)
+        images = _example(size, 1 + index % 2, _channels(reference))
         with torch.inference_mode():
             expected = reference(images)
             actual = exported(images)
@@ -214,15 +230,17 @@ def _write(format: str, module: ExportedModel, path: Path, metadata: str) -> Non
 
 def export_model(model: nn.Module, path: Union[str, Path], format: str = "torchscript",
                  metadata: Optional[Mapping] = None, check_sizes: Sequence[Sequence[int]] = CHECK_SIZES,
-                 rtol: float = 1e-4, atol: float = 1e-4) -> Dict:
+                 rtol: float = 1e-4, atol: float = 1e-4, stats: Optional[InputStats] = None) -> Dict:
     """Export ``model`` (returning ``{"out": logits}`` for normalised input) to ``path`` and verify the file.
+    ``stats``: the input's channels and normalisation (None: RGB with ImageNet's statistics).
 
     Returns ``{"path", "format", "parity": check_parity's results}``. On a mismatch the file is not written.
     """
     path = Path(path)
-    module = ExportedModel(model).cpu().eval()
-    info = {"format": format, "input": INPUT, "output": OUTPUT, "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD), "seg_version": __version__, **dict(metadata or {})}
+    stats = stats or InputStats()
+    module = ExportedModel(model, stats).cpu().eval()
+    info = {"format": format, "input": input_convention(stats.channels), "output": OUTPUT, **stats.as_dict(),
+            "seg_version": __version__, **dict(metadata or {})}
     if format == "onnx":
         info["onnx_opset"] = ONNX_OPSET
     with replacing(path, hint="free some space and export again") as temporary:  # only a checked file lands
@@ -258,7 +276,7 @@ def export_checkpoint_state(state: Mapping, ckpt: Union[str, Path], output: Unio
         "checkpoint": str(ckpt), "versions": state.get("versions"), "weights": state.get("weights", "raw"),
         **dict(extra or {}),
     }
-    report = export_model(model, output, format, metadata, sizes, rtol, atol)
+    report = export_model(model, output, format, metadata, sizes, rtol, atol, stats_from_state(state))
     for result in report["parity"]:
         log.info("parity on input %s: max |difference| %.3g (rtol %g, atol %g)", result["input"],
                  result["max_abs_diff"], rtol, atol)

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from seg.data.base import IGNORE_INDEX, WIDE_IGNORE_INDEX
+from seg.data.channels import display_rgb
 
 
 def save_label_png(labels: np.ndarray, palette: np.ndarray, path: Path) -> None:
@@ -40,7 +41,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, palette: np.ndarray, alpha: flo
 
     OpenCV blends in uint8 (rounded, saturated), so a 10,000 x 10,000 image needs no float copies.
     """
-    image = np.ascontiguousarray(image, dtype=np.uint8)
+    image = display_rgb(image)  # grayscale, multi-band and 16-bit inputs shown as RGB
     blended = cv2.addWeighted(image, 1 - alpha, colorize(mask, palette), alpha, 0)
     if ignore_index is None:
         ignore_index = IGNORE_INDEX if mask.dtype == np.uint8 else WIDE_IGNORE_INDEX

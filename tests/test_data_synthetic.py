@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 import seg.data.synthetic as synthetic
+from seg.config import DATASET_RUN_KEYS
 from seg.data import DATASETS, SYNTHETIC_CLASSES, DatasetError, VOCSegmentation, build_dataset, dataset_options
 
 TINY = {"image_size": 48, "num_train": 4, "num_val": 2}
@@ -145,11 +146,13 @@ def test_bad_parameters(tmp_path, key, value):
 
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_dataset_configs_match_build_dataset(config):
-    """Every key of configs/dataset/*.yaml (less val_split and ignore_index) is an argument of build_dataset."""
+    """Every key of configs/dataset/*.yaml (less those seg.config keeps for the run: val_split, ignore_index,
+    channels, mean, std) is an argument of build_dataset."""
     cfg = yaml.safe_load((CONFIGS / config).read_text())
     assert cfg["name"] == config[: -len(".yaml")] and cfg["name"] in DATASETS
     assert cfg["ignore_index"] == 255 and "val_split" in cfg and "split" in cfg and "class_names" in cfg
-    options = set(cfg) - {"name", "root", "split", "num_classes", "class_names", "val_split", "ignore_index"}
+    assert cfg["channels"] == 3 and cfg["mean"] is None and cfg["std"] is None
+    options = set(cfg) - {"name", "root", "split", "num_classes", "class_names", *DATASET_RUN_KEYS}
     assert options <= set(dataset_options(cfg["name"]))
     if cfg["name"] == "synthetic":
         assert options == set(dataset_options("synthetic"))
@@ -157,7 +160,7 @@ def test_dataset_configs_match_build_dataset(config):
 
 def test_default_config_builds(tmp_path):
     cfg = yaml.safe_load((CONFIGS / "synthetic.yaml").read_text())
-    kwargs = {k: v for k, v in cfg.items() if k not in ("val_split", "ignore_index")}
+    kwargs = {k: v for k, v in cfg.items() if k not in DATASET_RUN_KEYS}
     kwargs.update(root=str(tmp_path), num_train=3, num_val=2)
     dataset = build_dataset(**kwargs)
     assert len(dataset) == 3 and dataset.num_classes == cfg["num_classes"]

@@ -62,13 +62,17 @@ def dataset_options(name: str) -> list:
     """The format-specific options (beyond root, split, num_classes, class_names) that dataset ``name`` takes."""
     if name not in DATASETS:
         raise DatasetError(f"dataset.name must be one of {sorted(DATASETS)}, got {name!r}")
-    common = {"self", "root", "split", "num_classes", "class_names"}
+    common = {"self", "root", "split", "num_classes", "class_names", "channels"}  # channels: build_dataset's own
     return [p for p in inspect.signature(DATASETS[name]).parameters if p not in common]
 
 
 def build_dataset(name: str, root: Union[str, Path, None], split: str, num_classes: Optional[int] = None,
-                  class_names: Optional[Sequence[str]] = None, strict: bool = True, **options) -> SegmentationDataset:
+                  class_names: Optional[Sequence[str]] = None, strict: bool = True, channels: int = 3,
+                  **options) -> SegmentationDataset:
     """Build a dataset split; unknown option keys are an error naming the allowed ones.
+
+    ``channels`` (``dataset.channels``): the bands every image must have; 3 reads RGB as always, any other count
+    the files' own bands (``seg.data.channels``).
 
     ``strict``: a dataset whose listing found problems (``dataset.problems``, e.g. an image without a mask) is an
     error naming the first one; ``check_dataset`` builds with ``strict=False`` to report them all.
@@ -79,7 +83,11 @@ def build_dataset(name: str, root: Union[str, Path, None], split: str, num_class
         raise DatasetError(f"unknown option(s) {', '.join('dataset.' + k for k in unknown)} for dataset {name!r}; "
                            f"it takes dataset.root, dataset.split, dataset.num_classes, dataset.class_names"
                            f"{''.join(', dataset.' + k for k in allowed)}")
+    if channels != 3 and "channels" in inspect.signature(DATASETS[name]).parameters:  # synthetic: generated so
+        options["channels"] = channels
     dataset = DATASETS[name](root=root, split=split, num_classes=num_classes, class_names=class_names, **options)
+    if channels != 3:
+        dataset.channels = channels
     if strict and dataset.problems:
         more = f" (and {len(dataset.problems) - 1} more problems)" if len(dataset.problems) > 1 else ""
         raise DatasetError(f"{dataset.problems[0]}{more}; python scripts/check_dataset.py dataset={name} "

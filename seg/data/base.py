@@ -1,13 +1,14 @@
 """What every dataset shares: the sample contract, file reading and per-sample validation.
 
 A dataset is a list of samples (image file, mask file, id) plus its classes. ``dataset[i]`` returns
-``(image uint8 [H, W, 3] RGB, mask [H, W])`` with class indices in ``[0, num_classes)`` and the dataset's
-``ignore_index`` for unlabelled pixels: a uint8 mask with ``IGNORE_INDEX`` (255) up to 255 classes, a uint16 mask
-with ``WIDE_IGNORE_INDEX`` (65535) beyond (``label_space``). Mask files are 8-bit (255 = ignore) or 16-bit
-(65535 = ignore) index images; either depth serves either label space, never by a silent cast. Every sample is
-validated when it is read: a file that is missing, truncated or unreadable, a mask that is not a single-channel
-8- or 16-bit image, a label outside the classes, or an image and mask of different sizes raises ``DatasetError``
-naming the file.
+``(image uint8 [H, W, 3] RGB, mask [H, W])`` (with ``dataset.channels`` other than 3 the image is
+``[H, W, channels]``, uint8 or float32 on the same 0..255 scale: ``seg.data.channels``) with class indices in
+``[0, num_classes)`` and the dataset's ``ignore_index`` for unlabelled pixels: a uint8 mask with ``IGNORE_INDEX``
+(255) up to 255 classes, a uint16 mask with ``WIDE_IGNORE_INDEX`` (65535) beyond (``label_space``). Mask files
+are 8-bit (255 = ignore) or 16-bit (65535 = ignore) index images; either depth serves either label space, never
+by a silent cast. Every sample is validated when it is read: a file that is missing, truncated or unreadable, a
+mask that is not a single-channel 8- or 16-bit image, a label outside the classes, or an image and mask of
+different sizes raises ``DatasetError`` naming the file.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from seg.data.channels import TIFF_SUFFIXES, ChannelError, pil_bands, read_tiff, to_scale_255
 from seg.data.palette import extend_palette
 from seg.errors import UserError
 
@@ -98,17 +100,20 @@ class ImageTooLarge(DatasetError):
     """An image with more pixels than the caller allows (PIL's decompression-bomb guard, or ``max_pixels``)."""
 
 
-def read_image(path: Path, max_pixels: Optional[int] = None, what: str = "image") -> np.ndarray:
+def read_image(path: Path, max_pixels: Optional[int] = None, what: str = "image", channels: int = 3) -> np.ndarray:
     """Decode an image file fully into uint8 RGB ``[H, W, 3]``, upright as viewers show it (see ``open_image``).
 
     Grayscale, palette and RGBA images are converted; 16-bit grayscale is scaled to 8 bits (value / 257), not
-    clipped at 255.
+    clipped at 255. ``channels`` other than 3 (``dataset.channels``) reads the file's own bands instead
+    (``read_bands``): an image with another count is a ``DatasetError`` naming it.
 
     ``max_pixels`` replaces PIL's decompression-bomb limit (a warning above about 89 million pixels, a refusal above
     twice that) for this read: prediction on 10,000 x 10,000 images raises it deliberately, while datasets keep
     PIL's guard. ``ImageTooLarge`` is raised, before decoding, for an image above the limit. ``what`` names the
     file in errors (colour-coded masks are read with this too).
     """
+    if channels != 3:
+        return read_bands(path, channels, max_pixels, what)
     with open_image(path, what, max_pixels) as img:
         if img.mode in WIDE_GRAY_MODES:
             wide = np.asarray(img, dtype=np.float64)
@@ -117,6 +122,38 @@ def read_image(path: Path, max_pixels: Optional[int] = None, what: str = "image"
         if img.mode != "RGB":
             img = img.convert("RGB")
         return np.array(img, dtype=np.uint8)
+
+
+def read_bands(path: Path, channels: int, max_pixels: Optional[int] = None, what: str = "image") -> np.ndarray:
+    """``[H, W, channels]`` of any band count and depth (``seg.data.channels``): uint8 for 8-bit files, else
+    float32 on the 0..255 scale (integers by their dtype's range, floats from [0, 1]). TIFFs are read with
+    tifffile, the rest with PIL (upright, as ``open_image``)."""
+    if Path(path).suffix.lower() in TIFF_SUFFIXES:
+        bands = _tiff_bands(path, what, max_pixels)
+    else:
+        with open_image(path, what, max_pixels) as img:
+            bands = pil_bands(img)
+    if bands.shape[2] != channels:
+        raise DatasetError(f"{what} {path} has {bands.shape[2]} channel{'s' * (bands.shape[2] != 1)} but "
+                           f"dataset.channels is {channels}: convert it, or set dataset.channels={bands.shape[2]} "
+                           f"(see {DOCS})")
+    try:
+        return np.array(to_scale_255(bands), order="C")  # a writable copy (PIL's arrays are read-only)
+    except ChannelError as error:
+        raise DatasetError(f"cannot read {what} file {path}: {error}") from None
+
+
+def _tiff_bands(path: Path, what: str, max_pixels: Optional[int]) -> np.ndarray:
+    if not Path(path).is_file():
+        raise DatasetError(f"{what} file not found: {path}")
+    try:
+        bands = read_tiff(path)
+    except Exception as error:  # noqa: BLE001 - tifffile raises many kinds for a damaged file; ChannelError too
+        raise DatasetError(f"cannot read {what} file {path}: {error}") from None
+    if max_pixels is not None and bands.shape[0] * bands.shape[1] > max_pixels:
+        raise ImageTooLarge(f"{what} file {path} is {bands.shape[1]}x{bands.shape[0]} = "
+                            f"{bands.shape[0] * bands.shape[1]:,} pixels, more than the {max_pixels:,} allowed")
+    return bands
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -255,6 +292,7 @@ class SegmentationDataset:
     """
 
     derived_splits: Optional[Dict[str, List[str]]] = None
+    channels = 3  # dataset.channels: build_dataset sets it; read_image reads the files' own bands when not 3
     classes_from_data = False  # True: the class list was found in the files (LabelMe labels), so training records it
     value_hint = ""  # appended to the "values outside the classes" error
 
@@ -297,7 +335,7 @@ class SegmentationDataset:
 
     def __getitem__(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
         sample = self.samples[index]
-        image = read_image(sample.image)
+        image = read_image(sample.image, channels=self.channels)
         mask = self.load_mask(index)
         check_sample(image, mask, self.num_classes, str(sample.image), self.mask_source(index), self.value_hint)
         return image, mask.astype(label_space(self.num_classes)[1], copy=False)

@@ -11,6 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from seg.data.base import IGNORE_INDEX, DatasetError
+from seg.data.channels import ChannelStatistics
 from seg.data.class_weights import METHODS, PixelStatistics
 
 
@@ -26,6 +27,7 @@ class CheckReport:
     statistics: Optional[PixelStatistics] = None  # of the samples without problems: what class weights come from
     skipped: List[str] = field(default_factory=list)  # objects an annotation file holds that were not drawn
     ignore_index: int = IGNORE_INDEX  # 65535 for the 16-bit labels of more than 255 classes
+    channels: ChannelStatistics = field(default_factory=ChannelStatistics)  # dataset.mean / dataset.std to use
 
     @property
     def ok(self) -> bool:
@@ -36,7 +38,8 @@ class CheckReport:
         stats = self.statistics or PixelStatistics(len(self.class_names))
         return {method: stats.weights(method) for method in METHODS}
 
-    def format(self, max_sizes: int = 10) -> str:
+    def format(self, max_sizes: int = 10, command: str = "python scripts/train.py ...") -> str:
+        """The report; ``command`` (the training command for this dataset) is printed with the statistics' keys."""
         lines = [f"{self.num_samples} samples, {len(self.problems)} with problems"]
         lines += [f"  problem: {p}" for p in self.problems]
         lines += [f"  skipped: {line}" for line in self.skipped]
@@ -60,6 +63,7 @@ class CheckReport:
             lines.append(f"  {height} x {width}: {count} images")
         if len(self.image_sizes) > max_sizes:
             lines.append(f"  ... and {len(self.image_sizes) - max_sizes} more sizes")
+        lines += self.channels.format(command)
         return "\n".join(lines)
 
 
@@ -85,4 +89,5 @@ def check_dataset(dataset, progress: bool = True) -> CheckReport:
         report.image_counts += counts > 0
         report.statistics.add_counts(counts)
         report.image_sizes[image.shape[:2]] += 1
+        report.channels.add(image)
     return report

@@ -27,7 +27,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -198,10 +198,39 @@ def render(rng: np.random.Generator, image_size: int, num_classes: int, num_obje
 
 # --- the dataset folder -------------------------------------------------------------------------------------------
 
+def image_suffix(channels: int) -> str:
+    return {3: ".jpg", 1: ".png"}.get(channels, ".tif")
+
+
+def image_file(image: np.ndarray, label: np.ndarray, channels: int) -> Tuple[str, Callable[[Path], None]]:
+    """``(suffix, writer)`` of a rendered RGB image as ``channels`` bands: RGB JPEG (3), 8-bit grayscale PNG (1),
+    else a 16-bit TIFF holding the RGB (or its first bands) and, beyond 3, "depth" bands in which the objects stand
+    out from the background (as an RGB-D or multispectral sensor would record them), for tests of those paths."""
+    if channels == 3:
+        return ".jpg", lambda path: Image.fromarray(image).save(path, quality=92)
+    if channels == 1:
+        return ".png", lambda path: Image.fromarray(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)).save(path)
+    rgb = image.astype(np.uint16) * 257
+    rng = np.random.default_rng(int(image.sum()) % 2**32)
+    raised = ((label > 0) & (label != IGNORE_INDEX)).astype(np.float64)
+    depth = [np.clip(20000 + 15000 * raised * (k - 2) / (channels - 2) + rng.normal(0, 800, label.shape), 0, 65535)
+             for k in range(3, channels)]
+    bands = np.dstack([rgb[:, :, : min(channels, 3)], *[d.astype(np.uint16) for d in depth]])
+    return ".tif", lambda path: tifffile_imwrite(path, bands)
+
+
+def tifffile_imwrite(path: Path, bands: np.ndarray) -> None:
+    """``[H, W, C]`` as one interleaved TIFF page (``photometric=minisblack``, C - 1 extra samples)."""
+    import tifffile
+
+    tifffile.imwrite(str(path), bands, photometric="minisblack", planarconfig="contig")
+
+
 def write_synthetic(folder: Path, image_size: int, num_train: int, num_val: int, num_classes: int,
                     min_objects: int, max_objects: int, object_size: Sequence[float], border: int,
-                    seed: int) -> None:
-    """Write the dataset in VOC layout into ``folder`` (which must not exist yet)."""
+                    seed: int, channels: int = 3) -> None:
+    """Write the dataset in VOC layout into ``folder`` (which must not exist yet); images with ``channels``
+    bands (``image_file``)."""
     (folder / "JPEGImages").mkdir(parents=True)
     (folder / "SegmentationClass").mkdir()
     (folder / "ImageSets" / "Segmentation").mkdir(parents=True)
@@ -213,7 +242,8 @@ def write_synthetic(folder: Path, image_size: int, num_train: int, num_val: int,
             num_objects = int(rng.integers(min_objects, max_objects + 1))
             image, label = render(rng, image_size, num_classes, num_objects, tuple(object_size), border)
             sample_id = f"{split}_{index:05d}"
-            Image.fromarray(image).save(folder / "JPEGImages" / f"{sample_id}.jpg", quality=92)
+            suffix, write = image_file(image, label, channels)
+            write(folder / "JPEGImages" / f"{sample_id}{suffix}")
             mask = Image.fromarray(label)
             mask.putpalette(palette)
             mask.save(folder / "SegmentationClass" / f"{sample_id}.png")
@@ -303,8 +333,11 @@ def _is_range(value) -> bool:
 def synthetic_dataset(root: Union[str, Path, None] = None, split: str = "train", num_classes: Optional[int] = None,
                       class_names: Optional[Sequence[str]] = None, image_size: int = 96, num_train: int = 200,
                       num_val: int = 40, min_objects: int = 2, max_objects: int = 4,
-                      object_size: Sequence[float] = (0.2, 0.5), border: int = 1, seed: int = 0) -> VOCSegmentation:
+                      object_size: Sequence[float] = (0.2, 0.5), border: int = 1, seed: int = 0,
+                      channels: int = 3) -> VOCSegmentation:
     """The synthetic dataset's ``split`` (``train`` or ``val``), generated into the cache if needed.
+
+    ``channels`` (``dataset.channels``): 3 is RGB JPEGs; 1 grayscale PNGs; more 16-bit TIFFs (``image_file``).
 
     ``num_classes`` (2-6, default 6) keeps background and the first ``num_classes - 1`` shapes.
     ``object_size`` is the range of an object's size as a fraction of ``image_size``; ``border`` the half-width
@@ -313,7 +346,7 @@ def synthetic_dataset(root: Union[str, Path, None] = None, split: str = "train",
     num_classes = len(SYNTHETIC_CLASSES) if num_classes is None else num_classes
     values = {"num_classes": num_classes, "image_size": image_size, "num_train": num_train, "num_val": num_val,
               "min_objects": min_objects, "max_objects": max_objects, "object_size": object_size, "border": border,
-              "seed": seed}
+              "seed": seed, "channels": channels}
     rules = {
         "num_classes": (_is_int(num_classes, 2, len(SYNTHETIC_CLASSES)),
                         f"an integer from 2 to {len(SYNTHETIC_CLASSES)}"),
@@ -326,12 +359,15 @@ def synthetic_dataset(root: Union[str, Path, None] = None, split: str = "train",
         "object_size": (_is_range(object_size), "[min, max] fractions of the image size with 0 < min <= max <= 1"),
         "border": (_is_int(border, 0), "an integer >= 0"),
         "seed": (_is_int(seed, 0), "an integer >= 0"),
+        "channels": (_is_int(channels, 1, 64), "an integer from 1 to 64"),
     }
     for key, (ok, rule) in rules.items():
         if not ok:
             raise DatasetError(f"dataset.{key} must be {rule} for the synthetic dataset, got {values[key]!r}")
+    bands = {} if channels == 3 else {"channels": channels}  # the RGB dataset's cache folder keeps its name
     folder = ensure_synthetic(root, image_size=image_size, num_train=num_train, num_val=num_val,
                               num_classes=num_classes, min_objects=min_objects, max_objects=max_objects,
-                              object_size=[float(v) for v in object_size], border=border, seed=seed)
+                              object_size=[float(v) for v in object_size], border=border, seed=seed, **bands)
     names = list(class_names) if class_names is not None else list(SYNTHETIC_CLASSES[:num_classes])
-    return VOCSegmentation(folder, split, num_classes=num_classes, class_names=names)
+    return VOCSegmentation(folder, split, num_classes=num_classes, class_names=names,
+                           image_suffix=image_suffix(channels))

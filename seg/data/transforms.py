@@ -30,9 +30,8 @@ import torch  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
 from seg.data.base import IGNORE_INDEX, WIDE_IGNORE_INDEX  # noqa: E402
+from seg.data.channels import IMAGENET_MEAN, IMAGENET_STD, InputStats, default_stats, mean_pixel  # noqa: E402
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # The mean image colour as uint8 RGB: what padded image pixels are filled with (they normalise to about zero).
 MEAN_PIXEL = tuple(round(m * 255) for m in IMAGENET_MEAN)
 
@@ -70,7 +69,8 @@ def eval_transform() -> A.Compose:
 
 
 class TransformedDataset(Dataset):
-    """``dataset`` with ``transform`` applied; samples come out as ``(image uint8 [3, H, W], mask [H, W])``, the mask
+    """``dataset`` with ``transform`` applied; samples come out as ``(image uint8 [3, H, W], mask [H, W])`` (images
+    of other channel counts ``[C, H, W]``, float32 from files deeper than 8 bits), the mask
     uint8 (up to 255 classes) or int32 (uint16 masks: more than 255 classes, 65535 = ignore).
 
     ``ds[(index, seed)]`` seeds the transform with ``seed`` first, so the augmentation of a sample depends only on
@@ -124,11 +124,16 @@ def pad_collate(batch: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[tor
     metrics.
     """
     images, masks = zip(*batch)
+    if len({image.dtype for image in images}) > 1:  # 8-bit and deeper files in one batch: all on the float scale
+        images = tuple(image.float() for image in images)
     height = max(image.shape[1] for image in images)
     width = max(image.shape[2] for image in images)
     if all(image.shape[1:] == (height, width) for image in images):
         return torch.stack(images), torch.stack(masks)
-    padded_images = torch.tensor(MEAN_PIXEL, dtype=torch.uint8).view(1, 3, 1, 1).repeat(len(images), 1, height, width)
+    channels = images[0].shape[0]
+    fill = MEAN_PIXEL if channels == 3 else mean_pixel(InputStats(channels, *default_stats(channels)))
+    padded_images = torch.tensor(fill, dtype=images[0].dtype).view(1, channels, 1, 1).repeat(
+        len(images), 1, height, width)
     ignore = IGNORE_INDEX if masks[0].dtype == torch.uint8 else WIDE_IGNORE_INDEX
     padded_masks = torch.full((len(masks), height, width), ignore, dtype=masks[0].dtype)
     for i, (image, mask) in enumerate(zip(images, masks)):
@@ -138,20 +143,23 @@ def pad_collate(batch: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[tor
 
 
 @functools.lru_cache(maxsize=None)
-def _mean_std_255(device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """ImageNet mean and std on ``device``, scaled to [0, 255]; made once per device so that normalising a batch
+def _mean_std_255(device: torch.device, mean: Tuple[float, ...] = IMAGENET_MEAN,
+                  std: Tuple[float, ...] = IMAGENET_STD) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``mean`` and ``std`` on ``device``, scaled to [0, 255]; made once per device so that normalising a batch
     never copies constants from the host (on CUDA such a copy would stall every training step)."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1).mul(255).to(device)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1).mul(255).to(device)
-    return mean, std
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1).mul(255).to(device)
+    std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1).mul(255).to(device)
+    return mean_t, std_t
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (or float in [0, 255]) images ``[..., 3, H, W]`` -> float32 ``(x / 255 - mean) / std``.
+def normalize(images: torch.Tensor, stats: Optional[InputStats] = None) -> torch.Tensor:
+    """uint8 (or float in [0, 255]) images ``[..., C, H, W]`` -> float32 ``(x / 255 - mean) / std``, with the
+    per-channel ``stats`` (default: RGB with ImageNet's statistics).
 
     Runs on the tensor's device and keeps its memory format (channels_last stays channels_last).
     """
-    mean, std = _mean_std_255(images.device)
+    mean, std = _mean_std_255(images.device) if stats is None else _mean_std_255(images.device, stats.mean,
+                                                                                  stats.std)
     return (images.float() - mean) / std
 
 

@@ -103,8 +103,8 @@ class RuntimeModel(nn.Module):
         self.runtime = runtime
         self.output_stride = metadata.get("output_stride")
         mean, std = metadata["mean"], metadata["std"]
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> Mapping[str, torch.Tensor]:
         unit = (images.float() * self.std + self.mean).clamp_(0, 1)

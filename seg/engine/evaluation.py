@@ -33,6 +33,7 @@ from seg.config import (
     validate_loader,
 )
 from seg.data import build_dataset
+from seg.data.channels import InputStats, display_rgb, stats_from_state
 from seg.data.transforms import (
     TransformedDataset,
     eval_transform,
@@ -66,13 +67,15 @@ class Evaluation(NamedTuple):
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, dataset, device: torch.device, predictor: Predictor = segment,
              batch_size: int = 1, num_workers: int = 0, amp_dtype: Optional[torch.dtype] = None,
-             progress: bool = False, keep_samples: int = 0, exclude: Sequence[str] = ()) -> Evaluation:
+             progress: bool = False, keep_samples: int = 0, exclude: Sequence[str] = (),
+             stats: Optional[InputStats] = None) -> Evaluation:
     """Metrics (``metrics.json`` format) and the confusion matrix of ``model`` on ``dataset``.
 
     Labels stay at their original resolution. Under DDP each rank evaluates its own share of the images
     (no padded duplicates) and the confusion matrices are summed, so the result equals one process's.
     The first ``keep_samples`` images this process evaluates come back with their predictions (for overlays).
-    ``exclude``: class names left out of the means (``metrics.exclude_classes``).
+    ``exclude``: class names left out of the means (``metrics.exclude_classes``). ``stats``: the input's
+    channels and normalisation (None: RGB, ImageNet's); kept images come back as RGB for display.
     """
     was_training = model.training
     model.eval()
@@ -87,14 +90,14 @@ def evaluate(model: torch.nn.Module, dataset, device: torch.device, predictor: P
     samples: List[Tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for raw_images, raw_labels in tqdm(loader, desc="eval", disable=not (progress and distributed.is_main()),
                                        dynamic_ncols=True):
-        images = normalize(raw_images.to(device, non_blocking=True))
+        images = normalize(raw_images.to(device, non_blocking=True), stats)
         labels = raw_labels.to(device, non_blocking=True)
         with autocast(device.type, amp_dtype):
             predictions = predictor(model, images).argmax(1)
         matrix += confusion_matrix(predictions, labels, num_classes, dataset.ignore_index)
         images_seen += images.shape[0]
         for i in range(min(keep_samples - len(samples), images.shape[0])):
-            samples.append((raw_images[i].permute(1, 2, 0).numpy(), raw_labels[i].numpy(),
+            samples.append((display_rgb(raw_images[i].permute(1, 2, 0).numpy()), raw_labels[i].numpy(),
                             predictions[i].to(torch.int32).cpu().numpy().astype(label_dtype(num_classes))))
     distributed.all_reduce_sum(matrix)
     distributed.all_reduce_sum(images_seen)
@@ -171,7 +174,8 @@ def _evaluate(cfg: Dict, run_dir: Path, device, source: ModelSource) -> Dict:
         raise ConfigError(f"{cfg['ckpt']} is a {state['layout']} file, which records no dataset: name the one to "
                           "evaluate on, e.g. dataset=voc dataset.root=/data/VOC")
     dataset_cfg, split = evaluation_dataset(trained["dataset"], cfg["dataset"])
-    dataset = build_dataset(**dataset_kwargs(dataset_cfg, split=split))
+    stats = stats_from_state(state)  # the model's input: its images are read with its channels
+    dataset = build_dataset(**{**dataset_kwargs(dataset_cfg, split=split), "channels": stats.channels})
     where = f"dataset {dataset_cfg['name']} split {split!r}"
     check_classes(state, dataset.class_names, where)
     exclude_cfg = cfg.get("metrics", {}).get("exclude_classes")
@@ -186,7 +190,7 @@ def _evaluate(cfg: Dict, run_dir: Path, device, source: ModelSource) -> Dict:
              _describe(options), amp)
     metrics, matrix, _ = evaluate(model, dataset, device, predictor=fitting_predictor(options, dataset),
                                batch_size=cfg["batch_size"], num_workers=cfg["num_workers"], amp_dtype=amp_dtype,
-                               progress=True, exclude=exclude)
+                               progress=True, exclude=exclude, stats=stats)
     if distributed.is_main():
         log.info("\n%s", metrics_table(metrics, matrix))  # first: a full disk must not cost the results
         paths = write_evaluation(run_dir, metrics, matrix, dataset.class_names)

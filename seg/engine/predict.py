@@ -38,6 +38,7 @@ from tqdm import tqdm
 from seg.config import crop_hw, inference_kwargs, overwrite_flag, to_plain, validate_predict
 from seg.data import DatasetError, normalize
 from seg.data.base import ImageTooLarge, read_image
+from seg.data.channels import InputStats, stats_from_metadata, stats_from_state
 from seg.engine import submission, voc_submission
 from seg.engine.checkpoint import CheckpointSource, ModelSource, checkpoint_in, num_classes_of, palette_of
 from seg.engine.confidence import label_dtype, save_map, save_probabilities, summarise
@@ -63,6 +64,7 @@ class LoadedModel:
     num_classes: int
     crop_size: Optional[Tuple[int, int]]
     amp: str                           # the AMP mode to use when the config says null (as trained)
+    stats: InputStats = InputStats()   # the input's channels and normalisation (seg.data.channels)
 
 
 def load_model(path, output_stride: Optional[int], device: torch.device, source: Optional[ModelSource] = None,
@@ -91,12 +93,12 @@ def load_model(path, output_stride: Optional[int], device: torch.device, source:
         crop = metadata.get("crop_size")
         log.info("weights: as exported into %s (%s)", path, metadata.get("weights", "raw"))
         return LoadedModel(inner, palette_of(metadata), int(metadata["num_classes"]),
-                           tuple(crop) if crop else None, "off")
+                           tuple(crop) if crop else None, "off", stats_from_metadata(metadata))
     source = source or CheckpointSource(weights)
     state = source.state(path)
     trained = state["config"]
     return LoadedModel(source.model(state, path, output_stride, device), palette_of(state), num_classes_of(state),
-                       crop_hw(trained["train"]["crop_size"]), trained["train"]["amp"])
+                       crop_hw(trained["train"]["crop_size"]), trained["train"]["amp"], stats_from_state(state))
 
 
 def is_export_mask(path: Path) -> bool:
@@ -136,10 +138,12 @@ def list_inputs(source: Path, output: Path) -> Tuple[Path, List[Path]]:
 
 @torch.inference_mode()
 def probabilities(model: nn.Module, images: np.ndarray, device: torch.device, options: Mapping,
-                  amp_dtype: Optional[torch.dtype] = None, name: str = "image") -> torch.Tensor:
+                  amp_dtype: Optional[torch.dtype] = None, name: str = "image",
+                  stats: Optional[InputStats] = None) -> torch.Tensor:
     """Class probabilities ``[B, C, H, W]`` of RGB uint8 images ``[B, H, W, 3]`` (one size), on ``device``;
-    whole-image inference that would not fit in memory runs as the sliding window (``fit_to_memory``)."""
-    batch = normalize(torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2))
+    whole-image inference that would not fit in memory runs as the sliding window (``fit_to_memory``).
+    ``stats``: the model's input (None: RGB, ImageNet's statistics), whose images are ``[B, H, W, channels]``."""
+    batch = normalize(torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2), stats)
     with autocast(device.type, amp_dtype):
         return segment(model, batch, **fit_to_memory(model, batch, options, name))
 
@@ -165,7 +169,8 @@ class Writer:
     server: Optional[object] = None  # format=cityscapes / voc: its module in SUBMISSIONS
 
     def probabilities(self, images: np.ndarray, name: str) -> torch.Tensor:
-        return probabilities(self.loaded.model, images, self.device, self.options, self.amp_dtype, name)
+        return probabilities(self.loaded.model, images, self.device, self.options, self.amp_dtype, name,
+                             self.loaded.stats)
 
     def label_frames(self, frames: np.ndarray) -> np.ndarray:
         probabilities = self.probabilities(frames, f"{len(frames)} video frame(s)")
@@ -228,9 +233,9 @@ def planned_outputs(output: Path, files: List[Path], relatives: List[Path], cfg:
     return planned
 
 
-def read_or_report(path: Path, max_pixels: Optional[int]) -> Optional[np.ndarray]:
+def read_or_report(path: Path, max_pixels: Optional[int], channels: int = 3) -> Optional[np.ndarray]:
     try:
-        return read_image(path, max_pixels=max_pixels)
+        return read_image(path, max_pixels=max_pixels, channels=channels)
     except DatasetError as error:
         hint = "; raise max_image_pixels=... to read it" if isinstance(error, ImageTooLarge) else ""
         log.error("skipped: %s%s", error, hint)
@@ -263,6 +268,10 @@ def predict(config: Mapping, source: Optional[ModelSource] = None) -> Dict:
     planned = planned_outputs(output, files, relatives, cfg)
     check_outputs(planned, {"ckpt": ckpt, "input": cfg["input"]}, "predictions", overwrite_flag(cfg))
     loaded = load_model(ckpt, cfg["os"], device, source, cfg.get("weights", "auto"))  # a model that fails: no folder
+    if loaded.stats.channels != 3 and any(is_video(path) for path in files):
+        video = next(path for path in files if is_video(path))
+        raise UserError(f"{video} is a video (RGB frames) and the model takes {loaded.stats.channels}-channel "
+                        "images (dataset.channels): give its frames as image files with that many channels")
     try:
         check_writable(output)  # before any file is segmented
         record_outputs(output, planned, "predictions")  # claimed before written: an interrupted run's files too
@@ -283,7 +292,7 @@ def predict(config: Mapping, source: Optional[ModelSource] = None) -> Dict:
                 overlay_video(path, output / "overlays" / f"{relative}.mp4", writer.label_frames, loaded.palette,
                               cfg["batch_size"])
                 continue
-            image = read_or_report(path, cfg["max_image_pixels"])
+            image = read_or_report(path, cfg["max_image_pixels"], loaded.stats.channels)
             if image is None:
                 failed.append(str(path))
                 continue

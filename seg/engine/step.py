@@ -8,6 +8,7 @@ from typing import Callable, Iterator, Mapping, Optional, Tuple
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from seg.data.channels import InputStats
 from seg.data.transforms import normalize
 from seg.engine import distributed
 from seg.engine.device import autocast
@@ -32,11 +33,13 @@ class TrainStep:
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn,
                  device: torch.device, amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
-                 scaler: Optional[torch.amp.GradScaler] = None, accumulate: int = 1):
+                 scaler: Optional[torch.amp.GradScaler] = None, accumulate: int = 1,
+                 stats: Optional[InputStats] = None):
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.device, self.amp_dtype, self.channels_last = device, amp_dtype, channels_last
         self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
         self.accumulate = accumulate
+        self.stats = stats  # the input's normalisation (None: RGB, ImageNet's)
         self.ddp = _ddp(model)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor,
@@ -66,7 +69,7 @@ class TrainStep:
 
     def _backward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Forward and backward of one micro-batch (gradients add up); returns its detached, unscaled loss."""
-        images = normalize(images.to(self.device, non_blocking=True))
+        images = normalize(images.to(self.device, non_blocking=True), self.stats)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         labels = labels.to(self.device, non_blocking=True).long()

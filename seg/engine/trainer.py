@@ -24,6 +24,7 @@ from seg.config import (
     batchnorm_kwargs,
     crop_hw,
     dataset_kwargs,
+    dataset_stats,
     excluded_classes,
     model_kwargs,
     to_plain,
@@ -142,6 +143,9 @@ class Trainer:
         self.batch_per_rank = self.t["batch_size"] // self.world
         self.accumulate = int(self.t.get("accumulate", 1))  # batches per optimizer step; train.iters counts steps
         self.amp_dtype = resolve_amp(self.t["amp"], device_type)
+        self.stats = dataset_stats(cfg["dataset"])  # the input's channels and normalisation (seg.data.channels)
+        if self.stats.channels != 3:  # recorded as numbers: evaluate, predict and export read them back
+            cfg["dataset"].update(mean=list(self.stats.mean), std=list(self.stats.std))
         self.channels_last = device_type == "cuda"
         if device_type == "cuda":
             torch.backends.cudnn.benchmark = True  # training crops have one fixed shape
@@ -305,13 +309,13 @@ class Trainer:
         batches = iter(build_train_loader(
             self.train_set, self.sampler, self.batch_per_rank, crop_hw(t["crop_size"]), tuple(t["scale_range"]),
             t["hflip"], t["color_jitter"], t["num_workers"], pin_memory=self.device.type == "cuda",
-            seed=int(self.cfg["seed"])))
+            seed=int(self.cfg["seed"]), stats=self.stats))
         device = self.device
         self.model.train()
         weights = None if self.class_weights is None else torch.tensor(self.class_weights, device=device)
         loss_fn = make_loss(t, self.val_set.ignore_index, weights)
         step = TrainStep(self.model, self.optimizer, loss_fn, device, self.amp_dtype, self.channels_last,
-                         self.scaler, self.accumulate)
+                         self.scaler, self.accumulate, stats=self.stats)
         loss_sum = torch.zeros((), device=device)
         run_nonfinite = torch.zeros((), device=device)
         worst_run = torch.zeros((), device=device)
@@ -406,7 +410,7 @@ class Trainer:
         metrics, _, samples = evaluate(model, self.val_set, self.device, batch_size=self.t["val_batch_size"],
                                        num_workers=min(self.t["num_workers"], 2), amp_dtype=self.amp_dtype,
                                        keep_samples=keep_samples if distributed.is_main() else 0,
-                                       exclude=self.exclude)
+                                       exclude=self.exclude, stats=self.stats)
         self.files.scalars({f"{tag}/mIoU": metrics["mIoU"], f"{tag}/mDice": metrics["mDice"],
                             f"{tag}/pixel_acc": metrics["pixel_acc"], f"{tag}/mean_acc": metrics["mean_acc"]},
                            iteration)

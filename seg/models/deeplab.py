@@ -26,6 +26,7 @@ from seg.models.backbone import (
     fetch_imagenet_weights,
 )
 from seg.models.cascade import CascadeDeepLab, check_cascade_backbone, check_cascade_blocks
+from seg.models.channels import adapt_first_conv
 from seg.models.deeplabv2 import DeepLabV2, check_rates
 from seg.models.lraspp import LRASPP
 from seg.models.mobilenet import MOBILENETS, build_mobilenet
@@ -227,21 +228,22 @@ def _check_classic_head(backbone: str, head: str, aspp_rates, cascade_blocks: in
 
 def build_encoder(backbone: str, output_stride: int = 16, multi_grid: Optional[Sequence[int]] = (1, 2, 4),
                   pretrained: str = "none", contract_dilation: bool = False, stem: str = "standard",
-                  multi_grid_scaled: bool = True, basic_conv2_dilated: bool = True) -> nn.Module:
+                  multi_grid_scaled: bool = True, basic_conv2_dilated: bool = True, in_channels: int = 3) -> nn.Module:
     """The encoder ``backbone`` names: a built-in ResNet (``"resnet50"``), torchvision's MobileNetV3
     (``"mobilenet_v3_large"``) or a timm model (``"timm:<name>"``).
 
     ``multi_grid=None``: no multi-grid (a built-in ResNet then uses the stage rate in every unit).
+    ``in_channels`` other than 3: the first convolution adapted from the RGB one (``seg.models.channels``).
     """
     if timm_backbone.is_timm(backbone):
         return timm_backbone.TimmBackbone(backbone[len(timm_backbone.PREFIX):], output_stride, multi_grid,
-                                          pretrained)
+                                          pretrained, in_channels)
     if backbone in MOBILENETS:
-        return build_mobilenet(backbone, output_stride, pretrained)
+        return adapt_first_conv(build_mobilenet(backbone, output_stride, pretrained), in_channels)
     if backbone in PEER_ENCODERS:
-        return PEER_ENCODERS[backbone](output_stride, pretrained)
-    return build_backbone(backbone, output_stride, multi_grid, pretrained, contract_dilation, stem, multi_grid_scaled,
-                          basic_conv2_dilated)
+        return adapt_first_conv(PEER_ENCODERS[backbone](output_stride, pretrained), in_channels)
+    return adapt_first_conv(build_backbone(backbone, output_stride, multi_grid, pretrained, contract_dilation, stem,
+                                           multi_grid_scaled, basic_conv2_dilated), in_channels)
 
 
 def fetch_backbone_weights(backbone: str) -> None:
@@ -271,8 +273,8 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
                 aspp_channels: int = 256, aspp_projection_kernel: int = 1, separable_convs: bool = False,
                 classifier_dropout: float = 0.0, depthwise_bn_relu: bool = True, aspp_conv: bool = False,
                 align_corners: bool = False, aspp_separable: Optional[bool] = None, low_level_reduced: int = 48,
-                multi_grid_scaled: bool = True, basic_conv2_dilated: bool = True,
-                cascade_blocks: int = 3) -> Union[DeepLabV3, LRASPP, CascadeDeepLab, DeepLabV2]:
+                multi_grid_scaled: bool = True, basic_conv2_dilated: bool = True, cascade_blocks: int = 3,
+                in_channels: int = 3) -> Union[DeepLabV3, LRASPP, CascadeDeepLab, DeepLabV2]:
     """Build DeepLabv3 / v3+ on an atrous ResNet, torchvision's MobileNetV3 or a timm encoder
     (``backbone="timm:<timm model name>"``), or LR-ASPP on MobileNetV3.
 
@@ -294,6 +296,8 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
     channels the v3+ decoder reduces the stride-4 features to: 48, its R18's ``c1_channels`` 12),
     ``multi_grid_scaled=False`` (the grid's values are the last stage's rates: ``stage_plan``) and
     ``basic_conv2_dilated=False`` (its ``BasicBlock`` dilates the first 3x3 conv of a unit only).
+    ``in_channels`` (``dataset.channels``): the input's channels; other than 3, the encoder's first convolution is
+    adapted from the RGB one as timm does (``seg.models.channels``).
 
     ``head="cascade"``: DeepLabv3's cascaded model, ``cascade_blocks`` copies of the last ResNet stage after it
     (seg/models/cascade.py); ``head="deeplabv2"``: DeepLab v2's ASPP-L, ``aspp_rates`` four (or any number of)
@@ -302,8 +306,10 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
     check_arguments(backbone, num_classes, output_stride, multi_grid, aspp_rates, head, aux_loss, decoder_convs,
                     stem, pretrained, aspp_channels, aspp_projection_kernel, classifier_dropout, aspp_conv,
                     low_level_reduced, multi_grid_scaled, cascade_blocks)
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
     trunk = build_encoder(backbone, output_stride, multi_grid, pretrained, contract_dilation, stem, multi_grid_scaled,
-                          basic_conv2_dilated)
+                          basic_conv2_dilated, in_channels)
     if head == "lraspp":
         return LRASPP(trunk, num_classes)
     if head in ("cascade", "deeplabv2"):

@@ -60,6 +60,9 @@ def arguments_from_config(config: Mapping, num_classes: int, pretrained: Optiona
     arguments["backbone"] = encoder_name(config["backbone"])
     arguments["aux_loss"] = bool(arguments["aux_loss"])
     arguments["pretrained"] = config["backbone"].get("pretrained", "none") if pretrained is None else pretrained
+    channels = (config.get("dataset") or {}).get("channels")  # dataset.channels; before the key: RGB
+    if channels not in (None, 3):
+        arguments["in_channels"] = int(channels)
     return arguments
 
 

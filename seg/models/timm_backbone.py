@@ -203,13 +203,14 @@ class TimmBackbone(nn.Module):
     """A timm feature network; ``forward`` returns (stride-4, second-to-last, last) feature maps."""
 
     def __init__(self, name: str, output_stride: int = 16, multi_grid: Optional[Sequence[int]] = None,
-                 pretrained: str = "none"):
+                 pretrained: str = "none", in_chans: int = 3):
         super().__init__()
+        self.in_chans = int(in_chans)  # timm's own in_chans: it adapts pretrained first convs (seg.models.channels)
         check_timm_arguments(name, output_stride, multi_grid)
         feature_cls, indices, _, channels = _feature_plan(name)
         self.name, self.feature_cls, self.indices = name, feature_cls, indices
         self.multi_grid = None if multi_grid is None else [int(g) for g in multi_grid]
-        self.body = _build(name, output_stride, feature_cls, indices, pretrained)
+        self.body = _build(name, output_stride, feature_cls, indices, pretrained, self.in_chans)
         self.low_level_channels, self.aux_channels, self.out_channels = (channels[i] for i in indices)
         self.output_stride = int(output_stride)
         self._apply_multi_grid()
@@ -228,7 +229,8 @@ class TimmBackbone(nn.Module):
     def set_output_stride(self, output_stride: int) -> None:
         """Re-stride in place after timm's rule for ``output_stride`` (see the module docstring)."""
         _check_stride(self.name, output_stride, self.feature_cls)
-        template = _meta(self.name, output_stride, self.feature_cls, out_indices=tuple(self.indices))
+        channels = {} if self.in_chans == 3 else {"in_chans": self.in_chans}
+        template = _meta(self.name, output_stride, self.feature_cls, out_indices=tuple(self.indices), **channels)
         try:
             _restride(self.body, template)
         except _Unswitchable as error:
@@ -292,8 +294,10 @@ def _adopt(new: nn.Module, old: nn.Module, key: str) -> nn.Module:
 
 
 def _build(name: str, output_stride: int, feature_cls: Optional[str], indices: Sequence[int],
-           pretrained: str) -> nn.Module:
+           pretrained: str, in_chans: int = 3) -> nn.Module:
     options = _pretrained_options(name, pretrained)
+    if in_chans != 3:
+        options["in_chans"] = in_chans
     try:
         return _create(name, output_stride, feature_cls, out_indices=tuple(indices), **options)
     except UserError:
