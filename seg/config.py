@@ -80,6 +80,9 @@ class ModelKeys:
     aspp_conv: bool = False
     align_corners: bool = False
     aspp_separable: Optional[bool] = None
+    context: Optional[str] = None  # head=context: basic | large (null: basic)
+    unet_widths: Optional[List[int]] = None  # head=unet_dilated (model=unet_dilated): null is 64..1024
+    unet_dropout: float = 0.5
     bn_momentum: Optional[float] = None  # seg.engine.batchnorm: a training setting, not build_model's
 
 

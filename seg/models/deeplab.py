@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg.models import timm_backbone
+from seg.models import timm_backbone, unet
 from seg.models.aspp import (
     ASPP,
     check_aspp_rates,
@@ -25,10 +25,11 @@ from seg.models.backbone import (
     check_stem,
     fetch_imagenet_weights,
 )
+from seg.models.context import ContextNet, check_context
 from seg.models.lraspp import LRASPP
 from seg.models.mobilenet import MOBILENETS, build_mobilenet
 
-HEADS = ("deeplabv3", "deeplabv3plus", "lraspp")
+HEADS = ("deeplabv3", "deeplabv3plus", "lraspp", "context", "unet_dilated")
 ENCODERS = (*BACKBONES, *MOBILENETS)  # backbone names: the atrous ResNets, then torchvision's MobileNetV3
 # LR-ASPP reads the encoder's stride-8 map: MobileNetV3's ``mid`` (C2). A ResNet's ``mid`` is stage 3 (stride 16 at
 # OS16), so the head is offered where torchvision offers it only.
@@ -143,7 +144,9 @@ def check_arguments(backbone: str, num_classes: Optional[int] = None, output_str
                     multi_grid: Optional[Sequence[int]] = (1, 2, 4), aspp_rates: Optional[Sequence[int]] = None,
                     head: str = "deeplabv3", aux_loss: bool = False, decoder_convs: Optional[int] = None,
                     stem: str = "standard", pretrained: str = "none", aspp_channels: int = 256,
-                    aspp_projection_kernel: int = 1, classifier_dropout: float = 0.0, aspp_conv: bool = False) -> None:
+                    aspp_projection_kernel: int = 1, classifier_dropout: float = 0.0, aspp_conv: bool = False,
+                    context: Optional[str] = None, unet_widths: Optional[Sequence[int]] = None,
+                    unet_dropout: float = unet.DROPOUT) -> None:
     """Raise a ``ValueError`` that starts with the name of the first bad argument of ``build_model``.
 
     ``build_model`` calls this first; ``seg.config`` calls it on a configuration before any work and words the
@@ -151,10 +154,13 @@ def check_arguments(backbone: str, num_classes: Optional[int] = None, output_str
     (``"timm:<name>"``) is checked against timm's model list, and built on the meta device to check that it has
     feature maps at ``output_stride`` and, for a multi-grid, ResNet stages.
     """
+    # the dilated U-Net (seg/models/unet.py) has its own encoder and rules: checked first, so its errors name them
+    unet.check_unet(backbone, head, output_stride, multi_grid, aspp_rates, aux_loss, pretrained, unet_widths,
+                    unet_dropout)
     timm = timm_backbone.is_timm(backbone)
     if timm:
         timm_backbone.check_timm_name(backbone[len(timm_backbone.PREFIX):])
-    elif backbone not in ENCODERS:
+    elif backbone not in (*ENCODERS, unet.ENCODER):
         raise ValueError(f"backbone must be one of {list(ENCODERS)} or timm:<timm model>, got {backbone!r}")
     if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool)
                                     or num_classes < 1):
@@ -171,6 +177,7 @@ def check_arguments(backbone: str, num_classes: Optional[int] = None, output_str
         check_aspp_rates(aspp_rates)
     if head not in HEADS:
         raise ValueError(f"head must be one of {list(HEADS)}, got {head!r}")
+    check_context(context, head, aspp_rates)
     allowed, _ = DECODER_CONVS.get(head, ((), None))
     if decoder_convs is not None and (isinstance(decoder_convs, bool) or decoder_convs not in allowed):
         raise ValueError(f"decoder_convs must be {f'one of {list(allowed)} or ' if allowed else ''}null with head "
@@ -239,7 +246,9 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
                 contract_dilation: bool = False, decoder_convs: Optional[int] = None, stem: str = "standard",
                 aspp_channels: int = 256, aspp_projection_kernel: int = 1, separable_convs: bool = False,
                 classifier_dropout: float = 0.0, depthwise_bn_relu: bool = True, aspp_conv: bool = False,
-                align_corners: bool = False, aspp_separable: Optional[bool] = None) -> Union[DeepLabV3, LRASPP]:
+                align_corners: bool = False, aspp_separable: Optional[bool] = None, context: Optional[str] = None,
+                unet_widths: Optional[Sequence[int]] = None,
+                unet_dropout: float = unet.DROPOUT) -> Union[DeepLabV3, LRASPP, ContextNet, unet.DilatedUNet]:
     """Build DeepLabv3 / v3+ on an atrous ResNet, torchvision's MobileNetV3 or a timm encoder
     (``backbone="timm:<timm model name>"``), or LR-ASPP on MobileNetV3.
 
@@ -258,12 +267,23 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
     the ASPP output), ``align_corners`` (its bilinear upsampling, of the logits and in the v3+ decoder) and
     ``aspp_separable`` (separable ASPP convs whatever the decoder's, its ``decoder_aspp_separable``; None: as
     ``separable_convs``).
+
+    The dilated family: ``head="context"`` puts Yu & Koltun's context module (``context``: ``"basic"``, the
+    default, or ``"large"``) on a 1x1 classifier of the encoder's output (seg/models/context.py);
+    ``head="unet_dilated"`` with ``backbone="unet"`` is the dilated U-Net (``unet_widths``: its five encoder widths,
+    None for 64..1024; ``unet_dropout``: after its two dilated stages), at output stride 16 (seg/models/unet.py).
     """
     check_arguments(backbone, num_classes, output_stride, multi_grid, aspp_rates, head, aux_loss, decoder_convs,
-                    stem, pretrained, aspp_channels, aspp_projection_kernel, classifier_dropout, aspp_conv)
+                    stem, pretrained, aspp_channels, aspp_projection_kernel, classifier_dropout, aspp_conv, context,
+                    unet_widths, unet_dropout)
+    if head == "unet_dilated":
+        return unet.DilatedUNet(num_classes, unet_widths or unet.WIDTHS, unet_dropout)
     trunk = build_encoder(backbone, output_stride, multi_grid, pretrained, contract_dilation, stem)
     if head == "lraspp":
         return LRASPP(trunk, num_classes)
+    if head == "context":
+        return ContextNet(trunk, num_classes, context or "basic",
+                          FCNHead(trunk.aux_channels, num_classes) if aux_loss else None)
     rates = list(aspp_rates) if aspp_rates else default_aspp_rates(output_stride)
     aspp = ASPP(trunk.out_channels, rates, aspp_channels, dropout, aspp_projection_kernel,
                 separable_convs if aspp_separable is None else aspp_separable, depthwise_bn_relu)

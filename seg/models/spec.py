@@ -29,6 +29,9 @@ CONFIG_KEYS: Dict[str, tuple] = {
     "aspp_conv": ("model", "aspp_conv", False),
     "align_corners": ("model", "align_corners", False),
     "aspp_separable": ("model", "aspp_separable", None),
+    "context": ("model", "context", None),
+    "unet_widths": ("model", "unet_widths", None),
+    "unet_dropout": ("model", "unet_dropout", 0.5),
 }
 
 
