@@ -3,6 +3,8 @@
     python scripts/receptive_field.py layers=[[3,1],[3,2],[3,5]] [feature_size=65]
     python scripts/receptive_field.py backbone=resnet50 os=16 model.multi_grid=[1,2,4] \\
         [model.aspp_rates=[6,12,18]] [input_size=513] [feature_size=33] [png=out.png [overwrite=true]] [--json]
+    python scripts/receptive_field.py backbone=resnet50 os=16 model.head=context [model.context=large]
+    python scripts/receptive_field.py model=unet_dilated [model.unet_widths=[...]] [input_size=512]
 
 A layer is [kernel, dilation(, stride(, padding))]; padding defaults to "same". Keys use the project's
 names; no Hydra run directory is created. The analysis itself is in seg.analysis.
@@ -22,7 +24,7 @@ from seg.errors import UserError
 from seg.outputs import check_outputs
 
 KEYS = {"layers", "backbone", "backbone.name", "os", "model.multi_grid", "model.aspp_rates", "input_size",
-        "feature_size", "png", "json", "overwrite"}
+        "feature_size", "png", "json", "overwrite", "model", "model.head", "model.context", "model.unet_widths"}
 
 
 def analyse(options: dict) -> dict:
@@ -33,6 +35,8 @@ def analyse(options: dict) -> dict:
         if "input_size" in options:
             raise ValueError("for layers=..., the size of the map the stack runs on is feature_size=...")
         return analyse_layers(parse_layers(options["layers"]), options.get("feature_size"))
+    if options.get("model") is not None or options.get("model.head") in ("context", "unet_dilated"):
+        return analyse_family(options)
     backbone = options.get("backbone.name", options.get("backbone"))
     if backbone is None:
         raise ValueError("nothing to analyse: give layers=[[3,1],[3,2],[3,5]] or backbone=resnet50 os=16")
@@ -42,6 +46,24 @@ def analyse(options: dict) -> dict:
                           multi_grid=options.get("model.multi_grid", (1, 2, 4)),
                           aspp_rates=options.get("model.aspp_rates"), input_size=options.get("input_size", 513),
                           feature_size=options.get("feature_size"))
+
+
+def analyse_family(options: dict) -> dict:
+    """The context module (model.head=context) and the dilated U-Net (model=unet_dilated)."""
+    if options.get("model", "unet_dilated") != "unet_dilated":
+        raise ValueError(f"model must be unet_dilated here (a peer preset has the backbone's analysis: give its "
+                         f"backbone= and os=), got {options['model']!r}")
+    if options.get("png") or "feature_size" in options:
+        raise ValueError("png= and feature_size= are for backbone=... with the ASPP and for layers=...")
+    if options.get("model") == "unet_dilated" or options.get("model.head") == "unet_dilated":
+        from seg.analysis.unet import analyse_unet_config
+
+        return analyse_unet_config(options.get("model.unet_widths"), options.get("input_size", 512))
+    from seg.analysis.context import analyse_context_config
+
+    return analyse_context_config(options.get("backbone.name", options.get("backbone", "resnet50")),
+                                  options.get("model.context") or "basic", options.get("os", 16),
+                                  options.get("model.multi_grid", (1, 2, 4)), options.get("input_size", 513))
 
 
 def main(argv=None) -> None:

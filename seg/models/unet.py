@@ -5,8 +5,8 @@ Ronneberger et al.'s U-Net with "same" padding and BatchNorm: five encoder stage
 and followed by Dropout 0.5 (U-Net's dropout "at the end of the contracting path"; the stage-4 output goes to the
 skip and the pool through it, as in U-Net's own network), then four decoder steps of a 2x2 transposed convolution
 (stride 2, half the channels), concatenation with the encoder map of that resolution and two 3x3 conv/BN/ReLU, and a
-1x1 classifier. Dilation 2 doubles the reach of the deepest convolutions without another pooling (receptive field
-296 pixels instead of 204 for the undilated network), which is what the dilated variants in the literature buy.
+1x1 classifier. Dilation 2 doubles the reach of the deepest convolutions without another pooling: a receptive field
+of 296 pixels instead of the undilated network's 200 (``scripts/receptive_field.py model=unet_dilated``).
 
 There is no ResNet backbone: the encoder is the module ``backbone`` (so ``train.backbone_lr_mult`` and
 ``train.freeze_backbone`` apply to it), its output stride is 16 and fixed (four poolings), and it has no ImageNet

@@ -1,0 +1,78 @@
+"""Receptive field of the dilated U-Net (``model=unet_dilated``) along its deepest path.
+
+The deepest path (every encoder stage, then every decoder step) has the largest receptive field; the skips reach
+less far. ``seg.analysis.layers.Layer`` has integer strides only, so the walk here adds the decoder's 2x2 transposed
+convolutions (stride 2): an output pixel of one depends on exactly one input pixel, so the receptive field stays
+and the jump (input pixels between neighbouring outputs) halves; each 3x3 convolution after it adds
+``dilation * 2 * jump`` as anywhere else.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Dict, List, Optional, Sequence
+
+from torch import nn
+
+
+def _rows(model: nn.Module) -> List[Dict]:
+    """(name, kind, kernel, dilation) of the deepest path's sliding-window layers, in forward order."""
+    encoder, rows = model.backbone, []
+    for index, (stage_name, (stage,)) in enumerate(encoder.stages().items()):
+        if index:
+            rows.append({"name": "backbone.pool", "kind": "max-pool", "kernel": 2, "dilation": 1, "stride": 2})
+        rows += [{"name": f"backbone.{stage_name}.{name}", "kind": "conv", "kernel": conv.kernel_size[0],
+                  "dilation": conv.dilation[0], "stride": conv.stride[0]}
+                 for name, conv in stage.named_children() if isinstance(conv, nn.Conv2d)]
+    for index, step in enumerate(model.decoder):
+        rows.append({"name": f"decoder.{index}.up", "kind": "up-conv", "kernel": step.up.kernel_size[0],
+                     "dilation": 1, "stride": Fraction(1, step.up.stride[0])})
+        rows += [{"name": f"decoder.{index}.convs.{name}", "kind": "conv", "kernel": conv.kernel_size[0],
+                  "dilation": conv.dilation[0], "stride": conv.stride[0]}
+                 for name, conv in step.convs.named_children() if isinstance(conv, nn.Conv2d)]
+    rows.append({"name": "classifier", "kind": "conv", "kernel": 1, "dilation": 1, "stride": 1})
+    return rows
+
+
+def analyse_unet_model(model: nn.Module, input_size: Optional[int] = None) -> Dict:
+    """Per layer of the deepest path: receptive field and jump after it (input pixels), and its map size for a
+    square input of ``input_size`` (padded to a multiple of 16 as the model pads it)."""
+    rf, jump = 1, Fraction(1)
+    size = None if input_size is None else input_size + model.padding(input_size, input_size)[0]
+    rows = _rows(model)
+    for row in rows:
+        if row["kind"] != "up-conv":  # a transposed conv's output pixel sees one input pixel
+            rf += row["dilation"] * (row["kernel"] - 1) * jump
+        jump *= row["stride"]
+        if size is not None:
+            size = size * 2 if row["kind"] == "up-conv" else size // row["stride"]
+        row.update(receptive_field=int(rf), jump=float(jump), size=size)
+    stages = [{"stage": name, "receptive_field": next(r for r in reversed(rows) if r["name"].startswith(
+        f"backbone.{name}."))["receptive_field"]} for name in model.backbone.stages()]
+    return {"mode": "unet", "widths": list(model.widths), "input_size": input_size, "layers": rows,
+            "stages": stages, "receptive_field": int(rf), "output_stride": model.output_stride}
+
+
+def analyse_unet_config(widths: Optional[Sequence[int]] = None, input_size: Optional[int] = 512) -> Dict:
+    """Build ``model=unet_dilated`` (random weights, two classes; ``widths`` None: 64..1024) and analyse it."""
+    from seg.models import build_model
+
+    model = build_model("unet", 2, multi_grid=None, head="unet_dilated",
+                        unet_widths=None if widths is None else tuple(widths))
+    return analyse_unet_model(model, input_size)
+
+
+def format_unet_report(report: Dict) -> List[str]:
+    sized = report["input_size"] is not None
+    widths = "-".join(str(w) for w in report["widths"])
+    lines = [f"dilated U-Net {widths}, output stride {report['output_stride']}"
+             + (f"; input {report['input_size']}x{report['input_size']}" if sized else ""),
+             f"deepest path: {len(report['layers'])} layers (encoder, bottleneck, decoder; skips reach less far)",
+             f"{'layer':<28}{'kind':>9}{'k':>3}{'d':>4}{'RF':>6}{'jump':>7}" + (f"{'size':>6}" if sized else "")]
+    for row in report["layers"]:
+        lines.append(f"{row['name']:<28}{row['kind']:>9}{row['kernel']:>3}{row['dilation']:>4}"
+                     f"{row['receptive_field']:>6}{row['jump']:>7g}" + (f"{row['size']:>6}" if sized else ""))
+    stages = ", ".join(f"{s['stage']} {s['receptive_field']}" for s in report["stages"])
+    lines += [f"receptive field after each encoder stage: {stages}",
+              f"receptive field of the output: {report['receptive_field']}x{report['receptive_field']} input pixels"]
+    return lines
