@@ -18,10 +18,10 @@ from torch import nn
 def _rows(model: nn.Module) -> List[Dict]:
     """(name, kind, kernel, dilation) of the deepest path's sliding-window layers, in forward order."""
     encoder, rows = model.backbone, []
-    for index, (stage_name, (stage,)) in enumerate(encoder.stages().items()):
+    for index, stage in enumerate(encoder.blocks):
         if index:
             rows.append({"name": "backbone.pool", "kind": "max-pool", "kernel": 2, "dilation": 1, "stride": 2})
-        rows += [{"name": f"backbone.{stage_name}.{name}", "kind": "conv", "kernel": conv.kernel_size[0],
+        rows += [{"name": f"backbone.blocks.{index}.{name}", "kind": "conv", "kernel": conv.kernel_size[0],
                   "dilation": conv.dilation[0], "stride": conv.stride[0]}
                  for name, conv in stage.named_children() if isinstance(conv, nn.Conv2d)]
     for index, step in enumerate(model.decoder):
@@ -36,9 +36,9 @@ def _rows(model: nn.Module) -> List[Dict]:
 
 def analyse_unet_model(model: nn.Module, input_size: Optional[int] = None) -> Dict:
     """Per layer of the deepest path: receptive field and jump after it (input pixels), and its map size for a
-    square input of ``input_size`` (padded to a multiple of 16 as the model pads it)."""
+    square input of ``input_size`` (resized up to a multiple of 16 as the model does)."""
     rf, jump = 1, Fraction(1)
-    size = None if input_size is None else input_size + model.padding(input_size, input_size)[0]
+    size = None if input_size is None else model.working_size(input_size, input_size)[0]
     rows = _rows(model)
     for row in rows:
         if row["kind"] != "up-conv":  # a transposed conv's output pixel sees one input pixel
@@ -47,8 +47,8 @@ def analyse_unet_model(model: nn.Module, input_size: Optional[int] = None) -> Di
         if size is not None:
             size = size * 2 if row["kind"] == "up-conv" else size // row["stride"]
         row.update(receptive_field=int(rf), jump=float(jump), size=size)
-    stages = [{"stage": name, "receptive_field": next(r for r in reversed(rows) if r["name"].startswith(
-        f"backbone.{name}."))["receptive_field"]} for name in model.backbone.stages()]
+    stages = [{"stage": f"stage{index + 1}", "receptive_field": next(r for r in reversed(rows) if r["name"].startswith(
+        f"backbone.blocks.{index}."))["receptive_field"]} for index in range(len(model.backbone.blocks))]
     return {"mode": "unet", "widths": list(model.widths), "input_size": input_size, "layers": rows,
             "stages": stages, "receptive_field": int(rf), "output_stride": model.output_stride}
 

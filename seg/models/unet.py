@@ -10,10 +10,12 @@ of 296 pixels instead of the undilated network's 200 (``scripts/receptive_field.
 
 There is no ResNet backbone: the encoder is the module ``backbone`` (so ``train.backbone_lr_mult`` and
 ``train.freeze_backbone`` apply to it), its output stride is 16 and fixed (four poolings), and it has no ImageNet
-weights. Inputs whose sides are not multiples of 16 are padded with zeros (the normalised image's mean) at the
-bottom and right up to the next multiple and the logits are cropped back: every pooling then halves exactly and
-the skips meet their upsampled maps at the same size, and a pixel's logits do not depend on how much padding
-follows it beyond the receptive field.
+weights. Inputs whose sides are not multiples of 16 are resized (bilinear) up to the next multiple (at most 15
+pixels more) and the logits resized back to the input size, as DeepLab resizes its stride-16 logits: every pooling
+then halves exactly and the skips meet their upsampled maps at the same size. For multiples of 16 both resizes are
+exact copies. Resizing rather than zero padding keeps the exported program free of size comparisons: padding to
+``16 * ceil(side / 16)`` and cropping back makes torch.export guard on sizes it cannot prove for every height and
+width, so format=export would fail.
 """
 
 from __future__ import annotations
@@ -24,11 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seg.errors import UserError
+
 WIDTHS = (64, 128, 256, 512, 1024)
 DILATIONS = (1, 1, 1, 2, 2)  # per encoder stage: the two deepest stages dilated
 DROPOUT = 0.5
 OUTPUT_STRIDE = 16  # four 2x2 max-pools: input sides are padded to a multiple of this
 ENCODER = "unet"  # build_model's backbone name for the U-Net's own encoder
+
+
+class StrideError(UserError, ValueError):
+    pass
 
 
 def check_unet(backbone: str, head: str, output_stride: int, multi_grid: Optional[Sequence[int]],
@@ -78,27 +86,30 @@ def double_conv(in_channels: int, out_channels: int, dilation: int = 1) -> nn.Se
 
 
 class UNetEncoder(nn.Module):
-    """The contracting path: ``stage1`` ... ``stage5``, a max-pool before each but the first; returns every
+    """The contracting path: ``blocks.0`` ... ``blocks.4``, a max-pool before each but the first; returns every
     stage's output (the skips and the bottleneck)."""
 
     def __init__(self, widths: Sequence[int] = WIDTHS, dropout: float = DROPOUT, in_channels: int = 3):
         super().__init__()
         self.pool = nn.MaxPool2d(2, 2)
-        for index, (c_in, c_out, dilation) in enumerate(zip([in_channels, *widths], widths, DILATIONS), start=1):
+        self.blocks = nn.ModuleList()
+        for c_in, c_out, dilation in zip([in_channels, *widths], widths, DILATIONS):
             stage = double_conv(c_in, c_out, dilation)
             if dilation > 1:
                 stage.append(nn.Dropout(dropout))
-            self.add_module(f"stage{index}", stage)
+            self.blocks.append(stage)
         self.out_channels = widths[-1]
         self.output_stride = OUTPUT_STRIDE
 
     def stages(self) -> Dict[str, List[nn.Module]]:
-        return {f"stage{i}": [getattr(self, f"stage{i}")] for i in range(1, len(DILATIONS) + 1)}
+        """``{"stage1": [its block], ...}`` (the benchmark's and the receptive-field tool's view of the stages)."""
+        return {f"stage{index}": [block] for index, block in enumerate(self.blocks, start=1)}
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        features = [self.stage1(x)]
-        for index in range(2, len(DILATIONS) + 1):
-            features.append(getattr(self, f"stage{index}")(self.pool(features[-1])))
+        features: List[torch.Tensor] = []
+        for index, block in enumerate(self.blocks):
+            x = block(x if index == 0 else self.pool(x))
+            features.append(x)
         return features
 
 
@@ -128,24 +139,25 @@ class DilatedUNet(nn.Module):
 
     @property
     def output_stride(self) -> int:
-        return OUTPUT_STRIDE
+        return self.backbone.output_stride
 
     def set_output_stride(self, output_stride: int) -> None:
-        """Only 16 (the stride the four poolings fix); there is nothing to switch."""
+        """Only 16 (the stride the four poolings fix): there is nothing to switch. A ``UserError``: evaluate,
+        predict and export reach here with the ``os=`` a user gave for a trained U-Net."""
         if output_stride != OUTPUT_STRIDE:
-            raise ValueError(f"output_stride must be {OUTPUT_STRIDE} for the dilated U-Net (its four 2x2 max-pools "
-                             f"fix it), got {output_stride!r}")
+            raise StrideError(f"output_stride must be {OUTPUT_STRIDE} for the dilated U-Net (os=16 or unset: its four "
+                              f"2x2 max-pools fix it), got {output_stride!r}")
 
     @staticmethod
-    def padding(height: int, width: int) -> Tuple[int, int]:
-        """Rows and columns added at the bottom and right to reach multiples of the output stride."""
-        return (-height) % OUTPUT_STRIDE, (-width) % OUTPUT_STRIDE
+    def working_size(height: int, width: int) -> Tuple[int, int]:
+        """The size the network runs at: each side rounded up to a multiple of the output stride (16)."""
+        return (height + 15) // 16 * 16, (width + 15) // 16 * 16
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        height, width = x.shape[-2:]
-        bottom, right = self.padding(height, width)
-        features = self.backbone(F.pad(x, [0, right, 0, bottom]))
+        height, width = x.shape[-2], x.shape[-1]
+        features = self.backbone(F.interpolate(x, size=self.working_size(height, width), mode="bilinear",
+                                               align_corners=False))
         y = features[-1]
-        for step, skip in zip(self.decoder, features[-2::-1]):
-            y = step(y, skip)
-        return {"out": self.classifier(y)[..., :height, :width]}
+        for index, step in enumerate(self.decoder):
+            y = step(y, features[-2 - index])
+        return {"out": F.interpolate(self.classifier(y), size=(height, width), mode="bilinear", align_corners=False)}
