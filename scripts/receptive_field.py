@@ -71,10 +71,15 @@ def main(argv=None) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help=f"keys: {', '.join(sorted(KEYS))}")
     parser.add_argument("--json", action="store_true", help="print the analysis as one JSON object")
     args = parser.parse_args(argv)
+    # model=<preset> beside model.<key>=...: OmegaConf would make "model" a section and drop the preset's name
+    presets = {arg.partition("=")[2] for arg in args.overrides if arg.startswith("model=")}
     try:
-        options = flatten(OmegaConf.to_container(OmegaConf.from_cli(args.overrides)))
+        options = flatten(OmegaConf.to_container(OmegaConf.from_cli(
+            [arg for arg in args.overrides if not arg.startswith("model=")])))
     except Exception as error:  # OmegaConf's grammar errors
         parser.error(f"cannot parse {args.overrides}: {error}")
+    if presets:
+        options["model"] = presets.pop() if len(presets) == 1 else parser.error("give model= once")
     unknown = sorted(set(options) - KEYS)
     if unknown:
         parser.error(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(KEYS))}")

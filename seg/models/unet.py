@@ -6,7 +6,8 @@ and followed by Dropout 0.5 (U-Net's dropout "at the end of the contracting path
 skip and the pool through it, as in U-Net's own network), then four decoder steps of a 2x2 transposed convolution
 (stride 2, half the channels), concatenation with the encoder map of that resolution and two 3x3 conv/BN/ReLU, and a
 1x1 classifier. Dilation 2 doubles the reach of the deepest convolutions without another pooling: a receptive field
-of 296 pixels instead of the undilated network's 200 (``scripts/receptive_field.py model=unet_dilated``).
+of 284 to 300 pixels (by position) instead of the undilated network's 188 to 204
+(``scripts/receptive_field.py model=unet_dilated``).
 
 There is no ResNet backbone: the encoder is the module ``backbone`` (so ``train.backbone_lr_mult`` and
 ``train.freeze_backbone`` apply to it), its output stride is 16 and fixed (four poolings), and it has no ImageNet
@@ -145,8 +146,8 @@ class DilatedUNet(nn.Module):
         """Only 16 (the stride the four poolings fix): there is nothing to switch. A ``UserError``: evaluate,
         predict and export reach here with the ``os=`` a user gave for a trained U-Net."""
         if output_stride != OUTPUT_STRIDE:
-            raise StrideError(f"output_stride must be {OUTPUT_STRIDE} for the dilated U-Net (os=16 or unset: its four "
-                              f"2x2 max-pools fix it), got {output_stride!r}")
+            raise StrideError(f"output_stride must be {OUTPUT_STRIDE} for the dilated U-Net (its four 2x2 max-pools "
+                              f"fix it: os=16 or unset; the benchmark's eval_os=16), got {output_stride!r}")
 
     @staticmethod
     def working_size(height: int, width: int) -> Tuple[int, int]:
