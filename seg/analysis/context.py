@@ -17,10 +17,10 @@ from seg.analysis.model import layer_from_module, main_path_layers
 from seg.analysis.report import _format_layers_report, analyse_layers, describe_stack
 
 
-def module_layers(module: nn.Module, prefix: str = "context") -> List[Layer]:
-    """The module's convolutions in forward order, named by module path."""
-    return [layer_from_module(child, f"{prefix}.{name}") for name, child in module.named_children()
-            if isinstance(child, nn.Conv2d)]
+def module_layers(module: nn.Module) -> List[Layer]:
+    """The module's convolutions in forward order, named by Table 1's layer numbers (layer1 ... layer8)."""
+    convs = [child for child in module.children() if isinstance(child, nn.Conv2d)]
+    return [layer_from_module(conv, f"layer{index}") for index, conv in enumerate(convs, start=1)]
 
 
 def analyse_context_model(model: nn.Module, name: str = "model", input_size: int = 513) -> Dict:
