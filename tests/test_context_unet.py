@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import REPO, compose_config, losses_from_log, run_script, tiny_checkpoint, tiny_overrides
+from helpers import REPO, compose_config, losses_from_log, needed, run_script, tiny_checkpoint, tiny_overrides
 from test_export import NEEDS_DYNAMIC_EXPORT, OTHER_SIZES, assert_parity
 
 from seg.config import ConfigError, model_kwargs, validate_train
@@ -202,8 +202,8 @@ def models():
 def test_export_parity(models, name, format, tmp_path):
     model = models[name]
     if format == "onnx":
-        pytest.importorskip("onnxscript")
-        onnxruntime = pytest.importorskip("onnxruntime")
+        needed("onnxscript")
+        onnxruntime = needed("onnxruntime")
     path = tmp_path / f"model.{format}"
     report = export_model(model, path, format, {"class_names": ["a", "b", "c"]}, check_sizes=[[64, 64], [65, 97]])
     assert all(r["max_abs_diff"] <= 1e-4 for r in report["parity"])
