@@ -256,3 +256,18 @@ def test_a_trained_unet_at_another_output_stride_is_one_line(tmp_path, cfg_eval)
     with pytest.raises(UserError, match=r"^output_stride must be 16 for the dilated U-Net .*got 8$"):
         evaluate_checkpoint(cfg_eval(ckpt, "os=8"), tmp_path / "eval")
     assert Path(ckpt).is_file()
+
+
+def test_models_table_rows_and_table_1_parameter_count():
+    """The models table's rows (the U-Net at its own stride whatever the table's), and the basic module's parameters
+    as Table 1 gives them: seven 3x3 C -> C convolutions and a 1x1, each with C biases."""
+    from seg.benchmark.models import model_rows
+
+    names = ["resnet50, context module (basic)", "dilated U-Net 64-1024"]
+    rows = model_rows(output_stride=8, size=32, rounds=1, warmup=0, include_timm=False, names=names)
+    assert [(r["name"], r["head"], r["output_stride"]) for r in rows] == [
+        ("resnet50", "deeplabv3", 8), ("resnet50, context module (basic)", "context", 8),
+        ("dilated U-Net 64-1024", "unet_dilated", 16)]
+    c = 21
+    module = sum(p.numel() for p in build_model("resnet50", c, head="context").context.parameters())
+    assert module == 7 * (c * c * 9 + c) + (c * c + c)
