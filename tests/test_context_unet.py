@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from helpers import REPO, compose_config, losses_from_log, needed, run_script, tiny_checkpoint, tiny_overrides
 from test_export import NEEDS_DYNAMIC_EXPORT, OTHER_SIZES, assert_parity
 
+from seg.benchmark.run import run_benchmark
 from seg.config import ConfigError, model_kwargs, validate_train
 from seg.engine.evaluation import evaluate_checkpoint
 from seg.engine.predict import predict
@@ -271,3 +272,17 @@ def test_models_table_rows_and_table_1_parameter_count():
     c = 21
     module = sum(p.numel() for p in build_model("resnet50", c, head="context").context.parameters())
     assert module == 7 * (c * c * 9 + c) + (c * c + c)
+
+
+@pytest.mark.parametrize("model", [UNET, {"backbone": "resnet18", **CONTEXT}], ids=["unet_dilated", "context"])
+def test_benchmark_runs_both(model, tmp_path):
+    overrides = [f"{k}={v}" for k, v in model.items()]
+    cfg = compose_config("benchmark", [*overrides, "batch_size=2", "crop_size=32", "eval_size=[32,48]", "steps=1",
+                                       "warmup=0", "data_steps=0", "micro=false", "device=cpu", "cpu_threads=1",
+                                       "eval_os=16", "output=null"])
+    result = run_benchmark(cfg, tmp_path / "run", echo=False)
+    expected = build_model(**model_kwargs(cfg, result["settings"]["num_classes"]))
+    assert result["model"]["params"] == sum(p.numel() for p in expected.parameters())
+    if "model" in model:  # the U-Net's stages as the benchmark reads them: dilation 2 in the two deepest
+        assert result["model"]["dilations"] == {"stage1": [1, 1], "stage2": [1, 1], "stage3": [1, 1],
+                                                "stage4": [2, 2], "stage5": [2, 2]}
