@@ -68,7 +68,8 @@ def check_unet(backbone: str, head: str, output_stride: int, multi_grid: Optiona
         raise ValueError("aux_loss must be false with head unet_dilated (it has no auxiliary head)")
     if pretrained != "none":
         raise ValueError(f"pretrained must be none with head unet_dilated (no ImageNet weights exist for the U-Net's "
-                         f"encoder), got {pretrained!r}")
+                         f"encoder; a real dataset's recipe asks for them: add backbone.pretrained=none), "
+                         f"got {pretrained!r}")
     if widths is not None and (isinstance(widths, (str, bytes)) or len(widths) != len(WIDTHS) or not all(
             isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)):
         raise ValueError(f"unet_widths must be {len(WIDTHS)} positive integers (the encoder stages' channels, e.g. "
