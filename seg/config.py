@@ -85,6 +85,9 @@ class ModelKeys:
     low_level_reduced: int = 48
     multi_grid_scaled: bool = True
     basic_conv2_dilated: bool = True
+    context: Optional[str] = None  # head=context: basic | large (null: basic)
+    unet_widths: Optional[List[int]] = None  # head=unet_dilated (model=unet_dilated): null is 64..1024
+    unet_dropout: float = 0.5
     bn_momentum: Optional[float] = None  # seg.engine.batchnorm: a training setting, not build_model's
 
 

@@ -185,5 +185,10 @@ def _format_model_report(report: Dict) -> List[str]:
 
 
 def format_report(report: Dict) -> str:
-    formatter = _format_model_report if report["mode"] == "model" else _format_layers_report
+    if report["mode"] == "context":  # seg.analysis.context / .unet read built models (torch): imported when needed
+        from seg.analysis.context import format_context_report as formatter
+    elif report["mode"] == "unet":
+        from seg.analysis.unet import format_unet_report as formatter
+    else:
+        formatter = _format_model_report if report["mode"] == "model" else _format_layers_report
     return "\n".join(formatter(report))

@@ -30,6 +30,10 @@ BUILT_IN: Tuple[Tuple[str, Dict], ...] = (
     ("mobilenet_v3_large, LR-ASPP", dict(backbone="mobilenet_v3_large", multi_grid=None, head="lraspp")),
     ("resnet50, cascade block5-7", dict(backbone="resnet50", head="cascade")),
     ("resnet50, DeepLab v2 ASPP-L", dict(backbone="resnet50", head="deeplabv2")),
+    # the dilated family (docs/dilated.md); the U-Net runs at output stride 16 whatever the table's
+    ("resnet50, context module (basic)", dict(backbone="resnet50", head="context")),
+    ("resnet50, context module (large)", dict(backbone="resnet50", head="context", context="large")),
+    ("dilated U-Net 64-1024", dict(backbone="unet", head="unet_dilated", multi_grid=None, output_stride=16)),
 )
 TIMM: Tuple[Tuple[str, Dict], ...] = tuple(
     (name, dict(backbone=f"timm:{name}", multi_grid=(1, 2, 4) if name == "resnet50d" else None))
@@ -48,7 +52,8 @@ def model_rows(output_stride: int = 16, size: int = 512, rounds: int = 3, warmup
         arguments = {"num_classes": 21, "output_stride": output_stride, **arguments}
         model = build_model(**arguments).eval()
         models.append(model)
-        rows.append({"name": label, "head": arguments.get("head", "deeplabv3"), "output_stride": output_stride,
+        rows.append({"name": label, "head": arguments.get("head", "deeplabv3"),
+                     "output_stride": arguments["output_stride"],
                      "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
                      "gflops": count_flops(copy.deepcopy(model).to("meta"), 1, (size, size)) / 1e9})
     image = torch.rand(1, 3, size, size)

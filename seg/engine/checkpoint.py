@@ -30,7 +30,8 @@ REQUIRED_KEYS = ("model", "config", "class_names", "iteration")
 SHAPE_KEYS = (("backbone", "source"), ("backbone", "name"), ("model", "head"), ("model", "aux_loss"),
               ("dataset", "num_classes"), ("backbone", "stem"), ("model", "aspp_channels"),
               ("model", "aspp_projection_kernel"), ("model", "separable_convs"), ("model", "depthwise_bn_relu"),
-              ("model", "aspp_conv"), ("model", "aspp_separable"), ("model", "low_level_reduced"))
+              ("model", "aspp_conv"), ("model", "aspp_separable"), ("model", "low_level_reduced"),
+              ("model", "cascade_blocks"), ("model", "context"), ("model", "unet_widths"))
 # What a config written before a key existed meant by it (seg.models.spec), e.g. backbone.stem: standard.
 SHAPE_DEFAULTS = {**{(section, key): default for section, key, default in CONFIG_KEYS.values()},
                   ("backbone", "source"): "torchvision"}

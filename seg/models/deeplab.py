@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg.models import mobilenet_v2, timm_backbone
+from seg.models import mobilenet_v2, timm_backbone, unet
 from seg.models.aspp import (
     ASPP,
     check_aspp_rates,
@@ -27,11 +27,12 @@ from seg.models.backbone import (
 )
 from seg.models.cascade import CascadeDeepLab, check_cascade_backbone, check_cascade_blocks
 from seg.models.channels import adapt_first_conv
+from seg.models.context import ContextNet, check_context
 from seg.models.deeplabv2 import DeepLabV2, check_rates
 from seg.models.lraspp import LRASPP
 from seg.models.mobilenet import MOBILENETS, build_mobilenet
 
-HEADS = ("deeplabv3", "deeplabv3plus", "lraspp", "cascade", "deeplabv2")
+HEADS = ("deeplabv3", "deeplabv3plus", "lraspp", "cascade", "deeplabv2", "context", "unet_dilated")
 # VainF/DeepLabV3Plus-Pytorch's MobileNetV2 (its padding, torchvision's tensors): name -> builder
 PEER_ENCODERS = {mobilenet_v2.NAME: mobilenet_v2.build_vainf_mobilenetv2}
 ENCODERS = (*BACKBONES, *MOBILENETS, *PEER_ENCODERS)  # backbone names: the atrous ResNets, torchvision's
@@ -150,7 +151,9 @@ def check_arguments(backbone: str, num_classes: Optional[int] = None, output_str
                     head: str = "deeplabv3", aux_loss: bool = False, decoder_convs: Optional[int] = None,
                     stem: str = "standard", pretrained: str = "none", aspp_channels: int = 256,
                     aspp_projection_kernel: int = 1, classifier_dropout: float = 0.0, aspp_conv: bool = False,
-                    low_level_reduced: int = 48, multi_grid_scaled: bool = True, cascade_blocks: int = 3) -> None:
+                    low_level_reduced: int = 48, multi_grid_scaled: bool = True, cascade_blocks: int = 3,
+                    context: Optional[str] = None, unet_widths: Optional[Sequence[int]] = None,
+                    unet_dropout: float = unet.DROPOUT) -> None:
     """Raise a ``ValueError`` that starts with the name of the first bad argument of ``build_model``.
 
     ``build_model`` calls this first; ``seg.config`` calls it on a configuration before any work and words the
@@ -158,10 +161,13 @@ def check_arguments(backbone: str, num_classes: Optional[int] = None, output_str
     (``"timm:<name>"``) is checked against timm's model list, and built on the meta device to check that it has
     feature maps at ``output_stride`` and, for a multi-grid, ResNet stages.
     """
+    # the dilated U-Net (seg/models/unet.py) has its own encoder and rules: checked first, so its errors name them
+    unet.check_unet(backbone, head, output_stride, multi_grid, aspp_rates, aux_loss, pretrained, unet_widths,
+                    unet_dropout)
     timm = timm_backbone.is_timm(backbone)
     if timm:
         timm_backbone.check_timm_name(backbone[len(timm_backbone.PREFIX):])
-    elif backbone not in ENCODERS:
+    elif backbone not in (*ENCODERS, unet.ENCODER):
         raise ValueError(f"backbone must be one of {list(ENCODERS)} or timm:<timm model>, got {backbone!r}")
     if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool)
                                     or num_classes < 1):
@@ -180,6 +186,7 @@ def check_arguments(backbone: str, num_classes: Optional[int] = None, output_str
         (check_rates if head == "deeplabv2" else check_aspp_rates)(aspp_rates)
     if head in ("cascade", "deeplabv2"):  # seg/models/cascade.py, seg/models/deeplabv2.py
         _check_classic_head(backbone, head, aspp_rates, cascade_blocks, aspp_channels, aspp_projection_kernel)
+    check_context(context, head, aspp_rates)
     allowed, _ = DECODER_CONVS.get(head, ((), None))
     if decoder_convs is not None and (isinstance(decoder_convs, bool) or decoder_convs not in allowed):
         raise ValueError(f"decoder_convs must be {f'one of {list(allowed)} or ' if allowed else ''}null with head "
@@ -274,7 +281,9 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
                 classifier_dropout: float = 0.0, depthwise_bn_relu: bool = True, aspp_conv: bool = False,
                 align_corners: bool = False, aspp_separable: Optional[bool] = None, low_level_reduced: int = 48,
                 multi_grid_scaled: bool = True, basic_conv2_dilated: bool = True, cascade_blocks: int = 3,
-                in_channels: int = 3) -> Union[DeepLabV3, LRASPP, CascadeDeepLab, DeepLabV2]:
+                context: Optional[str] = None, unet_widths: Optional[Sequence[int]] = None,
+                unet_dropout: float = unet.DROPOUT, in_channels: int = 3,
+                ) -> Union[DeepLabV3, LRASPP, CascadeDeepLab, DeepLabV2, ContextNet, unet.DilatedUNet]:
     """Build DeepLabv3 / v3+ on an atrous ResNet, torchvision's MobileNetV3 or a timm encoder
     (``backbone="timm:<timm model name>"``), or LR-ASPP on MobileNetV3.
 
@@ -299,15 +308,21 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
     ``in_channels`` (``dataset.channels``): the input's channels; other than 3, the encoder's first convolution is
     adapted from the RGB one as timm does (``seg.models.channels``).
 
-    ``head="cascade"``: DeepLabv3's cascaded model, ``cascade_blocks`` copies of the last ResNet stage after it
-    (seg/models/cascade.py); ``head="deeplabv2"``: DeepLab v2's ASPP-L, ``aspp_rates`` four (or any number of)
-    summed atrous classifiers (seg/models/deeplabv2.py). Both take ``aux_loss`` and ``classifier_dropout``.
+    The dilated family (docs/dilated.md): ``head="cascade"``: DeepLabv3's cascaded model, ``cascade_blocks`` copies
+    of the last ResNet stage after it (seg/models/cascade.py); ``head="deeplabv2"``: DeepLab v2's ASPP-L,
+    ``aspp_rates`` four (or any number of) summed atrous classifiers (seg/models/deeplabv2.py); both take
+    ``aux_loss`` and ``classifier_dropout``. ``head="context"`` puts Yu & Koltun's context module (``context``:
+    ``"basic"``, the default, or ``"large"``) on a 1x1 classifier of the encoder's output (seg/models/context.py);
+    ``head="unet_dilated"`` with ``backbone="unet"`` is the dilated U-Net (``unet_widths``: its five encoder widths,
+    None for 64..1024; ``unet_dropout``: after its two dilated stages), at output stride 16 (seg/models/unet.py).
     """
     check_arguments(backbone, num_classes, output_stride, multi_grid, aspp_rates, head, aux_loss, decoder_convs,
                     stem, pretrained, aspp_channels, aspp_projection_kernel, classifier_dropout, aspp_conv,
-                    low_level_reduced, multi_grid_scaled, cascade_blocks)
+                    low_level_reduced, multi_grid_scaled, cascade_blocks, context, unet_widths, unet_dropout)
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
         raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
+    if head == "unet_dilated":
+        return unet.DilatedUNet(num_classes, unet_widths or unet.WIDTHS, unet_dropout, in_channels)
     trunk = build_encoder(backbone, output_stride, multi_grid, pretrained, contract_dilation, stem, multi_grid_scaled,
                           basic_conv2_dilated, in_channels)
     if head == "lraspp":
@@ -316,6 +331,9 @@ def build_model(backbone: str, num_classes: int, output_stride: int = 16,
         aux = FCNHead(trunk.aux_channels, num_classes) if aux_loss else None
         return (CascadeDeepLab(trunk, num_classes, cascade_blocks, aux, classifier_dropout) if head == "cascade"
                 else DeepLabV2(trunk, num_classes, aspp_rates, aux, classifier_dropout))
+    if head == "context":
+        return ContextNet(trunk, num_classes, context or "basic",
+                          FCNHead(trunk.aux_channels, num_classes) if aux_loss else None)
     rates = list(aspp_rates) if aspp_rates else default_aspp_rates(output_stride)
     aspp = ASPP(trunk.out_channels, rates, aspp_channels, dropout, aspp_projection_kernel,
                 separable_convs if aspp_separable is None else aspp_separable, depthwise_bn_relu)

@@ -33,6 +33,9 @@ CONFIG_KEYS: Dict[str, tuple] = {
     "low_level_reduced": ("model", "low_level_reduced", 48),
     "multi_grid_scaled": ("model", "multi_grid_scaled", True),
     "basic_conv2_dilated": ("model", "basic_conv2_dilated", True),
+    "context": ("model", "context", None),
+    "unet_widths": ("model", "unet_widths", None),
+    "unet_dropout": ("model", "unet_dropout", 0.5),
 }
 
 
