@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import compose_config, needed, run_script
+from helpers import compose_config, needed, run_script, tiny_checkpoint
 from PIL import Image
 from test_predict import decisive_checkpoint
 
@@ -66,6 +66,22 @@ def test_both_runtimes_run_the_int8_file(quantized, backend, tmp_path):
         predict(cfg, source=model_source(cfg))
         labels[name] = np.stack([np.array(Image.open(p)) for p in sorted((tmp_path / name / "labels").glob("*.png"))])
     assert len(labels["int8"]) == 11 and (labels["int8"] == labels["fp32"]).mean() >= AGREEMENT
+
+
+def test_grayscale_model_calibrates_on_grayscale_images(data_root, tmp_path):
+    """dataset.channels=1: the calibration folder is read with the model's channels (an RGB read would give the
+    exported model 3 channels where it takes 1)."""
+    needed("onnxruntime")
+    ckpt = tiny_checkpoint(tmp_path / "gray.pt", data_root, **{"dataset.channels": 1})
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((40, 56), 90 * i, np.uint8)).save(folder / f"{i}.png")
+    result = quantize_checkpoint(compose_config("quantize", [f"ckpt={ckpt}", f"output={tmp_path / 'q.onnx'}",
+                                                             f"calibration={folder}", "evaluate=false"]))
+    assert result["calibration_images"] == 2
+    (images,) = onnx.load(str(tmp_path / "q.onnx")).graph.input
+    assert images.type.tensor_type.shape.dim[1].dim_value == 1
 
 
 def test_calibration_from_a_folder_and_one_line_refusals(quantized, tmp_path):

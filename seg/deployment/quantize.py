@@ -41,14 +41,16 @@ CPU = torch.device("cpu")
 
 
 def calibration_images(source: str, n: int, dataset_cfg: Mapping) -> Iterator[np.ndarray]:
-    """``n`` RGB uint8 images: the first of a folder (sorted, searched recursively), or of the dataset split
+    """``n`` images ``[H, W, channels]`` on the 0..255 scale (RGB uint8 for 3 channels; the checkpoint's
+    ``dataset.channels`` otherwise): the first of a folder (sorted, searched recursively), or of the dataset split
     ``source`` (the checkpoint's dataset, ``dataset.root=`` where it lives now)."""
     folder = Path(source)
     if folder.is_dir():
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not files:
             raise UserError(f"calibration={source} is a folder without images ({', '.join(IMAGE_SUFFIXES)})")
-        return (read_image(path) for path in files[:n])
+        channels = int((dataset_cfg or {}).get("channels") or 3)
+        return (read_image(path, channels=channels) for path in files[:n])
     if not dataset_cfg or not dataset_cfg.get("name"):
         raise ConfigError(f"calibration={source} is no folder, and the model records no dataset to take the split "
                           "from: give a folder of images, or dataset=<name> dataset.root=...")
