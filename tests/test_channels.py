@@ -22,8 +22,9 @@ from seg.engine.predict import predict
 from seg.engine.trainer import train
 from seg.export import DYNAMIC_EXPORT_TORCH, export_checkpoint, export_model
 from seg.metrics import confusion_matrix, metrics_from_confusion
-from seg.models import build_model
+from seg.models import build_model, load_weights
 from seg.models.channels import adapt_input_conv
+from seg.models.layouts.base import WeightsError
 
 SYNTHETIC = {"image_size": 64, "num_train": 8, "num_val": 3}  # tiny_overrides' synthetic dataset
 
@@ -276,3 +277,21 @@ def test_bad_channel_settings_name_the_key(cfg_train, overrides, words):
     with pytest.raises(ConfigError, match=words) as error:
         validate_train(cfg_train(**overrides))
     assert "\n" not in str(error.value)
+
+
+def test_rgb_weights_fine_tune_a_model_of_other_channels():
+    """model.weights= an RGB model into a 4-channel one: the first convolution adapted as timm adapts ImageNet
+    weights, every other tensor copied; any other mismatch is still an error."""
+    torch.manual_seed(0)
+    rgb = build_model("resnet18", 3)
+    four = build_model("resnet18", 3, in_channels=4)
+    report = load_weights(four, rgb.state_dict())
+    (adapted,) = report.adapted
+    assert four.state_dict()[adapted].shape[1] == 4 and rgb.state_dict()[adapted].shape[1] == 3
+    torch.testing.assert_close(four.state_dict()[adapted], adapt_input_conv(4, rgb.state_dict()[adapted]))
+    for key, value in rgb.state_dict().items():
+        if key != adapted:
+            torch.testing.assert_close(four.state_dict()[key], value)
+    assert "adapted from RGB" in report.summary()
+    with pytest.raises(WeightsError, match="do not fit"):
+        load_weights(build_model("resnet18", 3, in_channels=4, head="deeplabv3plus"), rgb.state_dict())

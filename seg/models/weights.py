@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from seg.io import describe
+from seg.models.channels import adapt_input_conv
 from seg.models.layouts import Foreign, load_file, recognise
 from seg.models.layouts.base import WeightsError, strip_prefix, tensors_only
 from seg.models.spec import CONFIG_KEYS, config_from_arguments, config_key
@@ -36,6 +37,7 @@ class LoadReport:
     missing: List[str] = field(default_factory=list)
     unexpected: List[str] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)  # present on both sides with different shapes
+    adapted: List[str] = field(default_factory=list)  # RGB first-conv filters adapted to the model's input channels
     layout: str = "this project"                      # what the file was: "VainF DeepLabV3+ ResNet-101 (...)"
 
     def summary(self) -> str:
@@ -44,6 +46,8 @@ class LoadReport:
                             ("skipped (shape mismatch)", self.skipped)):
             if keys:
                 parts.append(f"{label} {len(keys)}: {', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}")
+        if self.adapted:
+            parts.append(f"{self.adapted[0]} adapted from RGB to the model's input channels (timm's rule)")
         return "; ".join(parts)
 
 
@@ -170,6 +174,10 @@ def architecture_keys(arguments: Mapping[str, Any]) -> str:
 def load_weights(model: nn.Module, path_or_state_dict: Union[str, Path, Mapping]) -> LoadReport:
     """Copy every tensor of the file into the model (by name and shape), or raise a ``WeightsError``.
 
+    A model that takes other than 3 input channels (``dataset.channels``) takes an RGB file's first convolution
+    adapted by timm's rule (``seg.models.channels``), as its ImageNet weights are: RGB weights fine-tune on grayscale
+    or multispectral data.
+
     Allowed gaps (see the module docstring) are reported; any other tensor of the model the file does not fill,
     or any tensor of the file the model has no place for, is an error naming the file and, for another project's
     file, the config keys of the architecture it needs.
@@ -182,9 +190,14 @@ def load_weights(model: nn.Module, path_or_state_dict: Union[str, Path, Mapping]
     own = model.state_dict()
     report = LoadReport(layout=foreign.layout if foreign else "this project")
     fitting = {}
+    first_conv = next((key for key, value in own.items() if value.dim() == 4), None)
     for key, value in state.items():
         if key not in own:
             report.unexpected.append(key)
+        elif key == first_conv and _rgb_filters_for(value, own[key]):
+            fitting[key] = adapt_input_conv(own[key].shape[1], value)  # RGB weights into a dataset.channels model
+            report.loaded.append(key)
+            report.adapted.append(key)
         elif own[key].shape != value.shape:
             report.skipped.append(key)
         else:
@@ -195,6 +208,12 @@ def load_weights(model: nn.Module, path_or_state_dict: Union[str, Path, Mapping]
     model.load_state_dict(fitting, strict=False)
     log.info("load_weights: %s", report.summary())
     return report
+
+
+def _rgb_filters_for(value: torch.Tensor, own: torch.Tensor) -> bool:
+    """``value`` is the RGB version of the model's first convolution ``own``, which takes other channels."""
+    return (value.dim() == 4 and value.shape[1] == 3 and own.shape[1] != 3
+            and value.shape[0] == own.shape[0] and value.shape[2:] == own.shape[2:])
 
 
 def _allowed_gap(key: str, state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> bool:
