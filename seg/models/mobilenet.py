@@ -40,7 +40,22 @@ def _spatial_conv(block: nn.Module) -> nn.Conv2d:
     return convs[0]
 
 
-class MobileNetV3Encoder(nn.Sequential):
+class TappedEncoder(nn.Sequential):
+    """Layers run in order, returning ``(low, mid, out)``: the outputs of layers ``low_index`` (stride 4, the v3+
+    decoder's) and ``aux_index`` (the auxiliary head's) beside the last one, the encoder interface of the heads."""
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        low, mid = x, x
+        for index, layer in enumerate(self):
+            x = layer(x)
+            if index == self.low_index:
+                low = x
+            if index == self.aux_index:
+                mid = x
+        return low, mid, x
+
+
+class MobileNetV3Encoder(TappedEncoder):
     """torchvision's ``features`` (children ``0``..``16``). ``forward`` returns (stride-4, C2, C5) features."""
 
     def __init__(self, features: nn.Sequential, output_stride: int):
@@ -72,15 +87,6 @@ class MobileNetV3Encoder(nn.Sequential):
                 conv.stride, conv.dilation, conv.padding = (unit_stride,) * 2, (dilation,) * 2, (padding,) * 2
         self.output_stride = int(output_stride)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        low, mid = x, x
-        for index, layer in enumerate(self):
-            x = layer(x)
-            if index == self.low_index:
-                low = x
-            if index == self.aux_index:
-                mid = x
-        return low, mid, x
 
 
 def build_mobilenet(name: str, output_stride: int = 16, pretrained: str = "none") -> MobileNetV3Encoder:

@@ -29,6 +29,7 @@ from torch import nn
 from torchvision.models import mobilenetv2
 
 from seg.models.backbone import load_backbone_weights, stage_plan
+from seg.models.mobilenet import TappedEncoder
 
 NAME = "vainf_mobilenetv2"  # build_model's backbone name
 BLOCKS = 18  # stem + 17 inverted-residual blocks; torchvision's features.18 (1x1 to 1280) is not part of it
@@ -60,7 +61,7 @@ class PaddedInvertedResidual(nn.Module):
         return x + out if self.use_res_connect else out
 
 
-class VainFMobileNetV2Encoder(nn.Sequential):
+class VainFMobileNetV2Encoder(TappedEncoder):
     """Children ``0`` (stem) .. ``17`` as VainF's ``features[0:18]``. ``forward`` returns (stride-4, stage-96, last)."""
 
     def __init__(self, features: nn.Sequential, output_stride: int):
@@ -85,15 +86,6 @@ class VainFMobileNetV2Encoder(nn.Sequential):
                 self[start + offset].set_stride(stride if offset == 0 else 1, dilation)
         self.output_stride = int(output_stride)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        low, mid = x, x
-        for index, layer in enumerate(self):
-            x = layer(x)
-            if index == self.low_index:
-                low = x
-            if index == self.aux_index:
-                mid = x
-        return low, mid, x
 
 
 def build_vainf_mobilenetv2(output_stride: int = 16, pretrained: str = "none") -> VainFMobileNetV2Encoder:
