@@ -202,6 +202,7 @@ class InferenceConfig:
     backend: str = "torch"
     precision: str = "fp32"
     weights: str = "auto"
+    channels_last: bool = True
     ckpt: Optional[str] = None
     input: Optional[str] = None
     output: Optional[str] = None

@@ -44,18 +44,21 @@ def _row(backend: str, precision: str, layout: str, s: measure.Setup, timed: Opt
 def backends_phase(model: nn.Module, s: measure.Setup, backends: Sequence[str],
                    precisions: Sequence[str]) -> List[Dict]:
     """Rows of the table for ``model`` (eval mode, at the evaluation stride): eager torch fp32 first (the
-    baseline of every ratio), then channels_last, bf16 autocast (with bf16 in ``precisions``), and each runtime
-    of ``backends`` at each precision.
+    baseline of every ratio), then bf16 autocast (with bf16 in ``precisions``), both again in channels_last
+    (evaluate.py's default), and each runtime of ``backends`` at each precision.
 
     CPU peak memory is left null: the process's peak RSS cannot be reset between rows.
     """
-    eager = s._replace(amp_dtype=None)
-    baseline = measure.time_inference(place(copy.deepcopy(model), s.device, channels_last=False), eager, None)
+    eager, bf16 = s._replace(amp_dtype=None), s._replace(amp_dtype=torch.bfloat16)
+    contiguous = place(copy.deepcopy(model), s.device, channels_last=False)
+    baseline = measure.time_inference(contiguous, eager, None)
     rows = [_row("torch", "fp32", "contiguous", s, baseline, None)]
+    if "bf16" in precisions:  # what channels_last buys under bf16 autocast too (evaluate.py's channels_last=false)
+        rows.append(_row("torch", "bf16", "contiguous", s, measure.time_inference(contiguous, bf16, None), baseline))
+    del contiguous
     last = place(copy.deepcopy(model), s.device, channels_last=True)
     rows.append(_row("torch", "fp32", "channels_last", s, measure.time_inference(last, eager, None), baseline))
     if "bf16" in precisions:
-        bf16 = s._replace(amp_dtype=torch.bfloat16)
         rows.append(_row("torch", "bf16", "channels_last", s, measure.time_inference(last, bf16, None), baseline))
     del last
     backends = [backend for backend in backends if backend != "torch"]

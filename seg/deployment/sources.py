@@ -17,7 +17,7 @@ from torch import nn
 
 from seg.config import BACKBONE_SOURCES, overwrite_flag
 from seg.deployment.runtimes import onnx_metadata, runtime_model
-from seg.engine.checkpoint import load_trained
+from seg.engine.checkpoint import CheckpointSource, load_trained
 from seg.errors import UserError
 from seg.export import export_checkpoint_state
 from seg.outputs import check_outputs
@@ -119,9 +119,9 @@ class RuntimeSource:
 
 def model_source(config: Mapping):
     """The engine's ``ModelSource`` for ``config["backend"]`` and ``config["precision"]`` (checked by
-    ``seg.config.validate_inference``); None (eager torch) for ``backend=torch``."""
+    ``seg.config.validate_inference``): eager torch's ``CheckpointSource`` for ``backend=torch``."""
     backend = config.get("backend", "torch")
     if backend == "torch":
-        return None
+        return CheckpointSource(config.get("weights", "auto"), config.get("channels_last", True))
     return RuntimeSource(backend, config.get("precision", "fp32"), overwrite_flag(config),
                          config.get("weights", "auto"))
