@@ -1,4 +1,5 @@
-"""Deployment runtimes for exported ONNX files: ONNX Runtime and OpenVINO, as callables the engine runs like a model.
+"""Deployment runtimes for exported ONNX files (and OpenVINO IRs converted from them): ONNX Runtime and OpenVINO, as
+callables the engine runs like a model.
 
 Every runtime takes what export.py's files take (float32 RGB ``[N, 3, H, W]`` in [0, 1], normalisation inside)
 and returns logits ``[N, C, H, W]`` at the input size. ``RuntimeModel`` adapts one to the engine's interface
@@ -53,8 +54,21 @@ def onnx_metadata(path: Path) -> Dict:
     return json.loads(text)
 
 
+def openvino_metadata(path: Path) -> Dict:
+    """export.py's metadata of an OpenVINO IR (``.xml``) converted from its ONNX file (``ovc model.onnx`` or
+    ``openvino.convert_model``): OpenVINO's ONNX reader keeps the file's metadata properties in the model's runtime
+    info, under ``framework``; empty for an IR made otherwise."""
+    ov = _import("openvino")
+    model = ov.Core().read_model(str(path))
+    key = ["framework", METADATA_FILE]
+    return json.loads(model.get_rt_info(key).astype(str)) if model.has_rt_info(key) else {}
+
+
 def open_onnxruntime(path: Path, device: torch.device, precision: str, threads: int) -> Runtime:
     ort = _import("onnxruntime")
+    if path.suffix.lower() == ".xml":
+        raise BackendError(f"{path} is an OpenVINO model, which onnxruntime cannot read: backend=openvino, or "
+                           "ckpt= the ONNX file it was converted from")
     if precision == "bf16":
         raise BackendError("backend=onnxruntime has no bf16 on the CPU here: backend=openvino or backend=torch for "
                            "bf16, or precision=int8 with scripts/quantize.py's file")
