@@ -179,14 +179,18 @@ def test_deployment_table_rows(tmp_path):
     if torch.__version__ < export_module.DYNAMIC_EXPORT_TORCH:
         pytest.skip(f"runtimes run ONNX exports, which keep H, W free from torch {export_module.DYNAMIC_EXPORT_TORCH}")
     cfg = compose_config("benchmark", [*TINY[:-4], "data_steps=0", "micro=false", "device=cpu", "cpu_threads=1",
-                                       "backends=[onnxruntime,openvino]", "precisions=[fp32,bf16,int8]", "output=null"])
+                                       "backends=[onnxruntime,openvino]", "precisions=[fp32,bf16,int8,fp16]",
+                                       "output=null"])
     result = run_benchmark(cfg, tmp_path, echo=False)
     rows = result["inference_backends"]
     assert [(r["backend"], r["precision"], r["layout"]) for r in rows] == [
         ("torch", "fp32", "contiguous"), ("torch", "bf16", "contiguous"), ("torch", "fp32", "channels_last"),
         ("torch", "bf16", "channels_last"),
         ("onnxruntime", "fp32", "onnx"), ("onnxruntime", "bf16", "onnx"), ("onnxruntime", "int8", "onnx int8 (QDQ)"),
-        ("openvino", "fp32", "onnx"), ("openvino", "bf16", "onnx"), ("openvino", "int8", "onnx int8 (QDQ)")]
+        ("onnxruntime", "fp16", "onnx"), ("openvino", "fp32", "onnx"), ("openvino", "bf16", "onnx"),
+        ("openvino", "int8", "onnx int8 (QDQ)"), ("openvino", "fp16", "onnx")]
+    fp16 = [rows.pop(7), rows.pop(-1)]  # on the CPU: a row saying which GPU device is missing
+    assert all(r["latency_ms"] is None and r["note"].startswith("precision=fp16 with backend=") for r in fp16)
     assert rows[0]["ratio_vs_torch"] == 1.0
     for row in rows:
         assert row["batch"] == 2 and row["size"] == [64, 96] and row["miou"] is None  # no ckpt=: no accuracy

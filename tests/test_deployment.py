@@ -145,6 +145,22 @@ def test_predict_script_takes_an_onnx_file_and_says_what_cannot_run(ckpt, images
     assert not (tmp_path / "x").exists()
 
 
+def test_fp16_without_a_gpu_device_names_what_is_missing(ckpt, images, tmp_path):
+    """precision=fp16 runs on onnxruntime's CUDA execution provider or OpenVINO's GPU device: on a machine without
+    them (CI's), one line naming the missing one."""
+    ort, ov = needed("onnxruntime"), needed("openvino")
+    refusals = {"backend=torch": "amp=fp16 needs a CUDA device"}
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        refusals["backend=onnxruntime"] = ("precision=fp16 with backend=onnxruntime runs on its CUDA execution "
+                                           "provider, which this onnxruntime lacks (it has ")
+    if not any(name.startswith("GPU") for name in ov.Core().available_devices):
+        refusals["backend=openvino"] = "precision=fp16 with backend=openvino runs on an OpenVINO GPU device"
+    for options, message in refusals.items():
+        with pytest.raises(UserError, match=re.escape(message)) as error:
+            probabilities(ckpt, images, tmp_path / options[8:], options, "precision=fp16")
+        assert "\n" not in str(error.value)
+
+
 def test_a_missing_runtime_names_its_extra(ckpt, images, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # makes `import openvino` fail
     with pytest.raises(UserError, match=r'backend=openvino needs the openvino extra .*pip install -e "\.\[openvino\]"'):

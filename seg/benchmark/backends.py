@@ -26,7 +26,7 @@ from torch import nn
 from seg.benchmark import measure
 from seg.data import IMAGENET_MEAN, IMAGENET_STD
 from seg.deployment.quantize import quantize_onnx
-from seg.deployment.runtimes import runtime_model
+from seg.deployment.runtimes import BackendError, runtime_model
 from seg.engine.device import place
 from seg.errors import UserError
 from seg.export import export_model
@@ -124,7 +124,7 @@ def runtime_variants(model: nn.Module, s: measure.Setup, folder: Path, backends:
     except UserError as error:
         return [Variant(b, p, "onnx", None, note=f"not exported: {error}") for b in backends for p in precisions]
     metadata = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-    files = {"fp32": path, "bf16": path}
+    files = {"fp32": path, "bf16": path, "fp16": path}
     if "int8" in precisions:
         files["int8"] = folder / "model.int8.onnx"
         if calibration is None:
@@ -164,7 +164,11 @@ def backends_phase(model: nn.Module, s: measure.Setup, backends: Sequence[str], 
                 if v.build is None:
                     rows.append(_row(v, sized, None, None, None, miou))
                     continue
-                timed, peak = _measure(v, sized)
+                try:
+                    timed, peak = _measure(v, sized)
+                except BackendError as error:  # e.g. fp16 without a GPU execution provider: the row says what
+                    rows.append(_row(v._replace(note=str(error)), sized, None, None, None, miou))
+                    continue
                 baseline = baseline or timed
                 rows.append(_row(v, sized, timed, baseline if timed is not baseline else None, peak, miou))
     return rows
@@ -173,7 +177,10 @@ def backends_phase(model: nn.Module, s: measure.Setup, backends: Sequence[str], 
 def _miou(v: Variant, evaluation: Optional[Evaluation]) -> Optional[float]:
     if evaluation is None or v.build is None:
         return None
-    runner = v.build()
+    try:
+        runner = v.build()
+    except BackendError:  # the timing's row gives the reason
+        return None
     try:
         return evaluation(runner, v.amp_dtype)
     finally:
