@@ -215,8 +215,8 @@ def load_trained(path: Union[str, Path], weights: str = "auto") -> Dict:
         raise CheckpointError(f"{path} is an ONNX file: run it with backend=onnxruntime or backend=openvino "
                               "(evaluate.py and predict.py)")
     if Path(path).suffix.lower() == ".xml":
-        raise CheckpointError(f"{path} is an OpenVINO model: run it with backend=openvino (evaluate.py, predict.py "
-                              "and the benchmark)")
+        raise CheckpointError(f"{path} is an OpenVINO model: run it with backend=openvino (evaluate.py and "
+                              "predict.py)")
     state = load_file(path, what="checkpoint")
     if is_checkpoint(state):
         return _finite(choose_weights(dict(state), weights, path), path)
