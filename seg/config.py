@@ -38,7 +38,7 @@ MODEL_KEYS = {**{argument: config_key(argument) for argument in CONFIG_KEYS}, "n
 ACCUMULATE = {"float32": torch.float32, "float16": torch.float16}
 EXPORT_FORMATS = ("torchscript", "onnx", "export")
 BACKENDS = ("torch", "onnxruntime", "openvino")  # what runs a model in evaluate.py and predict.py (seg.deployment)
-PRECISIONS = ("fp32", "bf16", "int8")  # int8: the file scripts/quantize.py writes
+PRECISIONS = ("fp32", "bf16", "int8", "fp16")  # int8: the file scripts/quantize.py writes; fp16: on GPUs only
 BACKBONE_SOURCES = ("torchvision", "timm")  # backbone.source: the built-in ResNets, or any timm encoder
 # evaluate/predict/export ``weights``: auto (the EMA where the checkpoint has one) | ema | raw
 WEIGHT_CHOICES = ("auto", "ema", "raw")
@@ -213,6 +213,7 @@ class InferenceConfig:
     backend: str = "torch"
     precision: str = "fp32"
     weights: str = "auto"
+    channels_last: bool = True
     ckpt: Optional[str] = None
     input: Optional[str] = None
     output: Optional[str] = None
@@ -513,10 +514,11 @@ def validate_inference(cfg: MutableMapping) -> None:
     if cfg["backend"] == "torch" and cfg["precision"] == "int8":
         raise ConfigError("precision=int8 runs the int8 ONNX file of scripts/quantize.py: backend=onnxruntime or "
                           "backend=openvino with ckpt=<that file>")
-    if cfg["backend"] == "torch" and cfg["precision"] == "bf16":  # eager torch's bf16 is its autocast
-        if cfg["amp"] not in (None, "bf16"):
-            raise ConfigError(f"precision=bf16 runs torch under bf16 autocast, but amp={cfg['amp']}: drop one")
-        cfg["amp"] = "bf16"
+    if cfg["backend"] == "torch" and cfg["precision"] in ("bf16", "fp16"):  # eager torch's bf16/fp16: autocast
+        if cfg["amp"] not in (None, cfg["precision"]):
+            raise ConfigError(f"precision={cfg['precision']} runs torch under {cfg['precision']} autocast, but "
+                              f"amp={cfg['amp']}: drop one")
+        cfg["amp"] = cfg["precision"]
     if not isinstance(cfg["tta"]["flip"], bool):
         raise ConfigError(f"tta.flip must be true or false, got {cfg['tta']['flip']!r}")
     scales = cfg["tta"]["scales"]

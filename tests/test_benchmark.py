@@ -6,14 +6,18 @@ No timing is asserted: figures from a shared CPU say nothing; these tests check 
 import json
 import numbers
 import runpy
+import time
 
+import numpy as np
 import pytest
 import torch
 from helpers import REPO, compose_config, needed, run_script
+from test_predict import decisive_checkpoint
 from torchvision.models.segmentation import deeplabv3_resnet50
 
 from seg import export as export_module
 from seg.benchmark import measure
+from seg.benchmark.backends import RssPeak
 from seg.benchmark.measure import build_torchvision_deeplabv3, peak_tflops, structure
 from seg.benchmark.run import (
     _restrided,
@@ -27,6 +31,7 @@ from seg.benchmark.run import (
 )
 from seg.config import ConfigError, dataset_kwargs, model_kwargs, to_plain
 from seg.data import build_dataset
+from seg.engine.evaluation import evaluate_checkpoint
 from seg.models import build_model
 
 NUM = numbers.Real
@@ -168,31 +173,83 @@ def test_torchvision_model_matches_ours(output_stride, tv_layer4, ours_layer4):
 
 def test_deployment_table_rows(tmp_path):
     """backends=[onnxruntime,openvino] precisions=[fp32,bf16,int8]: eager torch fp32 (the baseline, ratio 1),
-    channels_last and bf16 autocast, then each runtime at each precision, in the JSON and the printed table."""
+    bf16 autocast, both in channels_last, then each runtime at each precision, in the JSON and the printed table."""
     for package in ("onnxruntime", "openvino"):
         needed(package)
     if torch.__version__ < export_module.DYNAMIC_EXPORT_TORCH:
         pytest.skip(f"runtimes run ONNX exports, which keep H, W free from torch {export_module.DYNAMIC_EXPORT_TORCH}")
     cfg = compose_config("benchmark", [*TINY[:-4], "data_steps=0", "micro=false", "device=cpu", "cpu_threads=1",
-                                       "backends=[onnxruntime,openvino]", "precisions=[fp32,bf16,int8]", "output=null"])
+                                       "backends=[onnxruntime,openvino]", "precisions=[fp32,bf16,int8,fp16]",
+                                       "output=null"])
     result = run_benchmark(cfg, tmp_path, echo=False)
     rows = result["inference_backends"]
     assert [(r["backend"], r["precision"], r["layout"]) for r in rows] == [
-        ("torch", "fp32", "contiguous"), ("torch", "fp32", "channels_last"), ("torch", "bf16", "channels_last"),
+        ("torch", "fp32", "contiguous"), ("torch", "bf16", "contiguous"), ("torch", "fp32", "channels_last"),
+        ("torch", "bf16", "channels_last"),
         ("onnxruntime", "fp32", "onnx"), ("onnxruntime", "bf16", "onnx"), ("onnxruntime", "int8", "onnx int8 (QDQ)"),
-        ("openvino", "fp32", "onnx"), ("openvino", "bf16", "onnx"), ("openvino", "int8", "onnx int8 (QDQ)")]
+        ("onnxruntime", "fp16", "onnx"), ("openvino", "fp32", "onnx"), ("openvino", "bf16", "onnx"),
+        ("openvino", "int8", "onnx int8 (QDQ)"), ("openvino", "fp16", "onnx")]
+    fp16 = [rows.pop(7), rows.pop(-1)]  # on the CPU: a row saying which GPU device is missing
+    assert all(r["latency_ms"] is None and r["note"].startswith("precision=fp16 with backend=") for r in fp16)
     assert rows[0]["ratio_vs_torch"] == 1.0
     for row in rows:
-        assert row["batch"] == 2 and row["size"] == [64, 96] and row["peak_mem_mb"] is None  # CPU: no per-row peak
+        assert row["batch"] == 2 and row["size"] == [64, 96] and row["miou"] is None  # no ckpt=: no accuracy
         if (row["backend"], row["precision"]) == ("onnxruntime", "bf16"):
-            assert row["latency_ms"] is None and "no bf16" in row["note"]
+            assert row["latency_ms"] is None and row["peak_mem_mb"] is None and "no bf16" in row["note"]
             continue
+        assert isinstance(row["peak_mem_mb"], float)  # CPU: sampled per row (RssPeak)
         assert row["latency_ms"] > 0 and row["img_per_s"] > 0
         assert row["ratio_vs_torch"] == pytest.approx(rows[0]["latency_ms"] / row["latency_ms"])
         assert row["file_mb"] is None if row["backend"] == "torch" else row["file_mb"] > 1  # ResNet-18: ~60 MB
     assert rows[-1]["file_mb"] < 0.3 * rows[-2]["file_mb"]  # int8 weights: about a quarter of fp32's
     table = format_table(result)
     assert "inference backends (latency at batch 1, img/s at batch 2" in table and "openvino     bf16" in table
+
+
+def test_rss_peak_is_the_memory_touched_inside():
+    """The per-row CPU memory figure: 100 MiB written inside the block (and freed before it ends) show up."""
+    with RssPeak() as peak:
+        block = np.ones(100 * 2 ** 20, dtype=np.uint8)
+        time.sleep(5 * RssPeak.INTERVAL_S)
+        del block
+    assert 95 <= peak.mib <= 140
+    with RssPeak() as idle:
+        pass
+    assert idle.mib < 20
+
+
+def test_deployment_table_with_a_checkpoint_scores_every_row_at_every_size(tmp_path):
+    """ckpt= a checkpoint, sizes=[...]: each variant timed at each size, with its mIoU on the checkpoint's
+    validation split; eager torch's equals evaluate.py's on the same images, onnxruntime fp32's agrees."""
+    needed("onnxruntime")
+    if torch.__version__ < export_module.DYNAMIC_EXPORT_TORCH:
+        pytest.skip(f"runtimes run ONNX exports, which keep H, W free from torch {export_module.DYNAMIC_EXPORT_TORCH}")
+    ckpt = decisive_checkpoint(tmp_path)
+    reference = evaluate_checkpoint(compose_config("evaluate", [f"ckpt={ckpt}", "device=cpu", "num_workers=0"]),
+                                    tmp_path / "eval")["mIoU"]
+    cfg = compose_config("benchmark", [*TINY[:-4], "data_steps=0", "micro=false", "device=cpu", "cpu_threads=1",
+                                       "eval_os=16", f"ckpt={ckpt}", "sizes=[[64,64],[64,96]]", "eval_batch_size=1",
+                                       "steps=1", "warmup=0",
+                                       "backends=[onnxruntime]", "precisions=[fp32,int8]", "output=null"])
+    rows = run_benchmark(cfg, tmp_path, echo=False)["inference_backends"]
+    variants = [("torch", "fp32", "contiguous"), ("torch", "fp32", "channels_last"), ("onnxruntime", "fp32", "onnx"),
+                ("onnxruntime", "int8", "onnx int8 (QDQ)")]
+    assert [(r["size"], (r["backend"], r["precision"], r["layout"])) for r in rows] == [
+        (size, variant) for size in ([64, 64], [64, 96]) for variant in variants]
+    for first, second in zip(rows[:4], rows[4:]):
+        assert first["miou"] == second["miou"]  # scored once per variant, on the validation images' own sizes
+        assert first["latency_ms"] > 0 and second["latency_ms"] > 0 and second["ratio_vs_torch"] > 0
+    assert rows[0]["miou"] == pytest.approx(reference, abs=1e-6)
+    assert rows[1]["miou"] == pytest.approx(reference, abs=1e-3)
+    assert rows[2]["miou"] == pytest.approx(reference, abs=1e-3)
+    assert 0 <= rows[3]["miou"] <= 1
+    assert rows[0]["ratio_vs_torch"] == rows[4]["ratio_vs_torch"] == 1.0  # each size has its own baseline
+
+
+def test_ckpt_needs_backends():
+    cfg = compose_config("benchmark", ["ckpt=model.pt"])
+    with pytest.raises(ConfigError, match=r"ckpt= scores the deployment table's rows: add backends=\[torch\]"):
+        validate_benchmark(cfg)
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet34"])

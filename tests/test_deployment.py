@@ -87,6 +87,27 @@ def test_openvino_runs_export_py_files_in_fp32_and_bf16(ckpt, images, eager, tmp
     assert_close(bf16, eager, 0.1)  # bf16 keeps 8 bits of mantissa
 
 
+def test_openvino_runs_an_ir_converted_by_openvino(ckpt, images, eager, tmp_path):
+    """ckpt=model.xml (+ model.bin), as OpenVINO's converter writes it from export.py's ONNX file: the class names
+    and normalisation come through in the IR's runtime info, the outputs are eager torch's."""
+    ov = needed("openvino")
+    onnx_file, xml = tmp_path / "model.onnx", tmp_path / "ir" / "model.xml"
+    export_checkpoint(compose_config("export", [f"ckpt={ckpt}", f"output={onnx_file}", "format=onnx"]))
+    xml.parent.mkdir()
+    ov.save_model(ov.convert_model(str(onnx_file)), str(xml), compress_to_fp16=False)  # what `ovc` does
+    assert_close(probabilities(xml, images, tmp_path / "fp32", "backend=openvino", "tta.flip=true"), eager,
+                 FP32_TOLERANCE)
+    refusals = {"backend=onnxruntime": f"{xml} is an OpenVINO model, which onnxruntime cannot read: backend=openvino",
+                "backend=torch": f"{xml} is an OpenVINO model: run it with backend=openvino"}
+    for options, message in refusals.items():
+        with pytest.raises(UserError, match=re.escape(message)):
+            probabilities(xml, images, tmp_path / "x", options)
+    xml.with_suffix(".bin").unlink()
+    with pytest.raises(UserError, match=re.escape(f"whose weights file {xml.with_suffix('.bin')} is missing")):
+        probabilities(xml, images, tmp_path / "x", "backend=openvino")
+    assert not (tmp_path / "x").exists()
+
+
 def test_evaluate_with_a_runtime_gives_torchs_metrics(ckpt, data_root, tmp_path):
     overrides = [f"ckpt={ckpt}", "device=cpu", f"dataset.root={data_root}", "num_workers=0",
                  "inference.mode=slide", "inference.window=[48,48]"]
@@ -122,6 +143,22 @@ def test_predict_script_takes_an_onnx_file_and_says_what_cannot_run(ckpt, images
         with pytest.raises(UserError, match=re.escape(message)):
             predict(cfg, source=model_source(cfg))
     assert not (tmp_path / "x").exists()
+
+
+def test_fp16_without_a_gpu_device_names_what_is_missing(ckpt, images, tmp_path):
+    """precision=fp16 runs on onnxruntime's CUDA execution provider or OpenVINO's GPU device: on a machine without
+    them (CI's), one line naming the missing one."""
+    ort, ov = needed("onnxruntime"), needed("openvino")
+    refusals = {"backend=torch": "amp=fp16 needs a CUDA device"}
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        refusals["backend=onnxruntime"] = ("precision=fp16 with backend=onnxruntime runs on its CUDA execution "
+                                           "provider, which this onnxruntime lacks (it has ")
+    if not any(name.startswith("GPU") for name in ov.Core().available_devices):
+        refusals["backend=openvino"] = "precision=fp16 with backend=openvino runs on an OpenVINO GPU device"
+    for options, message in refusals.items():
+        with pytest.raises(UserError, match=re.escape(message)) as error:
+            probabilities(ckpt, images, tmp_path / options[8:], options, "precision=fp16")
+        assert "\n" not in str(error.value)
 
 
 def test_a_missing_runtime_names_its_extra(ckpt, images, tmp_path, monkeypatch):

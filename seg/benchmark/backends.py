@@ -1,102 +1,204 @@
-"""The benchmark's deployment table: the same model and ``segment`` call in eager torch (fp32, channels_last, bf16
-autocast) and in the runtimes (``backends=[onnxruntime,openvino]`` x ``precisions=[fp32,bf16,int8]``), each timed as
-``measure.time_inference`` times eager inference, with its speed as a ratio against eager torch fp32 measured in the
-same run.
+"""The benchmark's deployment table: the same model and ``segment`` call in eager torch (fp32 and bf16 autocast,
+contiguous and channels_last) and in the runtimes (``backends=[onnxruntime,openvino]`` x
+``precisions=[fp32,bf16,int8]``), each timed as ``measure.time_inference`` times eager inference at each size of
+``sizes``, with its speed as a ratio against eager torch fp32 measured in the same run, the memory it adds and, for
+a checkpoint, its mIoU on the validation split.
+
+CPU memory: the process's peak RSS cannot be reset between rows, so each row's is sampled (``RssPeak``): the
+highest resident set size seen every ``RssPeak.INTERVAL_S`` while the row builds its model (the copy of the
+weights, or the runtime's session and compiled model) and runs, minus the RSS before it.
 """
 
 from __future__ import annotations
 
 import copy
+import gc
+import os
 import tempfile
+import threading
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
 from seg.benchmark import measure
 from seg.data import IMAGENET_MEAN, IMAGENET_STD
 from seg.deployment.quantize import quantize_onnx
-from seg.deployment.runtimes import runtime_model
+from seg.deployment.runtimes import BackendError, runtime_model
 from seg.engine.device import place
 from seg.errors import UserError
 from seg.export import export_model
 
 ROW_KEYS = ("backend", "precision", "layout", "batch", "size", "latency_ms", "img_per_s", "ratio_vs_torch",
-            "peak_mem_mb", "file_mb", "note")
-# What a runtime cannot run here: (backend, precision) -> why (a row says so instead of a figure)
+            "peak_mem_mb", "file_mb", "miou", "note")
 CALIBRATION_IMAGES = 4
+# What a runtime cannot run here: (backend, precision) -> why (a row says so instead of a figure)
 UNSUPPORTED = {("onnxruntime", "bf16"): "onnxruntime's CPU execution provider has no bf16 kernels for this model"}
+# mIoU of a model run as the row runs it (eval mode, normalised input -> {"out": logits}) under an autocast dtype
+Evaluation = Callable[[nn.Module, Optional[torch.dtype]], float]
 
 
-def _row(backend: str, precision: str, layout: str, s: measure.Setup, timed: Optional[Mapping],
-         baseline: Optional[Mapping], file_mb: Optional[float] = None, note: Optional[str] = None) -> Dict:
+class RssPeak:
+    """The peak resident set size above the one at entry (MiB), sampled by a thread: ``with RssPeak() as peak:
+    ...; peak.mib``. Sampling can miss a peak shorter than the interval; the activations of a model's forward
+    live far longer."""
+
+    INTERVAL_S = 0.002
+    PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+    @classmethod
+    def rss(cls) -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * cls.PAGE
+
+    def __enter__(self) -> "RssPeak":
+        gc.collect()
+        self.base = self.peak = self.rss()
+        self.mib, self.done = None, threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self.done.wait(self.INTERVAL_S):
+            self.peak = max(self.peak, self.rss())
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+        self.mib = (max(self.peak, self.rss()) - self.base) / 2 ** 20
+
+
+class Variant(NamedTuple):
+    """One row of the table at every size: how to build what runs, and under which autocast."""
+    backend: str
+    precision: str
+    layout: str
+    build: Optional[Callable[[], nn.Module]]  # None: cannot run here (``note`` says why)
+    amp_dtype: Optional[torch.dtype] = None
+    file_mb: Optional[float] = None
+    note: Optional[str] = None
+
+
+def _row(v: Variant, s: measure.Setup, timed: Optional[Mapping], baseline: Optional[Mapping],
+         peak_mb: Optional[float], miou: Optional[float]) -> Dict:
     row = dict.fromkeys(ROW_KEYS)
-    row.update(backend=backend, precision=precision, layout=layout, batch=s.eval_batch, size=list(s.eval_hw),
-               file_mb=file_mb, note=note)
+    row.update(backend=v.backend, precision=v.precision, layout=v.layout, batch=s.eval_batch, size=list(s.eval_hw),
+               file_mb=v.file_mb, note=v.note, miou=miou)
     if timed:
         row.update(latency_ms=timed["latency_ms"], img_per_s=timed["images_per_s"],
                    ratio_vs_torch=baseline["latency_ms"] / timed["latency_ms"] if baseline else 1.0,
-                   peak_mem_mb=timed["peak_memory_mib"] if s.device.type == "cuda" else None)
+                   peak_mem_mb=timed["peak_memory_mib"] if s.device.type == "cuda" else peak_mb)
     return row
 
 
-def backends_phase(model: nn.Module, s: measure.Setup, backends: Sequence[str],
-                   precisions: Sequence[str]) -> List[Dict]:
-    """Rows of the table for ``model`` (eval mode, at the evaluation stride): eager torch fp32 first (the
-    baseline of every ratio), then channels_last, bf16 autocast (with bf16 in ``precisions``), and each runtime
-    of ``backends`` at each precision.
+def _measure(v: Variant, s: measure.Setup) -> Tuple[Dict, Optional[float]]:
+    """The row's timings at ``s`` and the memory its model and runs add (CPU: ``RssPeak``)."""
+    with RssPeak() as peak:
+        runner = v.build()
+        timed = measure.time_inference(runner, s._replace(amp_dtype=v.amp_dtype), None)
+        del runner
+    return timed, peak.mib
 
-    CPU peak memory is left null: the process's peak RSS cannot be reset between rows.
-    """
-    eager = s._replace(amp_dtype=None)
-    baseline = measure.time_inference(place(copy.deepcopy(model), s.device, channels_last=False), eager, None)
-    rows = [_row("torch", "fp32", "contiguous", s, baseline, None)]
-    last = place(copy.deepcopy(model), s.device, channels_last=True)
-    rows.append(_row("torch", "fp32", "channels_last", s, measure.time_inference(last, eager, None), baseline))
-    if "bf16" in precisions:
-        bf16 = s._replace(amp_dtype=torch.bfloat16)
-        rows.append(_row("torch", "bf16", "channels_last", s, measure.time_inference(last, bf16, None), baseline))
-    del last
+
+def torch_variants(model: nn.Module, device: torch.device, precisions: Sequence[str]) -> List[Variant]:
+    """Eager torch fp32 contiguous first (the baseline of every ratio), bf16 autocast with bf16 in ``precisions``;
+    both again in channels_last (evaluate.py's default)."""
+    def build(channels_last: bool) -> Callable[[], nn.Module]:
+        return lambda: place(copy.deepcopy(model), device, channels_last=channels_last)
+
+    dtypes = [("fp32", None)] + ([("bf16", torch.bfloat16)] if "bf16" in precisions else [])
+    return [Variant("torch", precision, layout, build(layout == "channels_last"), dtype)
+            for layout in ("contiguous", "channels_last") for precision, dtype in dtypes]
+
+
+def runtime_variants(model: nn.Module, s: measure.Setup, folder: Path, backends: Sequence[str],
+                     precisions: Sequence[str], calibration: Optional[Iterable[np.ndarray]]) -> List[Variant]:
+    """``model`` exported to ONNX in ``folder`` (int8: quantized, calibrated on ``calibration`` images, else on the
+    timing's random images: the speed is the int8 file's whatever the ranges), for each runtime and precision."""
+    path = folder / "model.onnx"
+    try:
+        export_model(model, path, "onnx", {"output_stride": getattr(model, "output_stride", None)})
+    except UserError as error:
+        return [Variant(b, p, "onnx", None, note=f"not exported: {error}") for b in backends for p in precisions]
+    metadata = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    files = {"fp32": path, "bf16": path, "fp16": path}
+    if "int8" in precisions:
+        files["int8"] = folder / "model.int8.onnx"
+        if calibration is None:
+            calibration = measure.fake_batch(CALIBRATION_IMAGES, s.eval_hw, s)[0].permute(0, 2, 3, 1).cpu().numpy()
+        quantize_onnx(path, files["int8"], iter(calibration))
+
+    def build(file: Path, backend: str, precision: str) -> Callable[[], nn.Module]:
+        return lambda: runtime_model(file, backend, s.device, precision, metadata)[0]
+
+    variants = []
+    for backend in backends:
+        for precision in precisions:
+            file, layout = files[precision], "onnx int8 (QDQ)" if precision == "int8" else "onnx"
+            note = UNSUPPORTED.get((backend, precision))
+            variants.append(Variant(backend, precision, layout, None if note else build(file, backend, precision),
+                                    file_mb=file.stat().st_size / 2 ** 20, note=note))
+    return variants
+
+
+def backends_phase(model: nn.Module, s: measure.Setup, backends: Sequence[str], precisions: Sequence[str],
+                   sizes: Optional[Sequence[Tuple[int, int]]] = None, evaluation: Optional[Evaluation] = None,
+                   calibration: Optional[Iterable[np.ndarray]] = None) -> List[Dict]:
+    """Rows of the table for ``model`` (eval mode, at the evaluation stride): every variant (``torch_variants``,
+    then ``runtime_variants``) at each size of ``sizes`` (default: ``s.eval_hw``), with the eager fp32 contiguous
+    row of its size as the baseline; with ``evaluation``, each variant's mIoU (once: it does not depend on the
+    timing's size)."""
     backends = [backend for backend in backends if backend != "torch"]
-    if not backends:
-        return rows
+    rows = []
     with tempfile.TemporaryDirectory(prefix="seg-benchmark-") as folder:
-        path = Path(folder) / "model.onnx"
-        try:
-            export_model(model, path, "onnx", {"output_stride": getattr(model, "output_stride", None)})
-        except UserError as error:
-            return rows + [_row(b, p, "onnx", s, None, None, note=f"not exported: {error}")
-                           for b in backends for p in precisions]
-        metadata = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-        files = {"fp32": path, "bf16": path}
-        if "int8" in precisions:  # calibrated on the timing's random images: the speed is the int8 file's, whatever
-            files["int8"] = Path(folder) / "model.int8.onnx"  # the ranges (quantize.py calibrates on real images)
-            images = measure.fake_batch(CALIBRATION_IMAGES, s.eval_hw, s)[0].permute(0, 2, 3, 1).cpu().numpy()
-            quantize_onnx(path, files["int8"], iter(images))
-        for backend in backends:
-            for precision in precisions:
-                size_mb = files[precision].stat().st_size / 2 ** 20
-                layout = "onnx int8 (QDQ)" if precision == "int8" else "onnx"
-                if (backend, precision) in UNSUPPORTED:
-                    rows.append(_row(backend, precision, layout, s, None, None, size_mb,
-                                     UNSUPPORTED[backend, precision]))
+        variants = torch_variants(model, s.device, precisions)
+        if backends:
+            variants += runtime_variants(model, s, Path(folder), backends, precisions, calibration)
+        mious = [_miou(v, evaluation) for v in variants]
+        for size in sizes or [s.eval_hw]:
+            sized, baseline = s._replace(eval_hw=tuple(size)), None
+            for v, miou in zip(variants, mious):
+                if v.build is None:
+                    rows.append(_row(v, sized, None, None, None, miou))
                     continue
-                runner, _ = runtime_model(files[precision], backend, s.device, precision, metadata)
-                rows.append(_row(backend, precision, layout, s, measure.time_inference(runner, eager, None), baseline,
-                                 size_mb))
-                del runner
+                try:
+                    timed, peak = _measure(v, sized)
+                except BackendError as error:  # e.g. fp16 without a GPU execution provider: the row says what
+                    rows.append(_row(v._replace(note=str(error)), sized, None, None, None, miou))
+                    continue
+                baseline = baseline or timed
+                rows.append(_row(v, sized, timed, baseline if timed is not baseline else None, peak, miou))
     return rows
 
 
+def _miou(v: Variant, evaluation: Optional[Evaluation]) -> Optional[float]:
+    if evaluation is None or v.build is None:
+        return None
+    try:
+        runner = v.build()
+    except BackendError:  # the timing's row gives the reason
+        return None
+    try:
+        return evaluation(runner, v.amp_dtype)
+    finally:
+        del runner
+
+
 def format_rows(rows: Sequence[Mapping]) -> List[str]:
-    """The table's lines: one per backend, precision and layout."""
-    header = f"{'backend':<13}{'precision':<11}{'layout':<15}{'latency ms':>12}{'img/s':>10}{'x torch':>9}  note"
-    lines = [f"inference backends (latency at batch 1, img/s at batch {rows[0]['batch']}, {rows[0]['size']}; "
-             "x torch: eager torch fp32's latency / this one's)", header]
+    """The table's lines: one per size, backend, precision and layout."""
+    header = (f"{'size':<11}{'backend':<13}{'precision':<11}{'layout':<17}{'latency ms':>12}{'img/s':>10}"
+              f"{'x torch':>9}{'mem MB':>9}{'mIoU':>8}  note")
+    lines = [f"inference backends (latency at batch 1, img/s at batch {rows[0]['batch']}; x torch: eager torch fp32's "
+             "latency / this one's; mem: the memory the row adds, its model included)", header]
     for row in rows:
         figures = ("-", "-", "-") if row["latency_ms"] is None else (
             f"{row['latency_ms']:.1f}", f"{row['img_per_s']:.2f}", f"{row['ratio_vs_torch']:.2f}")
-        lines.append(f"{row['backend']:<13}{row['precision']:<11}{row['layout']:<15}{figures[0]:>12}"
-                     f"{figures[1]:>10}{figures[2]:>9}  {row['note'] or ''}")
+        memory = "-" if row["peak_mem_mb"] is None else f"{row['peak_mem_mb']:.0f}"
+        miou = "-" if row["miou"] is None else f"{100 * row['miou']:.2f}"
+        size = "x".join(str(side) for side in row["size"])
+        lines.append(f"{size:<11}{row['backend']:<13}{row['precision']:<11}{row['layout']:<17}{figures[0]:>12}"
+                     f"{figures[1]:>10}{figures[2]:>9}{memory:>9}{miou:>8}  {row['note'] or ''}")
     return lines

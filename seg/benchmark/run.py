@@ -7,12 +7,13 @@ import platform
 import textwrap
 from functools import partial, reduce
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
 from seg import config
 from seg.benchmark import measure
+from seg.benchmark.accuracy import checkpoint_rows
 from seg.benchmark.backends import backends_phase, format_rows
 from seg.data import build_dataset
 from seg.data.base import label_space
@@ -62,7 +63,8 @@ def validate_benchmark(cfg: Mapping) -> None:
     config.check_output_stride(cfg["eval_os"], "eval_os")
     for key, minimum in (("batch_size", 1), ("num_workers", 0), ("data_steps", 0)):
         config.number(cfg[key], key, minimum, strict=False, integer=True)
-    for key, minimum in (("warmup", 0), ("steps", 1), ("eval_batch_size", 1), ("cpu_threads", 1)):  # null: a default
+    for key, minimum in (("warmup", 0), ("steps", 1), ("eval_batch_size", 1), ("cpu_threads", 1),
+                         ("eval_images", 1)):  # null: a default
         if cfg[key] is not None:
             config.number(cfg[key], key, minimum, strict=False, integer=True)
     for key, allowed in (("backends", config.BACKENDS), ("precisions", config.PRECISIONS)):
@@ -73,6 +75,14 @@ def validate_benchmark(cfg: Mapping) -> None:
         config.number(cfg["peak_tflops"], "peak_tflops")
     for key in ("crop_size", "eval_size"):
         config.crop_hw(cfg[key], key)
+    if cfg["sizes"] is not None:
+        if not isinstance(cfg["sizes"], list) or not cfg["sizes"]:
+            raise config.ConfigError(f"sizes must be null or a list of [height, width], got {cfg['sizes']!r}")
+        for size in cfg["sizes"]:
+            config.crop_hw(size, "sizes")
+    if cfg["ckpt"] and not cfg["backends"]:
+        raise config.ConfigError("ckpt= scores the deployment table's rows: add backends=[torch] (eager torch "
+                                 "only) or backends=[onnxruntime,openvino]")
     config.validate_train(cfg)
     if cfg["compare"] and (config.backbone_name(cfg) not in measure.BACKBONES or cfg["model"]["head"] != "deeplabv3"):
         raise config.ConfigError(f"compare=torchvision supports backbone {list(measure.BACKBONES)} and model.head="
@@ -123,8 +133,7 @@ def _run(cfg: Dict) -> Dict:
     # The trained weights re-strided to eval_os (as the paper evaluates), run eagerly as evaluate runs them.
     result["inference"] = measure.time_inference(_restrided(model, cfg["eval_os"]).eval(), s,
                                                  result["flops"]["eval_forward_per_image"])
-    result["inference_backends"] = backends_phase(model, s, cfg["backends"], cfg["precisions"]) \
-        if cfg["backends"] else None
+    result["inference_backends"] = deployment_phase(cfg, s, model) if cfg["backends"] else None
     del model
     conv = dict.fromkeys(("shape", "dtype", "conv3x3"))
     has_aspp = result["model"]["aspp_rates"] is not None  # the micro-benchmarks time ASPP convolutions
@@ -156,6 +165,17 @@ def make_setup(cfg: Mapping, num_classes: int) -> Tuple[measure.Setup, Dict]:
                "eval_batch_size": s.eval_batch, "timer": "cuda_events" if cuda else "perf_counter",
                "memory": "cuda_max_memory_allocated" if cuda else "process_peak_rss",
                "tf32": cuda and torch.backends.cudnn.allow_tf32}
+
+
+def deployment_phase(cfg: Mapping, s: measure.Setup, model: torch.nn.Module) -> List[Dict]:
+    """The deployment table of ``model`` (random weights, at ``eval_os``), or with ``ckpt`` of that checkpoint's
+    model with each row's validation mIoU (the first ``eval_images`` images)."""
+    sizes = [config.crop_hw(size, "sizes") for size in cfg["sizes"]] if cfg["sizes"] else None
+    evaluation = calibration = None
+    if cfg["ckpt"]:
+        model, evaluation, calibration = checkpoint_rows(cfg["ckpt"], cfg["eval_os"], cfg["dataset"],
+                                                         cfg["eval_images"], s.device)
+    return backends_phase(model, s, cfg["backends"], cfg["precisions"], sizes, evaluation, calibration)
 
 
 def _restrided(model: torch.nn.Module, output_stride: int) -> torch.nn.Module:

@@ -1,4 +1,5 @@
-"""Deployment runtimes for exported ONNX files: ONNX Runtime and OpenVINO, as callables the engine runs like a model.
+"""Deployment runtimes for exported ONNX files (and OpenVINO IRs converted from them): ONNX Runtime and OpenVINO, as
+callables the engine runs like a model.
 
 Every runtime takes what export.py's files take (float32 RGB ``[N, 3, H, W]`` in [0, 1], normalisation inside)
 and returns logits ``[N, C, H, W]`` at the input size. ``RuntimeModel`` adapts one to the engine's interface
@@ -25,7 +26,7 @@ log = logging.getLogger("seg.deployment")
 EXTRAS = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino")}  # backend -> module, extra
 # OpenVINO's CPU plugin runs in bf16 by default where the CPU has it (AVX-512 BF16, AMX): fp32 must be asked for.
 # An int8 (QDQ) file runs its quantized layers in int8 whatever the hint; int8 keeps the others in f32.
-OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "fp16": "f16"}
 
 Runtime = Callable[[np.ndarray], np.ndarray]  # [N, 3, H, W] float32 in [0, 1] -> logits
 
@@ -53,14 +54,37 @@ def onnx_metadata(path: Path) -> Dict:
     return json.loads(text)
 
 
+def openvino_metadata(path: Path) -> Dict:
+    """export.py's metadata of an OpenVINO IR (``.xml``) converted from its ONNX file (``ovc model.onnx`` or
+    ``openvino.convert_model``): OpenVINO's ONNX reader keeps the file's metadata properties in the model's runtime
+    info, under ``framework``; empty for an IR made otherwise."""
+    ov = _import("openvino")
+    model = ov.Core().read_model(str(path))
+    key = ["framework", METADATA_FILE]
+    return json.loads(model.get_rt_info(key).astype(str)) if model.has_rt_info(key) else {}
+
+
 def open_onnxruntime(path: Path, device: torch.device, precision: str, threads: int) -> Runtime:
     ort = _import("onnxruntime")
+    if path.suffix.lower() == ".xml":
+        raise BackendError(f"{path} is an OpenVINO model, which onnxruntime cannot read: backend=openvino, or "
+                           "ckpt= the ONNX file it was converted from")
     if precision == "bf16":
         raise BackendError("backend=onnxruntime has no bf16 on the CPU here: backend=openvino or backend=torch for "
                            "bf16, or precision=int8 with scripts/quantize.py's file")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     available = ort.get_available_providers()
+    if precision == "fp16":
+        if "CUDAExecutionProvider" not in available:
+            raise BackendError("precision=fp16 with backend=onnxruntime runs on its CUDA execution provider, which "
+                               f"this onnxruntime lacks (it has {', '.join(available)}): pip install "
+                               "onnxruntime-gpu and device=cuda, or precision=fp32 / int8 on the CPU")
+        if device.type != "cuda":
+            raise BackendError("precision=fp16 with backend=onnxruntime runs on the GPU: device=cuda")
+        model = fp16_onnx(path)
+    else:
+        model = str(path)
     if device.type == "cuda":
         if "CUDAExecutionProvider" not in available:
             raise BackendError("device=cuda with backend=onnxruntime needs onnxruntime-gpu (CUDAExecutionProvider); "
@@ -69,9 +93,18 @@ def open_onnxruntime(path: Path, device: torch.device, precision: str, threads: 
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     else:
         providers = ["CPUExecutionProvider"]
-    session = ort.InferenceSession(str(path), options, providers=providers)
+    session = ort.InferenceSession(model, options, providers=providers)
     name = session.get_inputs()[0].name
     return lambda images: session.run(None, {name: images})[0]
+
+
+def fp16_onnx(path: Path) -> bytes:
+    """The ONNX file ``path`` with fp16 weights and computation (float32 input and output kept, so the engine feeds
+    it as any other): onnxruntime's own converter, for its CUDA execution provider."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    return convert_float_to_float16(onnx.load(str(path)), keep_io_types=True).SerializeToString()
 
 
 def open_openvino(path: Path, device: torch.device, precision: str, threads: int) -> Runtime:
@@ -79,8 +112,15 @@ def open_openvino(path: Path, device: torch.device, precision: str, threads: int
     if device.type != "cpu":
         raise BackendError("backend=openvino runs on the CPU here: device=cpu")
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", {
-        "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision], "INFERENCE_NUM_THREADS": threads})
+    target, config = "CPU", {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision],
+                             "INFERENCE_NUM_THREADS": threads}
+    if precision == "fp16":  # OpenVINO's CPU plugin has no fp16 here: its GPU plugin (an Intel GPU) does
+        if not any(name.startswith("GPU") for name in core.available_devices):
+            raise BackendError("precision=fp16 with backend=openvino runs on an OpenVINO GPU device (an Intel GPU "
+                               f"and its driver), and this machine has {', '.join(core.available_devices)}: "
+                               "precision=bf16 or fp32 on the CPU")
+        target, config = "GPU", {"INFERENCE_PRECISION_HINT": "f16"}
+    compiled = core.compile_model(core.read_model(str(path)), target, config)
     request = compiled.create_infer_request()
     return lambda images: request.infer({0: images})[compiled.output(0)].copy()
 

@@ -1,5 +1,6 @@
-"""What evaluate.py and predict.py run with ``backend=onnxruntime|openvino``: the ONNX file ``ckpt=`` names, or
-a checkpoint exported to ONNX on the fly and cached beside it.
+"""What evaluate.py and predict.py run with ``backend=onnxruntime|openvino``: the ONNX file ``ckpt=`` names (or,
+for openvino, the OpenVINO IR ``.xml`` converted from one), or a checkpoint exported to ONNX on the fly and cached
+beside it.
 
 A ``RuntimeSource`` is a ``seg.engine.checkpoint.ModelSource`` (``CheckpointSource`` is eager torch's):
 ``state(path)`` gives what the engine reads of a checkpoint (class names, palette, training crop, output stride;
@@ -16,8 +17,8 @@ import torch
 from torch import nn
 
 from seg.config import BACKBONE_SOURCES, overwrite_flag
-from seg.deployment.runtimes import onnx_metadata, runtime_model
-from seg.engine.checkpoint import load_trained
+from seg.deployment.runtimes import BackendError, onnx_metadata, openvino_metadata, runtime_model
+from seg.engine.checkpoint import CheckpointSource, load_trained
 from seg.errors import UserError
 from seg.export import export_checkpoint_state
 from seg.outputs import check_outputs
@@ -25,10 +26,34 @@ from seg.outputs import check_outputs
 log = logging.getLogger("seg.deployment")
 
 ONNX_SUFFIX = ".onnx"
+OPENVINO_SUFFIX = ".xml"  # an OpenVINO IR: the graph, with its weights in the .bin of the same name
 
 
 def is_onnx(path) -> bool:
     return Path(path).suffix.lower() == ONNX_SUFFIX
+
+
+def is_openvino(path) -> bool:
+    return Path(path).suffix.lower() == OPENVINO_SUFFIX
+
+
+def is_exported(path) -> bool:
+    """An exported model a runtime reads as it is (no checkpoint to export)."""
+    return is_onnx(path) or is_openvino(path)
+
+
+def exported_metadata(path: Path, backend: str) -> Dict:
+    """export.py's metadata of the exported file ``path``, which ``backend`` must be able to read."""
+    if not is_openvino(path):
+        return onnx_metadata(path)
+    if backend != "openvino":
+        raise BackendError(f"{path} is an OpenVINO model, which {backend} cannot read: backend=openvino, or ckpt= "
+                           "the ONNX file it was converted from")
+    weights = path.with_suffix(".bin")
+    if not weights.is_file():
+        raise UserError(f"{path} is an OpenVINO model whose weights file {weights} is missing: keep the .bin that "
+                        "ovc wrote beside the .xml")
+    return openvino_metadata(path)
 
 
 def cached_onnx(checkpoint: Path, output_stride: int) -> Path:
@@ -47,8 +72,10 @@ def exported_state(path: Path, metadata: Mapping) -> Dict:
     """An export's metadata as the parts of a checkpoint the engine reads (no weights, no dataset: evaluate.py
     then needs ``dataset=``, as for another project's file)."""
     if "num_classes" not in metadata:
-        raise UserError(f"{path} is an ONNX file that scripts/export.py did not write (no class names, palette or "
-                        "normalisation recorded): export the checkpoint with format=onnx")
+        kind = "an OpenVINO model not converted from an ONNX file of" if is_openvino(path) else \
+            "an ONNX file that"
+        raise UserError(f"{path} is {kind} scripts/export.py did not write (no class names, palette or "
+                        "normalisation recorded): export the checkpoint with format=onnx (then ovc model.onnx)")
     backbone = {"name": metadata.get("backbone", "?"), "source": BACKBONE_SOURCES[0]}
     config = {"os": metadata.get("output_stride"), "backbone": backbone, "model": {"head": metadata.get("head")},
               "dataset": {}, "train": {"crop_size": metadata.get("crop_size") or 513, "amp": "off"}}
@@ -66,16 +93,16 @@ class RuntimeSource:
 
     def state(self, path) -> Dict:
         path = Path(path)
-        if is_onnx(path):
+        if is_exported(path):
             if self.weights != "auto":
                 raise UserError(f"weights={self.weights} cannot choose an exported model's weights ({path} holds "
                                 "those it was exported with): give the checkpoint")
-            return exported_state(path, onnx_metadata(path))
+            return exported_state(path, exported_metadata(path, self.backend))
         return load_trained(path, self.weights)
 
     def model(self, state: Mapping, path, output_stride: Optional[int], device: torch.device) -> nn.Module:
         path = Path(path)
-        if is_onnx(path):
+        if is_exported(path):
             if output_stride is not None and output_stride != state["config"]["os"]:
                 raise UserError(f"os={output_stride} cannot change an exported model's output stride (it is "
                                 f"{state['config']['os']}): give the checkpoint, which is exported at os= on the fly")
@@ -119,9 +146,9 @@ class RuntimeSource:
 
 def model_source(config: Mapping):
     """The engine's ``ModelSource`` for ``config["backend"]`` and ``config["precision"]`` (checked by
-    ``seg.config.validate_inference``); None (eager torch) for ``backend=torch``."""
+    ``seg.config.validate_inference``): eager torch's ``CheckpointSource`` for ``backend=torch``."""
     backend = config.get("backend", "torch")
     if backend == "torch":
-        return None
+        return CheckpointSource(config.get("weights", "auto"), config.get("channels_last", True))
     return RuntimeSource(backend, config.get("precision", "fp32"), overwrite_flag(config),
                          config.get("weights", "auto"))

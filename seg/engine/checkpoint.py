@@ -215,6 +215,9 @@ def load_trained(path: Union[str, Path], weights: str = "auto") -> Dict:
     if Path(path).suffix.lower() == ".onnx":
         raise CheckpointError(f"{path} is an ONNX file: run it with backend=onnxruntime or backend=openvino "
                               "(evaluate.py and predict.py)")
+    if Path(path).suffix.lower() == ".xml":
+        raise CheckpointError(f"{path} is an OpenVINO model: run it with backend=openvino (evaluate.py and "
+                              "predict.py)")
     state = load_file(path, what="checkpoint")
     if is_checkpoint(state):
         return _finite(choose_weights(dict(state), weights, path), path)
@@ -301,17 +304,23 @@ class ModelSource(Protocol):
 class CheckpointSource:
     """How evaluate and predict get a model in eager torch: the checkpoint (or another project's file) with the
     weights ``weights`` asks for (``choose_weights``) and the model its config builds. ``seg.deployment``'s runtime
-    sources answer the same two calls for exported files."""
+    sources answer the same two calls for exported files.
 
-    def __init__(self, weights: str = "auto"):
-        self.weights = weights
+    ``channels_last``: the model's weights in channels_last on every device, not only on CUDA (inference option
+    ``channels_last``). oneDNN's CPU convolutions then run in NHWC, which docs/benchmarks.md measured faster for
+    inference in fp32 and under bf16 autocast; a convolution with channels_last weights makes its output
+    channels_last, so the input needs no conversion. False: torch's default contiguous (NCHW) layout everywhere.
+    """
+
+    def __init__(self, weights: str = "auto", channels_last: bool = True):
+        self.weights, self.channels_last = weights, channels_last
 
     def state(self, path: Union[str, Path]) -> Dict:
         return load_trained(path, self.weights)
 
     def model(self, state: Mapping, path: Union[str, Path], output_stride: Optional[int],
               device: torch.device) -> torch.nn.Module:
-        return place(model_from_checkpoint(state, output_stride, path), device)
+        return place(model_from_checkpoint(state, output_stride, path), device, self.channels_last)
 
 
 def restore(path: Union[str, Path], output_stride: Optional[int] = None,

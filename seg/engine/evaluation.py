@@ -161,7 +161,7 @@ def evaluate_checkpoint(config: Mapping, run_dir, source: Optional[ModelSource] 
     device_type = resolve_device(cfg["device"])
     distributed.init(device_type)
     try:
-        source = source or CheckpointSource(cfg.get("weights", "auto"))
+        source = source or CheckpointSource(cfg.get("weights", "auto"), cfg.get("channels_last", True))
         return _evaluate(cfg, Path(run_dir), distributed.local_device(device_type), source)
     finally:
         distributed.shutdown()

@@ -267,6 +267,7 @@ def predict(config: Mapping, source: Optional[ModelSource] = None) -> Dict:
     relatives = [path.relative_to(root).with_suffix("") for path in files]
     planned = planned_outputs(output, files, relatives, cfg)
     check_outputs(planned, {"ckpt": ckpt, "input": cfg["input"]}, "predictions", overwrite_flag(cfg))
+    source = source or CheckpointSource(cfg.get("weights", "auto"), cfg.get("channels_last", True))
     loaded = load_model(ckpt, cfg["os"], device, source, cfg.get("weights", "auto"))  # a model that fails: no folder
     if loaded.stats.channels != 3 and any(is_video(path) for path in files):
         video = next(path for path in files if is_video(path))
