@@ -45,7 +45,7 @@ INPUT = "float32 RGB [N, 3, H, W] in [0, 1]"  # the metadata's "input"; other ch
 def input_convention(channels: int) -> str:
     return INPUT if channels == 3 else f"float32 [N, {channels}, H, W] in [0, 1]"
 # ONNX operator set: 18 is the one torch.onnx's exporter implements its operators in (other versions go through
-# ONNX's version converter); onnxruntime >= 1.14 and TensorRT >= 9.2 run it. Why: docs/evaluation.md.
+# ONNX's version converter); onnxruntime >= 1.14 and TensorRT >= 9.2 run it. Why: docs/deployment.md.
 ONNX_OPSET = 18
 # square, non-square and odd sizes: where padding, pooling and resizing differ between implementations
 CHECK_SIZES = ((128, 128), (160, 96), (97, 129))
