@@ -168,11 +168,11 @@ def test_a_missing_runtime_names_its_extra(ckpt, images, tmp_path, monkeypatch):
 
 
 def test_the_docs_serving_examples_run_without_seg(ckpt, tmp_path):
-    """docs/evaluation.md's ONNX Runtime and OpenVINO blocks, as written, on export.py's file, where `import seg`
+    """docs/deployment.md's ONNX Runtime and OpenVINO blocks, as written, on export.py's file, where `import seg`
     fails; their logits equal the checkpoint's (through the backends tested above)."""
     needed("openvino")
     export_checkpoint(compose_config("export", [f"ckpt={ckpt}", f"output={tmp_path / 'model.onnx'}", "format=onnx"]))
-    text = (REPO / "docs" / "evaluation.md").read_text()
+    text = (REPO / "docs" / "deployment.md").read_text()
     blocks = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "model.onnx" in b]
     assert len(blocks) == 2 and "onnxruntime" in blocks[0] and "openvino" in blocks[1]
     for block in blocks:

@@ -262,7 +262,8 @@ def test_receptive_field_png_and_the_benchmark_files_are_recognised(tmp_path, ca
         main(["layers=[[3,1],[3,2]]", "feature_size=17", f"png={figure}"])
     before = contents(photo)
     with pytest.raises(SystemExit, match=rf"^error: {photo} exists already and is not a figure of "
-                                         r"scripts/receptive_field\.py: choose another png, or pass overwrite=true"):
+                                         r"scripts/receptive_field\.py or scripts/make_readme_figure\.py: "
+                                         r"choose another png, or pass overwrite=true"):
         main(["layers=[[3,1],[3,2]]", "feature_size=17", f"png={photo}"])
     assert contents(photo) == before
     main(["layers=[[3,1],[3,2]]", "feature_size=17", f"png={photo}", "overwrite=true"])
