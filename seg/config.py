@@ -469,6 +469,8 @@ def batchnorm_kwargs(cfg: Mapping) -> Dict:
     """Arguments of ``seg.engine.batchnorm.configure`` (configs written before these keys lack them)."""
     return dict(momentum=cfg["model"].get("bn_momentum"), freeze_bn=bool(cfg["train"].get("freeze_bn", False)),
                 freeze_backbone=bool(cfg["train"].get("freeze_backbone", False)))
+
+
 def tracker_kwargs(cfg: Mapping) -> Dict[str, Dict]:
     """Arguments of ``seg.engine.trackers.open_trackers``: ``{tracker: its section's keys}`` for each tracker that
     ``logger`` names beside TensorBoard (which is always on). Configs written before ``logger`` existed have none."""
