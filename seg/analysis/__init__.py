@@ -8,7 +8,8 @@ from seg.analysis.coverage import coverage_map, coverage_profile, coverage_summa
 from seg.analysis.feature_map import valid_taps
 from seg.analysis.hdc import check_hdc, max_tap_distances, suggest_rates
 from seg.analysis.layers import Layer, output_size, parse_layers
-from seg.analysis.report import analyse_layers, format_report
+from seg.analysis.report import analyse_layers
+from seg.analysis.text import format_report
 
 __all__ = ["Layer", "analyse_layers", "check_hdc", "coverage_map", "coverage_profile", "coverage_summary",
            "format_report", "max_tap_distances", "output_size", "parse_layers", "receptive_field",

@@ -184,11 +184,6 @@ def _format_model_report(report: Dict) -> List[str]:
     return lines
 
 
-def format_report(report: Dict) -> str:
-    if report["mode"] == "context":  # seg.analysis.context / .unet read built models (torch): imported when needed
-        from seg.analysis.context import format_context_report as formatter
-    elif report["mode"] == "unet":
-        from seg.analysis.unet import format_unet_report as formatter
-    else:
-        formatter = _format_model_report if report["mode"] == "model" else _format_layers_report
-    return "\n".join(formatter(report))
+def format_stack_report(report: Dict) -> List[str]:
+    """The lines of a ``layers`` or ``model`` report (``seg.analysis.text.format_report`` takes every mode)."""
+    return (_format_model_report if report["mode"] == "model" else _format_layers_report)(report)
