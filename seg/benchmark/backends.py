@@ -4,9 +4,9 @@ contiguous and channels_last) and in the runtimes (``backends=[onnxruntime,openv
 ``sizes``, with its speed as a ratio against eager torch fp32 measured in the same run, the memory it adds and, for
 a checkpoint, its mIoU on the validation split.
 
-CPU memory: the process's peak RSS cannot be reset between rows, so each row's is sampled (``RssPeak``): the
-highest resident set size seen every ``RssPeak.INTERVAL_S`` while the row builds its model (the copy of the
-weights, or the runtime's session and compiled model) and runs, minus the RSS before it.
+CPU memory: before each row the process's peak RSS is reset (``RssPeak``); the row's figure is the peak while it
+builds its model (the copy of the weights, or the runtime's session and compiled model) and runs, minus the RSS
+before it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import copy
 import gc
 import os
 import tempfile
-import threading
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
@@ -41,34 +40,35 @@ Evaluation = Callable[[nn.Module, Optional[torch.dtype]], float]
 
 
 class RssPeak:
-    """The peak resident set size above the one at entry (MiB), sampled by a thread: ``with RssPeak() as peak:
-    ...; peak.mib``. Sampling can miss a peak shorter than the interval; the activations of a model's forward
-    live far longer."""
+    """The peak resident set size above the one at entry (MiB): ``with RssPeak() as peak: ...; peak.mib``.
 
-    INTERVAL_S = 0.002
-    PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+    Linux keeps the process's high-water mark (``VmHWM`` in ``/proc/self/status``) and resets it to the current
+    RSS when ``5`` is written to ``/proc/self/clear_refs`` (Linux >= 4.0), so the figure is exact, however short
+    the peak. Where that file cannot be written (another OS, a locked-down /proc) ``mib`` stays None.
+    """
 
-    @classmethod
-    def rss(cls) -> int:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * cls.PAGE
+    @staticmethod
+    def _status_kib(field: str) -> int:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        raise OSError(f"/proc/self/status has no {field}")
 
     def __enter__(self) -> "RssPeak":
         gc.collect()
-        self.base = self.peak = self.rss()
-        self.mib, self.done = None, threading.Event()
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
+        self.mib = None
+        try:
+            with open("/proc/self/clear_refs", "w") as clear_refs:
+                clear_refs.write("5")
+            self.base_kib = self._status_kib("VmRSS")
+        except OSError:
+            self.base_kib = None
         return self
 
-    def _sample(self) -> None:
-        while not self.done.wait(self.INTERVAL_S):
-            self.peak = max(self.peak, self.rss())
-
     def __exit__(self, *exc) -> None:
-        self.done.set()
-        self.thread.join()
-        self.mib = (max(self.peak, self.rss()) - self.base) / 2 ** 20
+        if self.base_kib is not None:
+            self.mib = (self._status_kib("VmHWM") - self.base_kib) / 1024
 
 
 class Variant(NamedTuple):
