@@ -30,7 +30,10 @@ from seg.benchmark.run import (
 )
 from seg.config import ConfigError, dataset_kwargs, model_kwargs, to_plain
 from seg.data import build_dataset
+from seg.deployment import model_source
+from seg.deployment.quantize import quantize_checkpoint
 from seg.engine.evaluation import evaluate_checkpoint
+from seg.export import export_checkpoint
 from seg.models import build_model
 
 NUM = numbers.Real
@@ -244,6 +247,76 @@ def test_deployment_table_with_a_checkpoint_scores_every_row_at_every_size(tmp_p
     assert rows[2]["miou"] == pytest.approx(reference, abs=1e-3)
     assert 0 <= rows[3]["miou"] <= 1
     assert rows[0]["ratio_vs_torch"] == rows[4]["ratio_vs_torch"] == 1.0  # each size has its own baseline
+
+
+def test_deployment_table_of_exported_files(tmp_path):
+    """ckpt= an exported file (an ONNX file, its int8 file, an OpenVINO IR), no checkpoint: each runtime runs the
+    file as evaluate.py runs it, scored on dataset=; there is no eager torch row, so no ratio; what a runtime cannot
+    do with the file is a row that says why."""
+    needed("onnxruntime")
+    ov = needed("openvino")
+    if torch.__version__ < export_module.DYNAMIC_EXPORT_TORCH:
+        pytest.skip(f"runtimes run ONNX exports, which keep H, W free from torch {export_module.DYNAMIC_EXPORT_TORCH}")
+    ckpt = decisive_checkpoint(tmp_path)
+    fp32, int8, xml = tmp_path / "model.onnx", tmp_path / "model.int8.onnx", tmp_path / "ir" / "model.xml"
+    export_checkpoint(compose_config("export", [f"ckpt={ckpt}", f"output={fp32}", "format=onnx"]))
+    data = [f"dataset.root={tmp_path / 'data'}", "dataset.image_size=64", "dataset.num_train=8", "dataset.num_val=3"]
+    quantize_checkpoint(compose_config("quantize", [f"ckpt={ckpt}", f"output={int8}", "calibration=val", "n=2",
+                                                    data[0]]))
+    ov.save_model(ov.convert_model(str(fp32)), str(xml), compress_to_fp16=False)  # what `ovc` writes
+    common = [*TINY[:-4], "data_steps=0", "micro=false", "device=cpu", "cpu_threads=1", "eval_batch_size=1",
+              "steps=1", "warmup=0", "output=null", "dataset=synthetic", *data]
+
+    def reference(file, backend):  # evaluate.py on the same file and images
+        cfg = compose_config("evaluate", [f"ckpt={file}", f"backend={backend}", "device=cpu", "num_workers=0",
+                                          "dataset=synthetic", *data, *(["precision=int8"] if file == int8 else [])])
+        return evaluate_checkpoint(cfg, tmp_path / f"eval-{file.stem}-{backend}", source=model_source(cfg))["mIoU"]
+
+    result = run_benchmark(compose_config("benchmark", [*common, f"ckpt={fp32}", "backends=[onnxruntime,openvino]",
+                                                        "precisions=[fp32,int8]"]), tmp_path, echo=False)
+    rows = result["inference_backends"]
+    assert [(r["backend"], r["precision"], r["layout"]) for r in rows] == [
+        ("onnxruntime", "fp32", "onnx"), ("onnxruntime", "int8", "onnx"), ("openvino", "fp32", "onnx"),
+        ("openvino", "int8", "onnx")]
+    for row in rows[0], rows[2]:
+        assert row["latency_ms"] > 0 and row["ratio_vs_torch"] is None and row["peak_mem_mb"] > 0
+        assert row["file_mb"] == pytest.approx(fp32.stat().st_size / 2 ** 20)
+        assert row["miou"] == pytest.approx(reference(fp32, row["backend"]), abs=1e-6)
+    for row in rows[1], rows[3]:
+        assert row["latency_ms"] is None and row["miou"] is None
+        assert f"precision=int8 runs an int8 model, and {fp32} is fp32: python scripts/quantize.py" in row["note"]
+    assert "onnxruntime  fp32       onnx" in format_table(result)
+
+    rows = run_benchmark(compose_config("benchmark", [*common, f"ckpt={int8}", "backends=[onnxruntime]",
+                                                      "precisions=[int8]"]), tmp_path, echo=False)["inference_backends"]
+    assert [(r["backend"], r["precision"], r["layout"]) for r in rows] == [("onnxruntime", "int8", "onnx int8 (QDQ)")]
+    assert rows[0]["miou"] == pytest.approx(reference(int8, "onnxruntime"), abs=1e-6)
+
+    rows = run_benchmark(compose_config("benchmark", [*common, f"ckpt={xml}", "backends=[onnxruntime,openvino]",
+                                                      "precisions=[fp32]"]), tmp_path, echo=False)["inference_backends"]
+    assert "is an OpenVINO model, which onnxruntime cannot read" in rows[0]["note"] and rows[0]["latency_ms"] is None
+    assert rows[1]["layout"] == "openvino ir" and rows[1]["latency_ms"] > 0
+    assert rows[1]["file_mb"] == pytest.approx((xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 2 ** 20)
+    assert rows[1]["miou"] == pytest.approx(reference(fp32, "openvino"), abs=1e-6)
+    with pytest.raises(ConfigError, match=r"is an exported model, which eager torch cannot run"):
+        run_benchmark(compose_config("benchmark", [*common, f"ckpt={fp32}", "backends=[torch]"]), tmp_path)
+
+
+def test_four_channel_model_is_timed_on_four_channel_images(tmp_path):
+    """dataset.channels=4 (RGB-D): the timed batches, the FLOP count and the runtimes' export have four bands."""
+    needed("onnxruntime")
+    if torch.__version__ < export_module.DYNAMIC_EXPORT_TORCH:
+        pytest.skip(f"runtimes run ONNX exports, which keep H, W free from torch {export_module.DYNAMIC_EXPORT_TORCH}")
+    common = [*TINY[:-4], "data_steps=0", "micro=false", "device=cpu", "cpu_threads=1", "steps=1", "warmup=0",
+              "output=null", "backends=[onnxruntime]"]
+    rgb, rgbd = (run_benchmark(compose_config("benchmark", [*common, *extra]), tmp_path, echo=False)
+                 for extra in ([], ["dataset.channels=4", "train.color_jitter=false"]))
+    # The fourth band adds one input channel to the stem's 7x7 convolution (stride 2, 64 filters) and nothing else:
+    # its output pixels (eval_size [64, 96] / 2) x 64 filters x 7 x 7 weights x 2 FLOPs per multiply-add.
+    stem_band = (64 // 2) * (96 // 2) * 64 * 7 * 7 * 2
+    assert rgbd["flops"]["eval_forward_per_image"] - rgb["flops"]["eval_forward_per_image"] == stem_band
+    assert rgbd["flops"]["forward_per_image"] > rgb["flops"]["forward_per_image"]
+    assert all(row["latency_ms"] > 0 for row in rgbd["inference_backends"])
 
 
 def test_ckpt_needs_backends():

@@ -108,6 +108,30 @@ def test_openvino_runs_an_ir_converted_by_openvino(ckpt, images, eager, tmp_path
     assert not (tmp_path / "x").exists()
 
 
+def test_missing_corrupt_and_foreign_exported_files_are_one_line_refusals(images, tmp_path):
+    """Files a user may hand over by mistake: absent, not ONNX, an IR OpenVINO cannot parse, an ONNX model that
+    export.py did not write; each is one line naming the file, and nothing is written."""
+    needed("onnxruntime")
+    needed("openvino")
+    onnx = needed("onnx")
+    junk, foreign, xml = tmp_path / "junk.onnx", tmp_path / "foreign.onnx", tmp_path / "broken.xml"
+    junk.write_bytes(b"\x08\x07junk")
+    xml.write_text("<net name='x'"), xml.with_suffix(".bin").write_bytes(b"")
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
+                                   [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    onnx.save(onnx.helper.make_model(graph), str(foreign))
+    refusals = {(tmp_path / "absent.onnx", "onnxruntime"): f"model not found: {tmp_path / 'absent.onnx'}",
+                (tmp_path / "absent.xml", "openvino"): f"model not found: {tmp_path / 'absent.xml'}",
+                (junk, "onnxruntime"): f"{junk} is not an ONNX file (",
+                (xml, "openvino"): f"{xml} is not an OpenVINO model OpenVINO can read (",
+                (foreign, "openvino"): f"{foreign} is an ONNX file that scripts/export.py did not write (no class"}
+    for (path, backend), message in refusals.items():
+        with pytest.raises(UserError, match=re.escape(message)):
+            probabilities(path, images, tmp_path / "out", f"backend={backend}")
+    assert not (tmp_path / "out").exists()
+
+
 def test_evaluate_with_a_runtime_gives_torchs_metrics(ckpt, data_root, tmp_path):
     overrides = [f"ckpt={ckpt}", "device=cpu", f"dataset.root={data_root}", "num_workers=0",
                  "inference.mode=slide", "inference.window=[48,48]"]

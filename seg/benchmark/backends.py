@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import os
 import tempfile
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
@@ -23,9 +22,9 @@ import torch
 from torch import nn
 
 from seg.benchmark import measure
-from seg.data import IMAGENET_MEAN, IMAGENET_STD
 from seg.deployment.quantize import quantize_onnx
 from seg.deployment.runtimes import BackendError, runtime_model
+from seg.deployment.sources import RuntimeSource
 from seg.engine.device import place
 from seg.errors import UserError
 from seg.export import export_model
@@ -34,6 +33,7 @@ ROW_KEYS = ("backend", "precision", "layout", "batch", "size", "latency_ms", "im
             "peak_mem_mb", "file_mb", "miou", "note")
 CALIBRATION_IMAGES = 4
 # What a runtime cannot run here: (backend, precision) -> why (a row says so instead of a figure)
+BASELINE = ("torch", "fp32", "contiguous")  # the row every ratio is against (absent for an exported file)
 UNSUPPORTED = {("onnxruntime", "bf16"): "onnxruntime's CPU execution provider has no bf16 kernels for this model"}
 # mIoU of a model run as the row runs it (eval mode, normalised input -> {"out": logits}) under an autocast dtype
 Evaluation = Callable[[nn.Module, Optional[torch.dtype]], float]
@@ -89,7 +89,7 @@ def _row(v: Variant, s: measure.Setup, timed: Optional[Mapping], baseline: Optio
                file_mb=v.file_mb, note=v.note, miou=miou)
     if timed:
         row.update(latency_ms=timed["latency_ms"], img_per_s=timed["images_per_s"],
-                   ratio_vs_torch=baseline["latency_ms"] / timed["latency_ms"] if baseline else 1.0,
+                   ratio_vs_torch=baseline and baseline["latency_ms"] / timed["latency_ms"],
                    peak_mem_mb=timed["peak_memory_mib"] if s.device.type == "cuda" else peak_mb)
     return row
 
@@ -120,10 +120,10 @@ def runtime_variants(model: nn.Module, s: measure.Setup, folder: Path, backends:
     timing's random images: the speed is the int8 file's whatever the ranges), for each runtime and precision."""
     path = folder / "model.onnx"
     try:
-        export_model(model, path, "onnx", {"output_stride": getattr(model, "output_stride", None)})
+        export_model(model, path, "onnx", {"output_stride": getattr(model, "output_stride", None)}, stats=s.stats)
     except UserError as error:
         return [Variant(b, p, "onnx", None, note=f"not exported: {error}") for b in backends for p in precisions]
-    metadata = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    metadata = s.stats.as_dict()
     files = {"fp32": path, "bf16": path, "fp16": path}
     if "int8" in precisions:
         files["int8"] = folder / "model.int8.onnx"
@@ -144,33 +144,63 @@ def runtime_variants(model: nn.Module, s: measure.Setup, folder: Path, backends:
     return variants
 
 
+def exported_variants(path: Path, backends: Sequence[str], precisions: Sequence[str],
+                      device: torch.device) -> List[Variant]:
+    """The exported file ``path`` (``.onnx``, or an OpenVINO ``.xml``) in each runtime at each precision, read and
+    run as evaluate.py runs it (``seg.deployment.sources.RuntimeSource``): no eager torch row, so no ratio. What a
+    runtime cannot do with the file (an IR in onnxruntime, int8 of an fp32 file) is a row whose note says why."""
+    files = [path] + ([path.with_suffix(".bin")] if path.suffix.lower() == ".xml" else [])
+    file_mb = sum(file.stat().st_size for file in files if file.is_file()) / 2 ** 20
+    variants = []
+    for backend in (backend for backend in backends if backend != "torch"):
+        for precision in precisions:
+            source = RuntimeSource(backend, precision)
+            try:
+                state = source.state(path)
+            except UserError as error:
+                variants.append(Variant(backend, precision, "exported", None, file_mb=file_mb, note=str(error)))
+                continue
+            layout = "onnx int8 (QDQ)" if "quantization" in state["export_metadata"] else \
+                "openvino ir" if files[1:] else "onnx"
+            variants.append(Variant(backend, precision, layout,
+                                    lambda source=source, state=state: source.model(state, path, None, device),
+                                    file_mb=file_mb, note=UNSUPPORTED.get((backend, precision))))
+    return variants
+
+
 def backends_phase(model: nn.Module, s: measure.Setup, backends: Sequence[str], precisions: Sequence[str],
                    sizes: Optional[Sequence[Tuple[int, int]]] = None, evaluation: Optional[Evaluation] = None,
                    calibration: Optional[Iterable[np.ndarray]] = None) -> List[Dict]:
-    """Rows of the table for ``model`` (eval mode, at the evaluation stride): every variant (``torch_variants``,
-    then ``runtime_variants``) at each size of ``sizes`` (default: ``s.eval_hw``), with the eager fp32 contiguous
-    row of its size as the baseline; with ``evaluation``, each variant's mIoU (once: it does not depend on the
-    timing's size)."""
+    """Rows of the table for ``model`` (eval mode, at the evaluation stride): its variants (``torch_variants``,
+    then ``runtime_variants``) timed and scored by ``time_variants``."""
     backends = [backend for backend in backends if backend != "torch"]
-    rows = []
     with tempfile.TemporaryDirectory(prefix="seg-benchmark-") as folder:
         variants = torch_variants(model, s.device, precisions)
         if backends:
             variants += runtime_variants(model, s, Path(folder), backends, precisions, calibration)
-        mious = [_miou(v, evaluation) for v in variants]
-        for size in sizes or [s.eval_hw]:
-            sized, baseline = s._replace(eval_hw=tuple(size)), None
-            for v, miou in zip(variants, mious):
-                if v.build is None:
-                    rows.append(_row(v, sized, None, None, None, miou))
-                    continue
-                try:
-                    timed, peak = _measure(v, sized)
-                except BackendError as error:  # e.g. fp16 without a GPU execution provider: the row says what
-                    rows.append(_row(v._replace(note=str(error)), sized, None, None, None, miou))
-                    continue
-                baseline = baseline or timed
-                rows.append(_row(v, sized, timed, baseline if timed is not baseline else None, peak, miou))
+        return time_variants(variants, s, sizes, evaluation)
+
+
+def time_variants(variants: Sequence[Variant], s: measure.Setup, sizes: Optional[Sequence[Tuple[int, int]]] = None,
+                  evaluation: Optional[Evaluation] = None) -> List[Dict]:
+    """A row per variant at each size of ``sizes`` (default: ``s.eval_hw``), each size's eager torch fp32
+    contiguous row (when there is one) the baseline of its ratios; with ``evaluation``, each variant's mIoU (once:
+    it does not depend on the timing's size)."""
+    rows, mious = [], [_miou(v, evaluation) for v in variants]
+    for size in sizes or [s.eval_hw]:
+        sized, baseline = s._replace(eval_hw=tuple(size)), None
+        for v, miou in zip(variants, mious):
+            if v.build is None:
+                rows.append(_row(v, sized, None, None, None, miou))
+                continue
+            try:
+                timed, peak = _measure(v, sized)
+            except (BackendError, UserError) as error:  # e.g. fp16 without a GPU execution provider: the row says
+                rows.append(_row(v._replace(note=str(error)), sized, None, None, None, miou))
+                continue
+            if (v.backend, v.precision, v.layout) == BASELINE:
+                baseline = timed
+            rows.append(_row(v, sized, timed, baseline, peak, miou))
     return rows
 
 
@@ -179,7 +209,7 @@ def _miou(v: Variant, evaluation: Optional[Evaluation]) -> Optional[float]:
         return None
     try:
         runner = v.build()
-    except BackendError:  # the timing's row gives the reason
+    except (BackendError, UserError):  # the timing's row gives the reason
         return None
     try:
         return evaluation(runner, v.amp_dtype)
@@ -195,7 +225,8 @@ def format_rows(rows: Sequence[Mapping]) -> List[str]:
              "latency / this one's; mem: the memory the row adds, its model included)", header]
     for row in rows:
         figures = ("-", "-", "-") if row["latency_ms"] is None else (
-            f"{row['latency_ms']:.1f}", f"{row['img_per_s']:.2f}", f"{row['ratio_vs_torch']:.2f}")
+            f"{row['latency_ms']:.1f}", f"{row['img_per_s']:.2f}",
+            "-" if row["ratio_vs_torch"] is None else f"{row['ratio_vs_torch']:.2f}")
         memory = "-" if row["peak_mem_mb"] is None else f"{row['peak_mem_mb']:.0f}"
         miou = "-" if row["miou"] is None else f"{100 * row['miou']:.2f}"
         size = "x".join(str(side) for side in row["size"])

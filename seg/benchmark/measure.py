@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models import resnet
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead, _deeplabv3_resnet
 
+from seg.data.channels import InputStats
 from seg.data.transforms import normalize
 from seg.engine.device import autocast
 from seg.engine.inference import segment
@@ -45,11 +46,12 @@ PEAK_TFLOPS = [  # dense (no sparsity) datasheet TFLOP/s; the first row whose wo
     ("L40S", "l40s", {"bf16": 362.05, "fp16": 362.05, "tf32": 183.0, "fp32": 91.6}),
     ("V100", "v100", {"bf16": None, "fp16": 125.0, "tf32": None, "fp32": 15.7}),
 ]
-# What every timed phase shares (AMP dtype None: full precision; ``peak``: the JSON's ``peak`` section).
+# What every timed phase shares (AMP dtype None: full precision; ``peak``: the JSON's ``peak`` section; ``stats``:
+# the model's input channels and normalisation).
 Setup = NamedTuple("Setup", [
     ("device", torch.device), ("amp_dtype", Optional[torch.dtype]), ("channels_last", bool), ("warmup", int),
     ("steps", int), ("batch", int), ("crop", Tuple[int, int]), ("eval_batch", int), ("eval_hw", Tuple[int, int]),
-    ("num_classes", int), ("ignore_index", int), ("peak", Dict)])
+    ("num_classes", int), ("ignore_index", int), ("peak", Dict), ("stats", InputStats)])
 
 
 def device_info(device: torch.device) -> Dict:
@@ -121,7 +123,7 @@ def _throughput(times: List[float], batch: int, flops_per_image: Optional[int], 
 def fake_batch(batch: int, hw: Tuple[int, int], s: Setup) -> Tuple[torch.Tensor, torch.Tensor]:
     """A uint8 batch as the loader gives it (pinned on CUDA); labels with an ignore border like real masks."""
     generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (batch, 3, *hw), dtype=torch.uint8, generator=generator)
+    images = torch.randint(0, 256, (batch, s.stats.channels, *hw), dtype=torch.uint8, generator=generator)
     wide = s.ignore_index > 255  # more than 255 classes: int32 labels, 65535 = ignore, as TransformedDataset gives
     labels = torch.randint(0, s.num_classes, (batch, *hw), dtype=torch.int32 if wide else torch.uint8,
                            generator=generator)
@@ -134,7 +136,7 @@ def train_step(model: nn.Module, train_cfg: Mapping, s: Setup) -> Callable[[torc
     (poly over a billion iterations, so the learning rate never reaches zero while timing)."""
     optimizer, scheduler, scaler = build_optimizer(model, {**train_cfg, "iters": 10 ** 9}, s.amp_dtype, s.device.type)
     loss = make_loss(train_cfg, s.ignore_index)
-    step = TrainStep(model, optimizer, loss, s.device, s.amp_dtype, s.channels_last, scaler)
+    step = TrainStep(model, optimizer, loss, s.device, s.amp_dtype, s.channels_last, scaler, stats=s.stats)
     return lambda images, labels: (step(images, labels), scheduler.step())
 
 
@@ -153,7 +155,7 @@ def time_inference(model: nn.Module, s: Setup, flops_per_image: Optional[int]) -
     """``segment`` as ``evaluate`` calls it, on a uint8 batch of ``s.eval_batch`` images (throughput) and on one."""
     def run(images: torch.Tensor) -> torch.Tensor:
         with autocast(s.device.type, s.amp_dtype):
-            return segment(model, normalize(images.to(s.device, non_blocking=True)))
+            return segment(model, normalize(images.to(s.device, non_blocking=True), s.stats))
 
     batch, single = fake_batch(s.eval_batch, s.eval_hw, s)[0], fake_batch(1, s.eval_hw, s)[0]
     fresh(s.device)
@@ -213,10 +215,10 @@ def structure(model: nn.Module) -> Dict:
             "dilations": {name: rates for name, rates in dilations.items() if rates}}
 
 
-def count_flops(model: nn.Module, batch: int, hw: Tuple[int, int], backward: bool = False) -> int:
+def count_flops(model: nn.Module, batch: int, hw: Tuple[int, int], backward: bool = False, channels: int = 3) -> int:
     counter = FlopCounterMode(display=False)
     with counter, torch.set_grad_enabled(backward):
-        outputs = model(torch.zeros(batch, 3, *hw, device="meta"))
+        outputs = model(torch.zeros(batch, channels, *hw, device="meta"))
         if backward:
             sum(v.float().sum() for v in outputs.values()).backward()
     return int(counter.get_total_flops())
@@ -231,14 +233,16 @@ def describe(train_model: Callable[[], nn.Module], eval_model: Callable[[], nn.M
     for aspp in (_aspp(train), _aspp(evaluation)):
         if aspp is not None:
             aspp.register_forward_pre_hook(lambda _m, args: shapes.append(list(args[0].shape[1:])))
-    forward, eval_forward = count_flops(train.eval(), 1, s.crop), count_flops(evaluation.eval(), 1, s.eval_hw)
+    channels = s.stats.channels
+    forward = count_flops(train.eval(), 1, s.crop, channels=channels)
+    eval_forward = count_flops(evaluation.eval(), 1, s.eval_hw, channels=channels)
     info = {"params": sum(p.numel() for p in train.parameters()), **structure(train),
             "eval_aspp_rates": structure(evaluation)["aspp_rates"],
             "aspp_input_shape": [s.batch, *shapes[0]] if shapes else None,
             "eval_aspp_input_shape": [s.eval_batch, *shapes[1]] if shapes else None}
     flops = {"forward_per_image": forward, "train_per_image": TRAIN_FLOPS_MULTIPLIER * forward,
              "train_multiplier": TRAIN_FLOPS_MULTIPLIER, "eval_forward_per_image": eval_forward,
-             "train_per_image_counted": count_flops(train.train(), 2, s.crop, backward=True) // 2}
+             "train_per_image_counted": count_flops(train.train(), 2, s.crop, True, channels) // 2}
     return info, flops
 
 

@@ -13,12 +13,14 @@ import torch
 
 from seg import config
 from seg.benchmark import measure
-from seg.benchmark.accuracy import checkpoint_rows
-from seg.benchmark.backends import backends_phase, format_rows
+from seg.benchmark.accuracy import checkpoint_rows, exported_rows
+from seg.benchmark.backends import backends_phase, exported_variants, format_rows, time_variants
 from seg.data import build_dataset
 from seg.data.base import label_space
 from seg.data.loader import build_train_loader
 from seg.data.transforms import normalize
+from seg.deployment.sources import is_exported
+from seg.engine.checkpoint import checkpoint_in
 from seg.engine.device import place, resolve_amp, resolve_device, versions
 from seg.engine.sampler import ResumableSampler
 from seg.models import build_model
@@ -83,6 +85,9 @@ def validate_benchmark(cfg: Mapping) -> None:
     if cfg["ckpt"] and not cfg["backends"]:
         raise config.ConfigError("ckpt= scores the deployment table's rows: add backends=[torch] (eager torch "
                                  "only) or backends=[onnxruntime,openvino]")
+    if cfg["ckpt"] and is_exported(cfg["ckpt"]) and not set(cfg["backends"]) - {"torch"}:
+        raise config.ConfigError(f"ckpt={cfg['ckpt']} is an exported model, which eager torch cannot run (it has no "
+                                 "torch weights): backends=[onnxruntime,openvino], or ckpt= the checkpoint")
     config.validate_train(cfg)
     if cfg["compare"] and (config.backbone_name(cfg) not in measure.BACKBONES or cfg["model"]["head"] != "deeplabv3"):
         raise config.ConfigError(f"compare=torchvision supports backbone {list(measure.BACKBONES)} and model.head="
@@ -156,7 +161,7 @@ def make_setup(cfg: Mapping, num_classes: int) -> Tuple[measure.Setup, Dict]:
         warmup=warmup if cfg["warmup"] is None else cfg["warmup"], steps=cfg["steps"] or steps,
         batch=cfg["batch_size"], crop=config.crop_hw(cfg["crop_size"], "crop_size"),
         eval_batch=cfg["eval_batch_size"] or cfg["batch_size"], eval_hw=config.crop_hw(cfg["eval_size"], "eval_size"),
-        num_classes=num_classes, ignore_index=label_space(num_classes)[0])
+        num_classes=num_classes, ignore_index=label_space(num_classes)[0], stats=config.dataset_stats(cfg["dataset"]))
     return s, {"backbone": config.backbone_name(cfg), "os": cfg["os"], "head": cfg["model"]["head"],
                "aux_loss": cfg["model"]["aux_loss"], "batch_size": s.batch, "crop_size": list(s.crop),
                "num_classes": num_classes, "amp": cfg["amp"], "channels_last": s.channels_last,
@@ -168,13 +173,20 @@ def make_setup(cfg: Mapping, num_classes: int) -> Tuple[measure.Setup, Dict]:
 
 
 def deployment_phase(cfg: Mapping, s: measure.Setup, model: torch.nn.Module) -> List[Dict]:
-    """The deployment table of ``model`` (random weights, at ``eval_os``), or with ``ckpt`` of that checkpoint's
-    model with each row's validation mIoU (the first ``eval_images`` images)."""
+    """The deployment table of ``model`` (random weights, at ``eval_os``); with ``ckpt`` a checkpoint, of its model
+    with each row's validation mIoU (the first ``eval_images`` images); with ``ckpt`` an exported file, of that
+    file in each runtime, scored on ``dataset``'s validation split."""
     sizes = [config.crop_hw(size, "sizes") for size in cfg["sizes"]] if cfg["sizes"] else None
+    if cfg["ckpt"] and is_exported(cfg["ckpt"]):
+        path = checkpoint_in(cfg["ckpt"])
+        evaluation, stats = exported_rows(path, cfg["dataset"], cfg["eval_images"], s.device)
+        return time_variants(exported_variants(path, cfg["backends"], cfg["precisions"], s.device),
+                             s._replace(stats=stats), sizes, evaluation)
     evaluation = calibration = None
     if cfg["ckpt"]:
-        model, evaluation, calibration = checkpoint_rows(cfg["ckpt"], cfg["eval_os"], cfg["dataset"],
-                                                         cfg["eval_images"], s.device)
+        model, evaluation, calibration, stats = checkpoint_rows(cfg["ckpt"], cfg["eval_os"], cfg["dataset"],
+                                                                cfg["eval_images"], s.device)
+        s = s._replace(stats=stats)
     return backends_phase(model, s, cfg["backends"], cfg["precisions"], sizes, evaluation, calibration)
 
 

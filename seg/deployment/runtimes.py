@@ -35,6 +35,11 @@ class BackendError(UserError, RuntimeError):
     pass
 
 
+def _require_file(path: Path) -> None:
+    if not Path(path).is_file():
+        raise UserError(f"exported model not found: {path}")
+
+
 def _import(backend: str):
     module, extra = EXTRAS[backend]
     try:
@@ -48,8 +53,14 @@ def onnx_metadata(path: Path) -> Dict:
     """export.py's metadata (class names, palette, input convention, output stride, ...) of an ONNX file; empty
     for an ONNX file export.py did not write."""
     import onnx
+    from google.protobuf.message import DecodeError  # onnx's own dependency
 
-    proto = onnx.load(str(path), load_external_data=False)
+    _require_file(path)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except DecodeError as error:
+        raise UserError(f"{path} is not an ONNX file ({error}): give the .onnx file scripts/export.py "
+                        "wrote with format=onnx") from None
     text = {prop.key: prop.value for prop in proto.metadata_props}.get(METADATA_FILE, "{}")
     return json.loads(text)
 
@@ -59,7 +70,13 @@ def openvino_metadata(path: Path) -> Dict:
     ``openvino.convert_model``): OpenVINO's ONNX reader keeps the file's metadata properties in the model's runtime
     info, under ``framework``; empty for an IR made otherwise."""
     ov = _import("openvino")
-    model = ov.Core().read_model(str(path))
+    _require_file(path)
+    try:
+        model = ov.Core().read_model(str(path))
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise UserError(f"{path} is not an OpenVINO model OpenVINO can read ({reason}): give the .xml and .bin "
+                        "that ovc wrote from export.py's ONNX file") from None
     key = ["framework", METADATA_FILE]
     return json.loads(model.get_rt_info(key).astype(str)) if model.has_rt_info(key) else {}
 

@@ -50,7 +50,7 @@ def exported_metadata(path: Path, backend: str) -> Dict:
         raise BackendError(f"{path} is an OpenVINO model, which {backend} cannot read: backend=openvino, or ckpt= "
                            "the ONNX file it was converted from")
     weights = path.with_suffix(".bin")
-    if not weights.is_file():
+    if path.is_file() and not weights.is_file():
         raise UserError(f"{path} is an OpenVINO model whose weights file {weights} is missing: keep the .bin that "
                         "ovc wrote beside the .xml")
     return openvino_metadata(path)
@@ -72,10 +72,10 @@ def exported_state(path: Path, metadata: Mapping) -> Dict:
     """An export's metadata as the parts of a checkpoint the engine reads (no weights, no dataset: evaluate.py
     then needs ``dataset=``, as for another project's file)."""
     if "num_classes" not in metadata:
-        kind = "an OpenVINO model not converted from an ONNX file of" if is_openvino(path) else \
-            "an ONNX file that"
-        raise UserError(f"{path} is {kind} scripts/export.py did not write (no class names, palette or "
-                        "normalisation recorded): export the checkpoint with format=onnx (then ovc model.onnx)")
+        kind = "an OpenVINO model not converted from an ONNX file of scripts/export.py" if is_openvino(path) else \
+            "an ONNX file that scripts/export.py did not write"
+        raise UserError(f"{path} is {kind} (no class names, palette or normalisation recorded): export the "
+                        "checkpoint with format=onnx (then ovc model.onnx)")
     backbone = {"name": metadata.get("backbone", "?"), "source": BACKBONE_SOURCES[0]}
     config = {"os": metadata.get("output_stride"), "backbone": backbone, "model": {"head": metadata.get("head")},
               "dataset": {}, "train": {"crop_size": metadata.get("crop_size") or 513, "amp": "off"}}
