@@ -84,9 +84,17 @@ def test_description_names_every_kind_of_difference():
                              ({"head": "deeplabv3plus"}, "another head (model.head=deeplabv3plus)"),
                              ({"num_classes": 21}, "another number of classes (the file has 21: "
                                                    "dataset.num_classes=21)"),
-                             ({"aux_loss": True}, "an auxiliary head (model.aux_loss=true)")):
+                             ({"aux_loss": True}, "an auxiliary head (model.aux_loss=true)"),
+                             ({"head": "context", "context": "basic"},
+                              "another head (model.head=context model.context=basic)"),
+                             ({"head": "context", "context": "large"},
+                              "another head (model.head=context model.context=large)"),
+                             ({"backbone": "unet", "head": "unet_dilated", "multi_grid": None},
+                              "another model (model=unet_dilated)")):
         file = build_model(**{"backbone": "resnet18", "num_classes": 6, **arguments}).state_dict()
         differ = len(set(file) ^ set(own)) + sum(file[k].shape != own[k].shape for k in set(file) & set(own))
         text = describe_mismatch(file, own)
         assert text.startswith(f"{differ} tensors differ: ") and text.endswith(f"likely {cause}"), text
     assert describe_mismatch(own, build_model("resnet18", 6).state_dict()) is None
+    unet = build_model("unet", 6, head="unet_dilated", multi_grid=None).state_dict()
+    assert describe_mismatch(own, unet).endswith("likely another model (backbone=resnet18 model.head=deeplabv3)")

@@ -213,6 +213,28 @@ def test_bad_files_and_shapes(tmp_path):
         build_dataset("labelme", tmp_path / "pictures", "all")
 
 
+def test_grayscale_images_beside_and_inside_the_files(tmp_path):
+    """dataset.channels=1: a grayscale image next to its LabelMe file and one embedded in it (imageData) both come
+    back as their own single band; an RGB one is refused naming the file."""
+    rng = np.random.default_rng(1)
+    beside, inside = (rng.integers(0, 255, (H, W), dtype=np.uint8) for _ in range(2))
+    (tmp_path / "pictures").mkdir()
+    Image.fromarray(beside).save(tmp_path / "pictures" / "beside.png")
+    labelme_file(tmp_path / "beside.json", shapes(), "pictures/beside.png")
+    labelme_file(tmp_path / "inside.json", shapes(), "inside.png", b64_png(inside))
+    dataset = build_dataset("labelme", tmp_path, "all", channels=1)
+    images = {Path(sample.mask).stem: dataset[i][0] for i, sample in enumerate(dataset.samples)}
+    assert images["beside"].shape == (H, W, 1) and np.array_equal(images["beside"][:, :, 0], beside)
+    assert images["inside"].shape == (H, W, 1) and np.array_equal(images["inside"][:, :, 0], inside)
+    assert build_dataset("labelme", tmp_path, "all")[0][0].shape == (H, W, 3)  # channels=3: RGB, as before
+    labelme_file(tmp_path / "inside.json", shapes(), "inside.png", b64_png(np.stack([inside] * 3, axis=2)))
+    dataset = build_dataset("labelme", tmp_path, "all", channels=1)
+    index = next(i for i, sample in enumerate(dataset.samples) if Path(sample.mask).stem == "inside")
+    with pytest.raises(DatasetError, match=r"^the image embedded in .*inside\.json has 3 channels but "
+                                           r"dataset\.channels is 1"):
+        dataset[index]
+
+
 def test_trains_records_classes_and_evaluates(tmp_path):
     root = write_labelme(tmp_path / "data", count=4)
     result = run_script("check_dataset.py", ["dataset=labelme", f"dataset.root={root}", "dataset.split=all",

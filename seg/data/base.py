@@ -133,14 +133,20 @@ def read_bands(path: Path, channels: int, max_pixels: Optional[int] = None, what
     else:
         with open_image(path, what, max_pixels) as img:
             bands = pil_bands(img)
+    return checked_bands(bands, channels, f"{what} {path}", f"{what} file {path}")
+
+
+def checked_bands(bands: np.ndarray, channels: int, name: str, source: str) -> np.ndarray:
+    """Decoded ``[H, W, bands]`` of the image ``name`` (read from ``source``) on the 0..255 scale, which must have
+    ``channels`` bands (``read_bands``)."""
     if bands.shape[2] != channels:
-        raise DatasetError(f"{what} {path} has {bands.shape[2]} channel{'s' * (bands.shape[2] != 1)} but "
+        raise DatasetError(f"{name} has {bands.shape[2]} channel{'s' * (bands.shape[2] != 1)} but "
                            f"dataset.channels is {channels}: convert it, or set dataset.channels={bands.shape[2]} "
                            f"(see {DOCS})")
     try:
         return np.array(to_scale_255(bands), order="C")  # a writable copy (PIL's arrays are read-only)
     except ChannelError as error:
-        raise DatasetError(f"cannot read {what} file {path}: {error}") from None
+        raise DatasetError(f"cannot read {source}: {error}") from None
 
 
 def _tiff_bands(path: Path, what: str, max_pixels: Optional[int]) -> np.ndarray:

@@ -41,11 +41,13 @@ from seg.data.base import (
     Sample,
     SegmentationDataset,
     check_sample,
+    checked_bands,
     label_space,
     not_found,
     read_image,
     resolve_classes,
 )
+from seg.data.channels import pil_bands
 from seg.data.coco_json import Skipped, point_outside, read_json, skip_object, skipped_lines
 from seg.data.folder import IMAGE_SUFFIXES, split_ids
 from seg.data.voc import voc_palette
@@ -264,9 +266,13 @@ class LabelMeSegmentation(SegmentationDataset):
     def load_image(self, index: int) -> np.ndarray:
         embedded = self.embedded[index]
         if embedded is None:
-            return read_image(self.samples[index].image)
-        with decode_base64_image(embedded, f"the imageData of {self.samples[index].mask}") as img:
-            return np.array(img.convert("RGB"), dtype=np.uint8)
+            return read_image(self.samples[index].image, channels=self.channels)
+        where = f"the imageData of {self.samples[index].mask}"
+        with decode_base64_image(embedded, where) as img:
+            if self.channels == 3:
+                return np.array(img.convert("RGB"), dtype=np.uint8)
+            return checked_bands(pil_bands(img), self.channels, f"the image embedded in {self.samples[index].mask}",
+                                 where)
 
     def mask_source(self, index: int) -> str:
         return f"the shapes of LabelMe file {self.samples[index].mask}"

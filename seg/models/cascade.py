@@ -21,11 +21,11 @@ from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet
 
 from seg.models.backbone import BACKBONES, _dilated_convs, check_output_stride, stage_plan
+from seg.models.outputs import at_input_size
 
 # block5 .. block(4 + n): 0 is the paper's "block4" column (the ResNet and a 1x1 classifier), 3 its deepest (block7).
 # A fourth block would run at 32 x the grid at OS16: every tap but the centre of its 3x3 convs falls outside a
@@ -114,10 +114,9 @@ class CascadeDeepLab(nn.Module):
                     conv.padding = (dilation, dilation)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        size = x.shape[-2:]
         _, mid, high = self.backbone(x)
         logits = self.classifier(self.classifier_dropout(self.cascade(high)))
-        result = {"out": F.interpolate(logits, size=size, mode="bilinear", align_corners=False)}
+        aux: Optional[torch.Tensor] = None
         if self.aux_head is not None:
-            result["aux"] = F.interpolate(self.aux_head(mid), size=size, mode="bilinear", align_corners=False)
-        return result
+            aux = self.aux_head(mid)
+        return at_input_size(x.shape[-2:], logits, aux)

@@ -22,10 +22,10 @@ from __future__ import annotations
 from typing import Dict, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from seg.models.backbone import check_output_stride
+from seg.models.outputs import at_input_size
 
 CONTEXTS = ("basic", "large")
 DILATIONS = (1, 1, 2, 4, 8, 16, 1)  # the seven 3x3 layers (Table 1); the eighth layer is a 1x1
@@ -114,10 +114,9 @@ class ContextNet(nn.Module):
         self.backbone.set_output_stride(output_stride)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        size = x.shape[-2:]
         _, mid, high = self.backbone(x)
         logits = self.context(self.classifier(high))
-        result = {"out": F.interpolate(logits, size=size, mode="bilinear", align_corners=False)}
+        aux: Optional[torch.Tensor] = None
         if self.aux_head is not None:
-            result["aux"] = F.interpolate(self.aux_head(mid), size=size, mode="bilinear", align_corners=False)
-        return result
+            aux = self.aux_head(mid)
+        return at_input_size(x.shape[-2:], logits, aux)

@@ -31,6 +31,7 @@ from seg.models.context import ContextNet, check_context
 from seg.models.deeplabv2 import DeepLabV2, check_rates
 from seg.models.lraspp import LRASPP
 from seg.models.mobilenet import MOBILENETS, build_mobilenet
+from seg.models.outputs import at_input_size
 
 HEADS = ("deeplabv3", "deeplabv3plus", "lraspp", "cascade", "deeplabv2", "context", "unet_dilated")
 # VainF/DeepLabV3Plus-Pytorch's MobileNetV2 (its padding, torchvision's tensors): name -> builder
@@ -136,14 +137,12 @@ class DeepLabV3(nn.Module):
         self.aspp.set_rates([max(1, round(r * scale)) for r in self.configured_rates])
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        size = x.shape[-2:]
         low, mid, high = self.backbone(x)
         logits = self.classifier(self.classifier_dropout(self.decoder(self.aspp(high), low)))
-        result = {"out": F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)}
+        aux: Optional[torch.Tensor] = None
         if self.aux_head is not None:
             aux = self.aux_head(mid)
-            result["aux"] = F.interpolate(aux, size=size, mode="bilinear", align_corners=self.align_corners)
-        return result
+        return at_input_size(x.shape[-2:], logits, aux, self.align_corners)
 
 
 def check_arguments(backbone: str, num_classes: Optional[int] = None, output_stride: int = 16,

@@ -17,10 +17,10 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from seg.models.backbone import check_output_stride
+from seg.models.outputs import at_input_size
 
 RATES_AT_OS8 = (6, 12, 18, 24)  # ASPP-L
 
@@ -91,10 +91,9 @@ class DeepLabV2(nn.Module):
         self.aspp.set_rates(scale_rates(self.configured_rates, self.configured_stride, output_stride))
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        size = x.shape[-2:]
         _, mid, high = self.backbone(x)
         logits = self.aspp(self.classifier_dropout(high))
-        result = {"out": F.interpolate(logits, size=size, mode="bilinear", align_corners=False)}
+        aux: Optional[torch.Tensor] = None
         if self.aux_head is not None:
-            result["aux"] = F.interpolate(self.aux_head(mid), size=size, mode="bilinear", align_corners=False)
-        return result
+            aux = self.aux_head(mid)
+        return at_input_size(x.shape[-2:], logits, aux)

@@ -55,7 +55,9 @@ class LoadReport:
 RESNETS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34", ((3, 4, 6, 3), True): "resnet50",
            ((3, 4, 23, 3), True): "resnet101", ((3, 8, 36, 3), True): "resnet152"}
 HEADS = {"decoder.reduce.": "deeplabv3plus", "decoder.block.": "deeplabv3", "classifier.cbr.": "lraspp",
-         "cascade.": "cascade", "aspp.convs.0.weight": "deeplabv2"}  # v2's branches are bare convs (v3's: .0.0.)
+         "cascade.": "cascade", "aspp.convs.0.weight": "deeplabv2",  # v2's branches are bare convs (v3's: .0.0.)
+         "context.": "context"}
+UNET = "model=unet_dilated"  # the dilated U-Net: its own encoder (backbone.blocks.*) and decoder
 SHOWN = 3  # differing tensors a message names
 
 
@@ -86,17 +88,19 @@ def describe_mismatch(file: Mapping[str, torch.Tensor], own: Mapping[str, torch.
 def likely_cause(file: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], differing: List[str]) -> str:
     """What the differing tensors point at (another number of classes, backbone, head or auxiliary head), with
     the config keys of the file's architecture."""
+    head, own_head, backbone = _head_of(file), _head_of(own), _backbone_of(file)
+    if UNET in (head, own_head) and head != own_head:  # nothing but the classifier's names in common
+        options = " ".join(option for option in (backbone, head) if option)
+        return f"likely another model ({options or 'not the dilated U-Net'})"
     causes = []
-    backbone = _backbone_of(file)
     if any(_in_backbone(k, file) for k in differing):
         if backbone and backbone != _backbone_of(own):
             causes.append(f"another backbone ({backbone})")
         else:
             causes.append("another backbone (backbone=<the one the file was trained with>)")
-    head = next((name for prefix, name in HEADS.items() if any(k.startswith(prefix) for k in file)), None)
-    if any(k.startswith(("aspp.", "decoder.", "classifier.cbr.", "cascade.")) for k in differing) and head and \
-            head != next((n for p, n in HEADS.items() if any(k.startswith(p) for k in own)), None):
-        causes.append(f"another head (model.head={head})")
+    if any(k.startswith(("aspp.", "decoder.", "classifier.cbr.", "cascade.", "context.")) for k in differing) and \
+            head and head != own_head:
+        causes.append(f"another head ({head})")
     classes = [k for k in differing if k.startswith("classifier.") and k in file and k in own]
     if classes and all(file[k].shape[1:] == own[k].shape[1:] for k in classes):
         causes.append(f"another number of classes (the file has {file[classes[0]].shape[0]}: "
@@ -109,6 +113,17 @@ def likely_cause(file: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tenso
     if not causes:
         return "likely another architecture: configure the one the file was trained with"
     return f"likely {' and '.join(causes)}"
+
+
+def _head_of(state: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """The options of the head (or model) a state dict's keys describe; None for anything else."""
+    if any(k.startswith("backbone.blocks.") for k in state):
+        return UNET
+    head = next((name for prefix, name in HEADS.items() if any(k.startswith(prefix) for k in state)), None)
+    if head == "context" and "context.0.weight" in state and "classifier.weight" in state:
+        width = "basic" if state["context.0.weight"].shape[0] == state["classifier.weight"].shape[0] else "large"
+        return f"model.head=context model.context={width}"
+    return head and f"model.head={head}"
 
 
 def _in_backbone(key: str, state: Mapping) -> bool:
