@@ -14,6 +14,7 @@ from test_predict import decisive_checkpoint
 
 from seg import export as export_module
 from seg.deployment import model_source
+from seg.deployment.runtimes import fp16_onnx
 from seg.engine.evaluation import evaluate_checkpoint
 from seg.engine.predict import predict
 from seg.errors import UserError
@@ -183,6 +184,30 @@ def test_fp16_without_a_gpu_device_names_what_is_missing(ckpt, images, tmp_path)
         with pytest.raises(UserError, match=re.escape(message)) as error:
             probabilities(ckpt, images, tmp_path / options[8:], options, "precision=fp16")
         assert "\n" not in str(error.value)
+
+
+def test_the_fp16_graph_agrees_with_fp32(ckpt, tmp_path):
+    """The graph precision=fp16 hands to onnxruntime's CUDA execution provider (fp16 weights and arithmetic,
+    float32 input and output), run here by its CPU provider: fp32's logits to fp16's rounding, the same labels.
+    The CUDA provider itself needs a GPU, which CI does not have."""
+    ort, onnx = needed("onnxruntime"), needed("onnx")
+    onnx_file = tmp_path / "model.onnx"
+    export_checkpoint(compose_config("export", [f"ckpt={ckpt}", f"output={onnx_file}", "format=onnx"]))
+    half = fp16_onnx(onnx_file)
+    graph = onnx.load_from_string(half).graph
+    convolutions = [tensor for tensor in graph.initializer if len(tensor.dims) == 4]
+    assert convolutions and all(tensor.data_type == onnx.TensorProto.FLOAT16 for tensor in convolutions)
+    assert {value.type.tensor_type.elem_type for value in [*graph.input, *graph.output]} == {onnx.TensorProto.FLOAT}
+    images = np.random.default_rng(0).random((2, 3, 70, 90), dtype=np.float32)
+
+    def logits(model):
+        session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: images})[0]
+
+    fp32, fp16 = logits(str(onnx_file)), logits(half)
+    assert fp16.dtype == np.float32 and fp16.shape == fp32.shape
+    assert 0 < np.abs(fp16 - fp32).max() <= 1e-2 * np.abs(fp32).max()  # not fp32 itself, and within fp16's rounding
+    assert (fp16.argmax(1) == fp32.argmax(1)).mean() >= 0.99
 
 
 def test_a_missing_runtime_names_its_extra(ckpt, images, tmp_path, monkeypatch):
