@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from seg.benchmark.run import run_benchmark
 from seg.errors import exit_on_user_error
+from seg.overrides import check_overrides
 
 
 def rewrite_argv(argv: Sequence[str]) -> List[str]:
@@ -32,4 +33,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     sys.argv = rewrite_argv(sys.argv)
+    check_overrides(__file__, "benchmark")
     main()

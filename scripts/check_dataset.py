@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from seg.config import dataset_kwargs, to_plain
 from seg.data import build_dataset, check_dataset
 from seg.errors import exit_on_user_error
+from seg.overrides import check_overrides
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="check_dataset")
@@ -28,4 +29,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides(__file__, "check_dataset")
     main()

@@ -5,6 +5,7 @@ from omegaconf import DictConfig
 
 from seg.errors import exit_on_user_error
 from seg.export import export_checkpoint
+from seg.overrides import check_overrides
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="export")
@@ -14,4 +15,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides(__file__, "export")
     main()

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from seg.config import overwrite_flag, to_plain
 from seg.data.benchmark_examples import write_benchmark_example
 from seg.errors import exit_on_user_error
+from seg.overrides import check_overrides
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="make_example_benchmark")
@@ -24,4 +25,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides(__file__, "make_example_benchmark")
     main()

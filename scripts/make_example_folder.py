@@ -16,6 +16,7 @@ from seg.config import overwrite_flag, to_plain
 from seg.data.export_examples import write_export_example
 from seg.data.synthetic import write_folder_example
 from seg.errors import exit_on_user_error
+from seg.overrides import check_overrides
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="make_example_folder")
@@ -37,4 +38,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides(__file__, "make_example_folder")
     main()

@@ -13,6 +13,7 @@ from seg.config import check_output_stride, overwrite_flag, to_plain
 from seg.engine.device import size_cpu_threads
 from seg.errors import exit_on_user_error
 from seg.outputs import check_outputs
+from seg.overrides import check_overrides
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="models_table")
@@ -30,4 +31,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides(__file__, "models_table")
     main()

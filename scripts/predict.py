@@ -6,6 +6,7 @@ from omegaconf import DictConfig
 from seg.deployment import model_source
 from seg.engine.predict import predict
 from seg.errors import exit_on_user_error
+from seg.overrides import check_overrides
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="predict")
@@ -15,4 +16,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides(__file__, "predict")
     main()

@@ -5,6 +5,7 @@ from omegaconf import DictConfig
 
 from seg.deployment.quantize import quantize_checkpoint
 from seg.errors import exit_on_user_error
+from seg.overrides import check_overrides
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="quantize")
@@ -14,4 +15,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides(__file__, "quantize")
     main()

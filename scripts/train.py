@@ -13,6 +13,7 @@ from seg.engine.checkpoint import checkpoint_in
 from seg.engine.trainer import train
 from seg.errors import Interrupted, exit_on_user_error
 from seg.outputs import run_outputs
+from seg.overrides import check_overrides
 
 slurm.use_usr1()  # before the launcher imports submitit: SLURM's warning signal is the one the trainer stops on
 
@@ -39,4 +40,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides(__file__, "train")
     main()
