@@ -162,9 +162,12 @@ def exported_variants(path: Path, backends: Sequence[str], precisions: Sequence[
                 continue
             layout = "onnx int8 (QDQ)" if "quantization" in state["export_metadata"] else \
                 "openvino ir" if files[1:] else "onnx"
-            variants.append(Variant(backend, precision, layout,
-                                    lambda source=source, state=state: source.model(state, path, None, device),
-                                    file_mb=file_mb, note=UNSUPPORTED.get((backend, precision))))
+            note = UNSUPPORTED.get((backend, precision))
+
+            def build(source=source, state=state) -> nn.Module:
+                return source.model(state, path, None, device)
+
+            variants.append(Variant(backend, precision, layout, None if note else build, file_mb=file_mb, note=note))
     return variants
 
 
