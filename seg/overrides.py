@@ -32,10 +32,12 @@ def unknown_key(config_dir: Path, config_name: str, overrides: Sequence[str]) ->
             if not isinstance(cause, (ConfigAttributeError, ConfigKeyError)) or not getattr(cause, "full_key", None):
                 return None
             key = cause.full_key
+        except Exception:  # a malformed override, a missing group option, ...: Hydra words its own error
+            return None
         given = [arg for arg in overrides if arg.partition("=")[0] == key]
         try:
             config = compose(config_name=config_name, overrides=[arg for arg in overrides if arg not in given])
-        except ConfigCompositionException:
+        except Exception:
             return None
     known = _keys(OmegaConf.to_container(config, resolve=False))
     siblings = [name for name in known if name.count(".") == key.count(".")]  # train.lrr: train.lr, not train

@@ -28,6 +28,7 @@ def test_a_misspelt_key_names_the_key_it_is_close_to(overrides, key, suggestion)
     ["+extra_key=1"], ["~train.class_weights"], ["~train.no_such_key"], ["experiment=voc_paper"],
     ["dataset=no_such_dataset"],  # a missing group option: Hydra's own message lists the options
     ["train.lr=0.01,0.02"], ["-m", "train.lr=0.01,0.02"], ["--cfg", "job"],
+    ["train.lr=["], ["train.lr"], ["=5"],  # malformed: Hydra's parser error
 ])
 def test_everything_else_is_left_to_hydra(overrides):
     assert unknown_key(CONFIGS, "train", overrides) is None
