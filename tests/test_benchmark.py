@@ -4,6 +4,7 @@ No timing is asserted: figures from a shared CPU say nothing; these tests check 
 """
 
 import json
+import mmap
 import numbers
 import runpy
 
@@ -208,13 +209,22 @@ def test_deployment_table_rows(tmp_path):
     assert "inference backends (latency at batch 1, img/s at batch 2" in table and "openvino     bf16" in table
 
 
+def touch_fresh_pages(mib: int) -> None:
+    """Write ``mib`` MiB of new anonymous pages, then unmap them. Not ``np.ones``: after a long test session malloc
+    may serve it from heap memory that earlier tests freed but the process still holds, which adds no RSS."""
+    block = mmap.mmap(-1, mib * 2 ** 20)
+    pages = np.frombuffer(block, dtype=np.uint8)
+    pages[::mmap.PAGESIZE] = 1
+    del pages
+    block.close()
+
+
 def test_rss_peak_is_the_memory_touched_inside():
     """The per-row CPU memory figure: 100 MiB written inside the block and freed at once still show up, and a
     larger peak before the block is not counted (the high-water mark was reset)."""
-    np.ones(300 * 2 ** 20, dtype=np.uint8)
+    touch_fresh_pages(300)
     with RssPeak() as peak:
-        block = np.ones(100 * 2 ** 20, dtype=np.uint8)
-        del block
+        touch_fresh_pages(100)
     assert 95 <= peak.mib <= 140
     with RssPeak() as idle:
         pass
