@@ -227,6 +227,12 @@ def test_grayscale_images_beside_and_inside_the_files(tmp_path):
     assert images["beside"].shape == (H, W, 1) and np.array_equal(images["beside"][:, :, 0], beside)
     assert images["inside"].shape == (H, W, 1) and np.array_equal(images["inside"][:, :, 0], inside)
     assert build_dataset("labelme", tmp_path, "all")[0][0].shape == (H, W, 3)  # channels=3: RGB, as before
+    wide = rng.integers(0, 65536, (H, W), dtype=np.uint16)  # a 16-bit grayscale image embedded, read as RGB
+    labelme_file(tmp_path / "inside.json", shapes(), "inside.png", b64_png(wide))
+    dataset = build_dataset("labelme", tmp_path, "all")
+    index = next(i for i, sample in enumerate(dataset.samples) if Path(sample.mask).stem == "inside")
+    expected = np.floor(wide / 257 + 0.5).astype(np.uint8)  # scaled to 8 bits, not clipped at 255
+    assert all(np.array_equal(dataset[index][0][:, :, band], expected) for band in range(3))
     labelme_file(tmp_path / "inside.json", shapes(), "inside.png", b64_png(np.stack([inside] * 3, axis=2)))
     dataset = build_dataset("labelme", tmp_path, "all", channels=1)
     index = next(i for i, sample in enumerate(dataset.samples) if Path(sample.mask).stem == "inside")

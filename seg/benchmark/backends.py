@@ -153,16 +153,15 @@ def exported_variants(path: Path, backends: Sequence[str], precisions: Sequence[
     file_mb = sum(file.stat().st_size for file in files if file.is_file()) / 2 ** 20
     variants = []
     for backend in (backend for backend in backends if backend != "torch"):
+        try:
+            state = RuntimeSource(backend).state(path)  # the file's metadata: the same at every precision
+        except UserError as error:
+            variants += [Variant(backend, p, "exported", None, file_mb=file_mb, note=str(error)) for p in precisions]
+            continue
+        layout = "onnx int8 (QDQ)" if "quantization" in state["export_metadata"] else \
+            "openvino ir" if files[1:] else "onnx"
         for precision in precisions:
-            source = RuntimeSource(backend, precision)
-            try:
-                state = source.state(path)
-            except UserError as error:
-                variants.append(Variant(backend, precision, "exported", None, file_mb=file_mb, note=str(error)))
-                continue
-            layout = "onnx int8 (QDQ)" if "quantization" in state["export_metadata"] else \
-                "openvino ir" if files[1:] else "onnx"
-            note = UNSUPPORTED.get((backend, precision))
+            source, note = RuntimeSource(backend, precision), UNSUPPORTED.get((backend, precision))
 
             def build(source=source, state=state) -> nn.Module:
                 return source.model(state, path, None, device)

@@ -115,13 +115,18 @@ def read_image(path: Path, max_pixels: Optional[int] = None, what: str = "image"
     if channels != 3:
         return read_bands(path, channels, max_pixels, what)
     with open_image(path, what, max_pixels) as img:
-        if img.mode in WIDE_GRAY_MODES:
-            wide = np.asarray(img, dtype=np.float64)
-            gray = np.clip(wide / 257.0 + 0.5, 0, 255).astype(np.uint8)  # 65535 -> 255, 257 -> 1, 0 -> 0
-            return np.repeat(gray[:, :, None], 3, axis=2)
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        return np.array(img, dtype=np.uint8)
+        return rgb_array(img)
+
+
+def rgb_array(img: Image.Image) -> np.ndarray:
+    """A decoded PIL image as uint8 RGB ``[H, W, 3]``: 16-bit grayscale scaled to 8 bits, other modes converted."""
+    if img.mode in WIDE_GRAY_MODES:
+        wide = np.asarray(img, dtype=np.float64)
+        gray = np.clip(wide / 257.0 + 0.5, 0, 255).astype(np.uint8)  # 65535 -> 255, 257 -> 1, 0 -> 0
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.array(img, dtype=np.uint8)
 
 
 def read_bands(path: Path, channels: int, max_pixels: Optional[int] = None, what: str = "image") -> np.ndarray:

@@ -46,6 +46,7 @@ from seg.data.base import (
     not_found,
     read_image,
     resolve_classes,
+    rgb_array,
 )
 from seg.data.channels import pil_bands
 from seg.data.coco_json import Skipped, point_outside, read_json, skip_object, skipped_lines
@@ -270,7 +271,7 @@ class LabelMeSegmentation(SegmentationDataset):
         where = f"the imageData of {self.samples[index].mask}"
         with decode_base64_image(embedded, where) as img:
             if self.channels == 3:
-                return np.array(img.convert("RGB"), dtype=np.uint8)
+                return rgb_array(img)
             return checked_bands(pil_bands(img), self.channels, f"the image embedded in {self.samples[index].mask}",
                                  where)
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seg.errors import UserError
+from seg.errors import MissingFileError, UserError
 from seg.io import METADATA_FILE
 
 log = logging.getLogger("seg.deployment")
@@ -37,7 +37,7 @@ class BackendError(UserError, RuntimeError):
 
 def _require_file(path: Path) -> None:
     if not Path(path).is_file():
-        raise UserError(f"exported model not found: {path}")
+        raise MissingFileError(f"model not found: {path}")
 
 
 def _import(backend: str):
